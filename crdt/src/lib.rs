@@ -1,0 +1,25 @@
+//! Pure, I/O-free core of clawmesh.
+//!
+//! Owns: the protobuf package and intent types and their validation, ed25519
+//! signing and the trust root, semver range parsing and dependency resolution
+//! (pubgrub), the automerge documents and their schema, deterministic release
+//! arbitration, the per-node release state machine, the deployment circuit
+//! breaker, and the sans-I/O peer core that decides when and what to sync.
+//!
+//! Does not own: sockets, files, clocks or threads. Callers feed events and
+//! time in and carry the returned actions out; the node does real I/O, the
+//! simulator drives the very same code with a seeded clock.
+
+pub mod proto;
+pub mod signing;
+pub mod trust;
+pub mod manifest;
+pub mod intent;
+pub mod range;
+pub mod resolve;
+
+pub mod arbitration;
+pub mod release_state;
+pub mod breaker;
+pub mod documents;
+pub mod peer;

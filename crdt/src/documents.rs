@@ -1,1 +1,173 @@
-//! (being written)
+//! The mesh's automerge documents and their schema.
+//!
+//! Layout (why: docs/MESH.md, "Documents"): one catalog document, one intents
+//! document and [`STATUS_SHARDS`] status documents, each a flat root map of
+//! string keys to byte scalars:
+//!
+//! | document | key | value |
+//! |---|---|---|
+//! | catalog | `<package>@<version>` | encoded `SignedEnvelope` of the manifest |
+//! | intents | `<package>/<intent digest hex>` | encoded `SignedEnvelope` of the intent |
+//! | status shard `s` | `<node id>/<package>` | encoded `PackageStatus` (mesh.proto) |
+//!
+//! Reading a document validates every entry and returns the valid ones with
+//! a list of [`RejectedEntry`]; every node rejects the same entries the same
+//! way because validation depends only on the document and the trust root.
+
+pub mod catalog;
+pub mod intents;
+pub mod status;
+mod store;
+
+pub use store::{LoadError, MeshDocument, ReceiveError, WriteError};
+
+use std::fmt;
+
+use crate::proto::v1 as wire;
+
+/// Number of status documents; a node's entries live in shard
+/// [`status_shard`]`(node id)`. Every node of a mesh must use the same value.
+pub const STATUS_SHARDS: u32 = 16;
+
+/// Which mesh document.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DocumentId {
+    /// Package manifests.
+    Catalog,
+    /// Release intents.
+    Intents,
+    /// Node statuses of the nodes whose id hashes to `shard`.
+    Status {
+        /// 0 .. [`STATUS_SHARDS`].
+        shard: u32,
+    },
+}
+
+impl DocumentId {
+    /// Every document of the mesh, in a fixed order.
+    pub fn all() -> impl Iterator<Item = DocumentId> {
+        [DocumentId::Catalog, DocumentId::Intents]
+            .into_iter()
+            .chain((0..STATUS_SHARDS).map(|shard| DocumentId::Status { shard }))
+    }
+
+    /// A file-name-safe name: `catalog`, `intents`, `status-07`.
+    pub fn name(self) -> String {
+        match self {
+            DocumentId::Catalog => "catalog".to_string(),
+            DocumentId::Intents => "intents".to_string(),
+            DocumentId::Status { shard } => format!("status-{shard:02}"),
+        }
+    }
+
+    /// The wire form.
+    pub fn to_wire(self) -> wire::DocumentId {
+        let (kind, shard) = match self {
+            DocumentId::Catalog => (wire::DocumentKind::Catalog, 0),
+            DocumentId::Intents => (wire::DocumentKind::Intents, 0),
+            DocumentId::Status { shard } => (wire::DocumentKind::Status, shard),
+        };
+        wire::DocumentId {
+            kind: kind as i32,
+            shard,
+        }
+    }
+
+    /// Parses the wire form; `None` for an unknown kind or a shard out of range.
+    pub fn from_wire(id: &wire::DocumentId) -> Option<DocumentId> {
+        match wire::DocumentKind::try_from(id.kind).ok()? {
+            wire::DocumentKind::Catalog if id.shard == 0 => Some(DocumentId::Catalog),
+            wire::DocumentKind::Intents if id.shard == 0 => Some(DocumentId::Intents),
+            wire::DocumentKind::Status if id.shard < STATUS_SHARDS => {
+                Some(DocumentId::Status { shard: id.shard })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for DocumentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// The status shard holding `node_id`'s entries: first byte of
+/// sha256(node id) modulo [`STATUS_SHARDS`].
+pub fn status_shard(node_id: &str) -> u32 {
+    u32::from(crate::signing::digest(node_id.as_bytes())[0]) % STATUS_SHARDS
+}
+
+/// Bounds on one document, checked on every write, load and received sync
+/// message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DocumentLimits {
+    /// Estimated size (saved bytes plus changes since) a document may reach.
+    pub max_document_bytes: usize,
+    /// Keys in the root map; readers reject entries past this many, in key order.
+    pub max_entries: usize,
+    /// Bytes of one value.
+    pub max_value_bytes: usize,
+    /// Bytes of one encoded sync message.
+    pub max_sync_message_bytes: usize,
+    /// Bytes of changes one sync message may carry.
+    pub max_change_bytes_per_message: usize,
+}
+
+impl Default for DocumentLimits {
+    fn default() -> Self {
+        DocumentLimits {
+            max_document_bytes: 64 * 1024 * 1024,
+            max_entries: 200_000,
+            max_value_bytes: 80 * 1024,
+            max_sync_message_bytes: 8 * 1024 * 1024,
+            max_change_bytes_per_message: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// An entry every node ignores, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RejectedEntry {
+    /// `<document>/<key>`, e.g. `intents/com.example.x/3fa4…`.
+    pub path: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+impl RejectedEntry {
+    /// A rejection of `key` in `document`.
+    pub fn new(document: DocumentId, key: &str, reason: impl Into<String>) -> Self {
+        RejectedEntry {
+            path: format!("{}/{key}", document.name()),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_ids_round_trip_through_the_wire_form() {
+        let all: Vec<DocumentId> = DocumentId::all().collect();
+        assert_eq!(all.len(), 2 + STATUS_SHARDS as usize);
+        for id in all {
+            assert_eq!(DocumentId::from_wire(&id.to_wire()), Some(id));
+        }
+        let out_of_range = wire::DocumentId {
+            kind: wire::DocumentKind::Status as i32,
+            shard: STATUS_SHARDS,
+        };
+        assert_eq!(DocumentId::from_wire(&out_of_range), None);
+        let unknown = wire::DocumentId { kind: 99, shard: 0 };
+        assert_eq!(DocumentId::from_wire(&unknown), None);
+    }
+
+    #[test]
+    fn status_shard_is_stable_and_in_range() {
+        assert_eq!(status_shard("node-a"), status_shard("node-a"));
+        assert!((0..200).all(|n| status_shard(&format!("n{n}")) < STATUS_SHARDS));
+    }
+}

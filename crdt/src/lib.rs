@@ -9,6 +9,7 @@
 //! Does not own: sockets, files, clocks or threads. Callers feed events and
 //! time in and carry the returned actions out; the node does real I/O, the
 //! simulator drives the very same code with a seeded clock.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod proto;
 pub mod signing;
@@ -18,8 +19,29 @@ pub mod intent;
 pub mod range;
 pub mod resolve;
 
+pub use signing::{KeyError, KeyId, KeyIdError, PublicKeyError, PublisherKey, digest, sign_envelope};
+pub use trust::{TrustRoot, TrustRootError, TrustedPublisher, VerifyError};
+pub use manifest::{
+    Capabilities, ChunkHashes, DependencySpec, Manifest, ManifestError, ManifestVerifyError,
+    PackageName, PackageNameError, SignedManifest,
+};
+pub use intent::{Intent, IntentAction, IntentError, IntentVerifyError, SignedIntent};
+pub use range::{RangeError, VersionRange};
+pub use resolve::{Catalog, CatalogError, Lock, Requirement, ResolveError, resolve};
+
 pub mod arbitration;
 pub mod release_state;
 pub mod breaker;
 pub mod documents;
 pub mod peer;
+
+pub use arbitration::{
+    FailureReport, IntentFacts, Quarantine, QuarantineSet, Target, arbitrate, derive_quarantine,
+};
+pub use peer::{PeerAction, PeerConfig, PeerCore, PeerInput};
+pub use breaker::{BreakerConfig, BreakerRefusal, BreakerState, CircuitBreaker};
+pub use documents::{DocumentId, DocumentLimits, MeshDocument, RejectedEntry};
+pub use release_state::{
+    Health, IllegalTransition, ReleaseAction, ReleaseController, ReleaseControllerConfig,
+    ReleaseEvent, ReleaseInput, ReleaseState, ReleaseStatus,
+};

@@ -1,1 +1,1209 @@
-//! (being written)
+//! The sans-I/O peer core: decides what to sync, with whom and when.
+//!
+//! Events and time go in through [`PeerCore::handle`]; messages to send,
+//! announcements, bytes to persist and changes of the decided targets come
+//! out as [`PeerAction`]s. The node's libp2p layer and the simulator drive
+//! this very code. It is deterministic: no wall clock, no thread rng, no
+//! hash-map iteration order in its outputs (peers and documents are kept in
+//! ordered maps; anti-entropy peers are drawn from a seeded generator).
+//!
+//! Protocol (docs/MESH.md, "Sync"): one automerge sync state per (peer,
+//! document); a connection starts a sync of every document; a local or
+//! received change is offered to every connected peer and announced (heads
+//! only, under 1 KiB) over gossip; announced heads we lack restart the sync
+//! of that document with the announcer; every `anti_entropy_interval_ms` one
+//! random connected peer gets a fresh sync of every document, which repairs
+//! what gossip missed across a partition.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::hash::Hash;
+
+use automerge::ChangeHash;
+use automerge::sync;
+use prost::Message as _;
+
+use crate::arbitration::{IntentFacts, QuarantineSet, Target, arbitrate, derive_quarantine};
+use crate::documents::catalog::{Catalog, read_catalog, write_manifest};
+use crate::documents::intents::{read_intents, write_intent};
+use crate::documents::status::{
+    PackageStatus, StatusTable, failure_reports, read_status_into, write_status,
+};
+use crate::documents::{
+    DocumentId, DocumentLimits, LoadError, MeshDocument, RejectedEntry, status_shard,
+};
+use crate::intent::SignedIntent;
+use crate::manifest::{PackageName, SignedManifest};
+use crate::proto::v1 as wire;
+use crate::signing::digest;
+use crate::trust::TrustRoot;
+
+/// Largest heads announcement (gossipsub payload) the core sends or accepts.
+pub const MAX_ANNOUNCEMENT_BYTES: usize = 1024;
+/// Heads of one document listed in an announcement.
+pub const MAX_ANNOUNCED_HEADS_PER_DOCUMENT: usize = 4;
+/// Bytes a sync frame adds around the automerge message.
+const FRAME_OVERHEAD_BYTES: usize = 64;
+
+/// Tuning of a [`PeerCore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Bounds of every document.
+    pub limits: DocumentLimits,
+    /// How often one random connected peer gets a full re-sync.
+    pub anti_entropy_interval_ms: u64,
+    /// Distinct nodes reporting a version Failed that quarantine it (0: never).
+    pub quarantine_threshold: usize,
+    /// Connected peers tracked at once; more connections are ignored.
+    pub max_peers: usize,
+    /// Bytes of sync frames accepted from one peer per `rate_window_ms`.
+    pub max_bytes_per_peer_per_window: usize,
+    /// Length of the per-peer rate window.
+    pub rate_window_ms: u64,
+    /// Incremental bytes persisted for a document before a compacted full save.
+    pub compact_after_bytes: usize,
+}
+
+impl Default for PeerConfig {
+    fn default() -> Self {
+        PeerConfig {
+            limits: DocumentLimits::default(),
+            anti_entropy_interval_ms: 5_000,
+            quarantine_threshold: 3,
+            max_peers: 256,
+            max_bytes_per_peer_per_window: 64 * 1024 * 1024,
+            rate_window_ms: 10_000,
+            compact_after_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// An event fed to the core.
+#[derive(Clone, Debug)]
+pub enum PeerInput<P> {
+    /// A sync stream to `P` is open.
+    Connected(P),
+    /// The stream to `P` is gone.
+    Disconnected(P),
+    /// A frame (mesh.proto `SyncFrame`) arrived from a peer.
+    Message {
+        /// Sender.
+        from: P,
+        /// The encoded frame.
+        bytes: Vec<u8>,
+    },
+    /// A gossip announcement (mesh.proto `HeadsAnnouncement`) from a peer.
+    HeadsAnnounced {
+        /// Announcer.
+        from: P,
+        /// The encoded announcement.
+        bytes: Vec<u8>,
+    },
+    /// Timers: anti-entropy and pending announcements.
+    Tick,
+    /// Add a signed manifest to the catalog.
+    PublishManifest(SignedManifest),
+    /// Add a signed intent.
+    SubmitIntent(SignedIntent),
+    /// This node's status of a package changed.
+    ReportStatus {
+        /// The package.
+        package: PackageName,
+        /// Its status; `known_intent_clock` is filled in by the core.
+        status: PackageStatus,
+    },
+}
+
+/// Something the caller must do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PeerAction<P> {
+    /// Send a frame on the sync stream to `to`.
+    Send {
+        /// Recipient.
+        to: P,
+        /// The encoded `SyncFrame`.
+        bytes: Vec<u8>,
+    },
+    /// Publish an announcement on the heads gossip topic.
+    AnnounceHeads {
+        /// The encoded `HeadsAnnouncement` (at most [`MAX_ANNOUNCEMENT_BYTES`]).
+        bytes: Vec<u8>,
+    },
+    /// Append these bytes to the document's file.
+    Persist {
+        /// The document.
+        doc: DocumentId,
+        /// An incremental save.
+        bytes: Vec<u8>,
+    },
+    /// Replace the document's file with this compacted save.
+    PersistCompacted {
+        /// The document.
+        doc: DocumentId,
+        /// A full save.
+        bytes: Vec<u8>,
+    },
+    /// The decided targets changed; the full new map.
+    TargetsChanged(BTreeMap<PackageName, Target>),
+    /// A document entry that every node ignores (reported once).
+    Rejected(RejectedEntry),
+    /// A frame or announcement from a peer was refused; nothing was applied.
+    Refused {
+        /// Sender.
+        from: P,
+        /// Why.
+        reason: String,
+    },
+    /// A local write (publish, intent, status) was refused.
+    WriteFailed {
+        /// What was written.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Per connected peer.
+#[derive(Debug, Default)]
+struct PeerSession {
+    sync: BTreeMap<DocumentId, sync::State>,
+    window_start_ms: u64,
+    window_bytes: usize,
+}
+
+/// What the documents currently say, validated.
+#[derive(Debug, Default)]
+struct MeshView {
+    catalog: Catalog,
+    intents: Vec<SignedIntent>,
+    status: BTreeMap<u32, StatusTable>,
+    rejected: BTreeMap<DocumentId, BTreeSet<RejectedEntry>>,
+    quarantine: QuarantineSet<PackageName>,
+    targets: BTreeMap<PackageName, Target>,
+}
+
+/// The sans-I/O mesh peer, generic over the transport's peer id.
+#[derive(Debug)]
+pub struct PeerCore<P> {
+    config: PeerConfig,
+    node_id: String,
+    trust: TrustRoot,
+    rng_state: u64,
+    /// automerge actor id of this run.
+    actor: Vec<u8>,
+    docs: BTreeMap<DocumentId, MeshDocument>,
+    unpersisted_bytes: BTreeMap<DocumentId, usize>,
+    peers: BTreeMap<P, PeerSession>,
+    next_anti_entropy_ms: u64,
+    announce_pending: BTreeSet<DocumentId>,
+    view: MeshView,
+}
+
+impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
+    /// A core with empty documents. `seed` drives the choice of anti-entropy
+    /// peers and, with `local_node_id`, this run's automerge actor id (so a
+    /// restarted node never reuses an actor's sequence numbers): pass a fresh
+    /// random value per process start, or a fixed one in simulations.
+    pub fn new(
+        config: PeerConfig,
+        local_node_id: String,
+        trust_root: TrustRoot,
+        seed: u64,
+    ) -> Self {
+        let mut actor_source = local_node_id.as_bytes().to_vec();
+        actor_source.extend_from_slice(&seed.to_le_bytes());
+        let actor = digest(&actor_source)[..16].to_vec();
+        let docs = DocumentId::all()
+            .map(|id| (id, MeshDocument::new(id, &actor, config.limits.clone())))
+            .collect();
+        PeerCore {
+            config,
+            node_id: local_node_id,
+            trust: trust_root,
+            rng_state: seed,
+            actor,
+            docs,
+            unpersisted_bytes: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            next_anti_entropy_ms: 0,
+            announce_pending: BTreeSet::new(),
+            view: MeshView::default(),
+        }
+    }
+
+    /// Replaces a document with saved bytes (at start-up, before any input).
+    pub fn load_document(&mut self, id: DocumentId, bytes: &[u8]) -> Result<(), LoadError> {
+        let doc = MeshDocument::load(id, &self.actor, self.config.limits.clone(), bytes)?;
+        self.docs.insert(id, doc);
+        let mut actions = Vec::new();
+        self.refresh_view(id, &mut actions);
+        Ok(())
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Decided targets.
+    pub fn targets(&self) -> &BTreeMap<PackageName, Target> {
+        &self.view.targets
+    }
+
+    /// Valid catalog entries.
+    pub fn catalog(&self) -> &Catalog {
+        &self.view.catalog
+    }
+
+    /// Valid intents, in key order.
+    pub fn intents(&self) -> &[SignedIntent] {
+        &self.view.intents
+    }
+
+    /// Current quarantine set.
+    pub fn quarantine(&self) -> &QuarantineSet<PackageName> {
+        &self.view.quarantine
+    }
+
+    /// Node id → package → status, over all shards.
+    pub fn status_table(&self) -> StatusTable {
+        let mut table = StatusTable::new();
+        for shard in self.view.status.values() {
+            for (node, packages) in shard {
+                table.insert(node.clone(), packages.clone());
+            }
+        }
+        table
+    }
+
+    /// Every entry currently rejected, in path order.
+    pub fn rejected(&self) -> Vec<RejectedEntry> {
+        let mut all: Vec<RejectedEntry> = self.view.rejected.values().flatten().cloned().collect();
+        all.sort();
+        all
+    }
+
+    /// Heads of every document.
+    pub fn heads(&mut self) -> BTreeMap<DocumentId, Vec<ChangeHash>> {
+        self.docs
+            .iter_mut()
+            .map(|(id, doc)| (*id, doc.heads()))
+            .collect()
+    }
+
+    /// A compacted save of a document (for the node's periodic compaction).
+    pub fn save_document(&mut self, id: DocumentId) -> Option<Vec<u8>> {
+        self.unpersisted_bytes.remove(&id);
+        self.docs.get_mut(&id).map(MeshDocument::save)
+    }
+
+    /// Connected peers.
+    pub fn peers(&self) -> impl Iterator<Item = &P> {
+        self.peers.keys()
+    }
+
+    /// Feeds one event; returns what to do, in order.
+    pub fn handle(&mut self, now_ms: u64, input: PeerInput<P>) -> Vec<PeerAction<P>> {
+        let mut actions = Vec::new();
+        match input {
+            PeerInput::Connected(peer) => {
+                if !self.peers.contains_key(&peer) && self.peers.len() < self.config.max_peers {
+                    self.peers.insert(
+                        peer.clone(),
+                        PeerSession {
+                            window_start_ms: now_ms,
+                            ..PeerSession::default()
+                        },
+                    );
+                    self.sync_all_documents(&peer, &mut actions);
+                }
+            }
+            PeerInput::Disconnected(peer) => {
+                self.peers.remove(&peer);
+            }
+            PeerInput::Message { from, bytes } => self.on_frame(now_ms, from, &bytes, &mut actions),
+            PeerInput::HeadsAnnounced { from, bytes } => {
+                self.on_announcement(from, &bytes, &mut actions)
+            }
+            PeerInput::Tick => {
+                if now_ms >= self.next_anti_entropy_ms {
+                    self.next_anti_entropy_ms =
+                        now_ms.saturating_add(self.config.anti_entropy_interval_ms);
+                    if let Some(peer) = self.random_peer() {
+                        if let Some(session) = self.peers.get_mut(&peer) {
+                            session.sync.clear();
+                        }
+                        self.sync_all_documents(&peer, &mut actions);
+                    }
+                }
+            }
+            PeerInput::PublishManifest(manifest) => {
+                let what = format!(
+                    "manifest {}@{}",
+                    manifest.manifest.name, manifest.manifest.version
+                );
+                let result = self
+                    .docs
+                    .get_mut(&DocumentId::Catalog)
+                    .map(|doc| write_manifest(doc, &manifest));
+                self.after_local_write(DocumentId::Catalog, what, result, &mut actions);
+            }
+            PeerInput::SubmitIntent(intent) => {
+                let what = format!(
+                    "intent {} {}",
+                    intent.intent.package,
+                    hex::encode(intent.digest)
+                );
+                let result = self
+                    .docs
+                    .get_mut(&DocumentId::Intents)
+                    .map(|doc| write_intent(doc, &intent));
+                self.after_local_write(DocumentId::Intents, what, result, &mut actions);
+            }
+            PeerInput::ReportStatus {
+                package,
+                mut status,
+            } => {
+                status.known_intent_clock = self
+                    .view
+                    .intents
+                    .iter()
+                    .filter(|i| i.intent.package == package)
+                    .map(|i| i.intent.clock)
+                    .max()
+                    .unwrap_or(0);
+                let id = DocumentId::Status {
+                    shard: status_shard(&self.node_id),
+                };
+                let what = format!("status of {package}");
+                let node_id = self.node_id.clone();
+                let result = self.docs.get_mut(&id).map(|doc| {
+                    write_status(doc, &node_id, &package, &status).map_err(|e| e.to_string())
+                });
+                self.after_local_write(id, what, result, &mut actions);
+            }
+        }
+        self.flush_announcements(&mut actions);
+        actions
+    }
+
+    fn after_local_write<E: ToString>(
+        &mut self,
+        id: DocumentId,
+        what: String,
+        result: Option<Result<(), E>>,
+        actions: &mut Vec<PeerAction<P>>,
+    ) {
+        match result {
+            Some(Ok(())) => self.document_changed(id, None, actions),
+            Some(Err(err)) => actions.push(PeerAction::WriteFailed {
+                what,
+                reason: err.to_string(),
+            }),
+            None => actions.push(PeerAction::WriteFailed {
+                what,
+                reason: format!("document {id} missing"),
+            }),
+        }
+    }
+
+    fn on_frame(&mut self, now_ms: u64, from: P, bytes: &[u8], actions: &mut Vec<PeerAction<P>>) {
+        let max_frame = self.config.limits.max_sync_message_bytes + FRAME_OVERHEAD_BYTES;
+        let refuse = |reason: String, actions: &mut Vec<PeerAction<P>>| {
+            actions.push(PeerAction::Refused {
+                from: from.clone(),
+                reason,
+            });
+        };
+        if bytes.len() > max_frame {
+            return refuse(
+                format!(
+                    "frame is {} bytes, at most {max_frame} allowed",
+                    bytes.len()
+                ),
+                actions,
+            );
+        }
+        let Some(session) = self.peers.get_mut(&from) else {
+            return refuse(
+                "frame from a peer that is not connected".to_string(),
+                actions,
+            );
+        };
+        if now_ms.saturating_sub(session.window_start_ms) >= self.config.rate_window_ms {
+            session.window_start_ms = now_ms;
+            session.window_bytes = 0;
+        }
+        session.window_bytes = session.window_bytes.saturating_add(bytes.len());
+        if session.window_bytes > self.config.max_bytes_per_peer_per_window {
+            return refuse(
+                format!(
+                    "peer sent over {} bytes within {} ms",
+                    self.config.max_bytes_per_peer_per_window, self.config.rate_window_ms
+                ),
+                actions,
+            );
+        }
+        let frame = match wire::SyncFrame::decode(bytes) {
+            Ok(frame) => frame,
+            Err(err) => return refuse(format!("malformed sync frame: {err}"), actions),
+        };
+        let Some(id) = frame.document.as_ref().and_then(DocumentId::from_wire) else {
+            return refuse("sync frame names no known document".to_string(), actions);
+        };
+        let (Some(doc), Some(session)) = (self.docs.get_mut(&id), self.peers.get_mut(&from)) else {
+            return;
+        };
+        let state = session.sync.entry(id).or_default();
+        match doc.receive_sync_message(state, &frame.sync_message) {
+            Ok(changed) => {
+                if changed {
+                    self.document_changed(id, Some(&from), actions);
+                }
+                self.sync_document(&from, id, actions);
+            }
+            Err(err) => {
+                // Start this document's sync with the peer afresh.
+                *state = sync::State::new();
+                refuse(format!("document {id}: {err}"), actions);
+            }
+        }
+    }
+
+    fn on_announcement(&mut self, from: P, bytes: &[u8], actions: &mut Vec<PeerAction<P>>) {
+        if bytes.len() > MAX_ANNOUNCEMENT_BYTES {
+            actions.push(PeerAction::Refused {
+                from,
+                reason: format!(
+                    "announcement is {} bytes, at most {MAX_ANNOUNCEMENT_BYTES}",
+                    bytes.len()
+                ),
+            });
+            return;
+        }
+        let announcement = match wire::HeadsAnnouncement::decode(bytes) {
+            Ok(announcement) => announcement,
+            Err(err) => {
+                actions.push(PeerAction::Refused {
+                    from,
+                    reason: format!("malformed announcement: {err}"),
+                });
+                return;
+            }
+        };
+        if !self.peers.contains_key(&from) {
+            return;
+        }
+        let mut lacking = BTreeSet::new();
+        for entry in &announcement.documents {
+            let Some(id) = entry.document.as_ref().and_then(DocumentId::from_wire) else {
+                continue;
+            };
+            let Some(doc) = self.docs.get_mut(&id) else {
+                continue;
+            };
+            let unknown = entry.heads.iter().any(|head| {
+                ChangeHash::try_from(head.as_slice()).is_ok_and(|hash| !doc.has_change(&hash))
+            });
+            if unknown {
+                lacking.insert(id);
+            }
+        }
+        for id in lacking {
+            if let Some(session) = self.peers.get_mut(&from) {
+                session.sync.insert(id, sync::State::new());
+            }
+            self.sync_document(&from, id, actions);
+        }
+    }
+
+    /// A document changed (locally, or by a frame from `source`): persist,
+    /// offer it to every other peer, announce, and refresh what it means.
+    fn document_changed(
+        &mut self,
+        id: DocumentId,
+        source: Option<&P>,
+        actions: &mut Vec<PeerAction<P>>,
+    ) {
+        if let Some(doc) = self.docs.get_mut(&id) {
+            let bytes = doc.save_incremental();
+            let pending = self.unpersisted_bytes.entry(id).or_default();
+            *pending += bytes.len();
+            if *pending > self.config.compact_after_bytes {
+                *pending = 0;
+                actions.push(PeerAction::PersistCompacted {
+                    doc: id,
+                    bytes: doc.save(),
+                });
+            } else if !bytes.is_empty() {
+                actions.push(PeerAction::Persist { doc: id, bytes });
+            }
+        }
+        let others: Vec<P> = self
+            .peers
+            .keys()
+            .filter(|peer| Some(*peer) != source)
+            .cloned()
+            .collect();
+        for peer in others {
+            self.sync_document(&peer, id, actions);
+        }
+        self.announce_pending.insert(id);
+        self.refresh_view(id, actions);
+    }
+
+    fn sync_all_documents(&mut self, peer: &P, actions: &mut Vec<PeerAction<P>>) {
+        let ids: Vec<DocumentId> = self.docs.keys().copied().collect();
+        for id in ids {
+            self.sync_document(peer, id, actions);
+        }
+    }
+
+    /// Sends the next sync message of `id` to `peer`, if automerge has one.
+    fn sync_document(&mut self, peer: &P, id: DocumentId, actions: &mut Vec<PeerAction<P>>) {
+        let (Some(doc), Some(session)) = (self.docs.get_mut(&id), self.peers.get_mut(peer)) else {
+            return;
+        };
+        let state = session.sync.entry(id).or_default();
+        let Some(message) = doc.generate_sync_message(state) else {
+            return;
+        };
+        if message.len() > self.config.limits.max_sync_message_bytes {
+            // The peer would refuse it; start afresh at the next anti-entropy.
+            *state = sync::State::new();
+            tracing::warn!(document = %id, size = message.len(), "sync message over the limit not sent");
+            return;
+        }
+        let frame = wire::SyncFrame {
+            document: Some(id.to_wire()),
+            sync_message: message,
+        };
+        actions.push(PeerAction::Send {
+            to: peer.clone(),
+            bytes: frame.encode_to_vec(),
+        });
+    }
+
+    fn flush_announcements(&mut self, actions: &mut Vec<PeerAction<P>>) {
+        if self.announce_pending.is_empty() {
+            return;
+        }
+        let mut announcement = wire::HeadsAnnouncement::default();
+        let pending: Vec<DocumentId> = self.announce_pending.iter().copied().collect();
+        for id in pending {
+            let Some(doc) = self.docs.get_mut(&id) else {
+                self.announce_pending.remove(&id);
+                continue;
+            };
+            let entry = wire::DocumentHeads {
+                document: Some(id.to_wire()),
+                heads: doc
+                    .heads()
+                    .iter()
+                    .take(MAX_ANNOUNCED_HEADS_PER_DOCUMENT)
+                    .map(|h| h.0.to_vec())
+                    .collect(),
+            };
+            announcement.documents.push(entry);
+            if announcement.encoded_len() > MAX_ANNOUNCEMENT_BYTES {
+                // Left pending for the next call.
+                announcement.documents.pop();
+                break;
+            }
+            self.announce_pending.remove(&id);
+        }
+        if !announcement.documents.is_empty() {
+            actions.push(PeerAction::AnnounceHeads {
+                bytes: announcement.encode_to_vec(),
+            });
+        }
+    }
+
+    /// splitmix64 over the seed: deterministic peer choice.
+    fn random_peer(&mut self) -> Option<P> {
+        if self.peers.is_empty() {
+            return None;
+        }
+        self.rng_state = self.rng_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng_state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let index = (z % self.peers.len() as u64) as usize;
+        self.peers.keys().nth(index).cloned()
+    }
+
+    /// Re-reads the meaning of document `id`; reports new rejections and
+    /// changed targets.
+    fn refresh_view(&mut self, id: DocumentId, actions: &mut Vec<PeerAction<P>>) {
+        let Some(doc) = self.docs.get(&id) else {
+            return;
+        };
+        let max_entries = self.config.limits.max_entries;
+        let mut rejected = Vec::new();
+        match id {
+            DocumentId::Catalog => {
+                let mut catalog = Catalog::new();
+                read_catalog(doc, &self.trust, max_entries, &mut catalog, &mut rejected);
+                self.view.catalog = catalog;
+            }
+            DocumentId::Intents => {
+                let mut intents = Vec::new();
+                read_intents(doc, &self.trust, max_entries, &mut intents, &mut rejected);
+                self.view.intents = intents;
+            }
+            DocumentId::Status { shard } => {
+                let mut table = StatusTable::new();
+                read_status_into(doc, max_entries, &mut table, &mut rejected);
+                self.view.status.insert(shard, table);
+            }
+        }
+        let rejected: BTreeSet<RejectedEntry> = rejected.into_iter().collect();
+        let previous = self.view.rejected.remove(&id).unwrap_or_default();
+        for entry in rejected.difference(&previous) {
+            actions.push(PeerAction::Rejected(entry.clone()));
+        }
+        self.view.rejected.insert(id, rejected);
+        if id != DocumentId::Catalog {
+            let table = self.status_table();
+            self.view.quarantine =
+                derive_quarantine(failure_reports(&table), self.config.quarantine_threshold);
+            let targets = arbitrate(
+                self.view.intents.iter().map(IntentFacts::from),
+                &self.view.quarantine,
+            );
+            if targets != self.view.targets {
+                self.view.targets = targets.clone();
+                actions.push(PeerAction::TargetsChanged(targets));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::intent::{Intent, IntentAction};
+    use crate::manifest::Manifest;
+    use crate::proto::v1::{SemVer, SkillPackage};
+    use crate::release_state::{Health, ReleaseState};
+    use crate::signing::PublisherKey;
+    use crate::trust::TrustedPublisher;
+    use semver::Version;
+
+    fn publisher(n: u8) -> PublisherKey {
+        PublisherKey::from_secret_bytes(&[n; 32])
+    }
+
+    fn trust() -> TrustRoot {
+        let key = publisher(1);
+        TrustRoot::new(1, [TrustedPublisher::new("release", key.verifying_key())]).unwrap()
+    }
+
+    fn package() -> PackageName {
+        "com.example.counter".parse().unwrap()
+    }
+
+    fn signed_manifest(version: &str) -> SignedManifest {
+        let v = Version::parse(version).unwrap();
+        let proto = SkillPackage {
+            package_name: package().to_string(),
+            version: Some(SemVer {
+                major: v.major,
+                minor: v.minor,
+                patch: v.patch,
+                pre: String::new(),
+                build: String::new(),
+            }),
+            dependencies: vec![],
+            sha256: vec![7; 32],
+            size: 10,
+            chunk_size: 64 * 1024,
+            chunk_sha256: vec![vec![7; 32]],
+            abi_world: "clawmesh:skill/skill@0.1.0".to_string(),
+            state_schema: 1,
+            capabilities: None,
+            description: String::new(),
+        };
+        let manifest = Manifest::from_proto(proto).unwrap();
+        SignedManifest::sign(manifest, &[&publisher(1)]).unwrap()
+    }
+
+    fn signed_intent(
+        key: &PublisherKey,
+        version: &str,
+        action: IntentAction,
+        clock: u64,
+    ) -> SignedIntent {
+        let intent = Intent {
+            package: package(),
+            version: Version::parse(version).unwrap(),
+            action,
+            clock,
+            author: key.key_id().clone(),
+            issued_at_ms: 0,
+            rollout_max_parallel_percent: 100,
+        };
+        SignedIntent::sign(intent, key).unwrap()
+    }
+
+    /// Cores wired by hand: every Send is queued and delivered in order;
+    /// frames between blocked pairs are dropped.
+    struct Net {
+        cores: Vec<PeerCore<usize>>,
+        queue: VecDeque<(usize, usize, PeerInput<usize>)>,
+        blocked: BTreeSet<(usize, usize)>,
+        refused: Vec<(usize, String)>,
+        now: u64,
+    }
+
+    impl Net {
+        fn new(count: usize) -> Net {
+            let cores = (0..count)
+                .map(|n| {
+                    PeerCore::new(
+                        PeerConfig::default(),
+                        format!("node-{n}"),
+                        trust(),
+                        n as u64,
+                    )
+                })
+                .collect();
+            Net {
+                cores,
+                queue: VecDeque::new(),
+                blocked: BTreeSet::new(),
+                refused: Vec::new(),
+                now: 0,
+            }
+        }
+
+        fn input(&mut self, who: usize, input: PeerInput<usize>) {
+            let actions = self.cores[who].handle(self.now, input);
+            self.apply(who, actions);
+        }
+
+        fn connect_all(&mut self) {
+            for a in 0..self.cores.len() {
+                for b in 0..self.cores.len() {
+                    if a != b {
+                        self.input(a, PeerInput::Connected(b));
+                    }
+                }
+            }
+        }
+
+        fn apply(&mut self, who: usize, actions: Vec<PeerAction<usize>>) {
+            for action in actions {
+                match action {
+                    PeerAction::Send { to, bytes } => {
+                        self.queue
+                            .push_back((who, to, PeerInput::Message { from: who, bytes }))
+                    }
+                    PeerAction::AnnounceHeads { bytes } => {
+                        for to in 0..self.cores.len() {
+                            if to != who {
+                                self.queue.push_back((
+                                    who,
+                                    to,
+                                    PeerInput::HeadsAnnounced {
+                                        from: who,
+                                        bytes: bytes.clone(),
+                                    },
+                                ));
+                            }
+                        }
+                    }
+                    PeerAction::Refused { reason, .. } => self.refused.push((who, reason)),
+                    _ => {}
+                }
+            }
+        }
+
+        fn run(&mut self) {
+            for _ in 0..100_000 {
+                let Some((from, to, input)) = self.queue.pop_front() else {
+                    return;
+                };
+                if self.blocked.contains(&(from, to)) {
+                    continue;
+                }
+                self.input(to, input);
+            }
+            panic!("network did not settle");
+        }
+
+        fn partition(&mut self, node: usize) {
+            for other in 0..self.cores.len() {
+                self.blocked.insert((node, other));
+                self.blocked.insert((other, node));
+            }
+        }
+
+        fn converged(&mut self) -> bool {
+            let first = self.cores[0].heads();
+            self.cores.iter_mut().all(|core| core.heads() == first)
+        }
+    }
+
+    #[test]
+    fn three_cores_converge_on_catalog_intents_status_and_targets() {
+        let mut net = Net::new(3);
+        net.connect_all();
+        net.run();
+        net.input(0, PeerInput::PublishManifest(signed_manifest("1.0.0")));
+        net.input(
+            1,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "1.0.0",
+                IntentAction::Deploy,
+                1,
+            )),
+        );
+        let status = PackageStatus {
+            state: ReleaseState::Active,
+            version: Some(Version::new(1, 0, 0)),
+            running: Some(Version::new(1, 0, 0)),
+            failed_version: None,
+            health: Health::Healthy,
+            updated_at_ms: 5,
+            blobs_held: vec![[7; 32]],
+            known_intent_clock: 0,
+            detail: String::new(),
+        };
+        net.run();
+        net.input(
+            2,
+            PeerInput::ReportStatus {
+                package: package(),
+                status,
+            },
+        );
+        net.run();
+        assert!(net.converged());
+        for core in &net.cores {
+            assert_eq!(core.targets()[&package()].version, Version::new(1, 0, 0));
+            assert_eq!(core.catalog()[&package()].len(), 1);
+            let table = core.status_table();
+            let reported = &table["node-2"][&package()];
+            assert_eq!(reported.state, ReleaseState::Active);
+            assert_eq!(reported.known_intent_clock, 1);
+            assert!(core.rejected().is_empty());
+        }
+        assert!(net.refused.is_empty(), "{:?}", net.refused);
+    }
+
+    #[test]
+    fn partitioned_core_catches_up_by_anti_entropy() {
+        let mut net = Net::new(3);
+        net.connect_all();
+        net.run();
+        net.partition(2);
+        net.input(
+            0,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "1.0.0",
+                IntentAction::Deploy,
+                1,
+            )),
+        );
+        net.input(
+            1,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "2.0.0",
+                IntentAction::Deploy,
+                2,
+            )),
+        );
+        net.run();
+        assert!(net.cores[2].targets().is_empty());
+        net.blocked.clear();
+        // Only anti-entropy can repair: gossip already went by.
+        for round in 1..=20 {
+            net.now = round * 5_000;
+            for who in 0..3 {
+                net.input(who, PeerInput::Tick);
+            }
+            net.run();
+            if net.converged() {
+                break;
+            }
+        }
+        assert!(net.converged());
+        for core in &net.cores {
+            assert_eq!(core.targets()[&package()].version, Version::new(2, 0, 0));
+        }
+    }
+
+    #[test]
+    fn forged_and_untrusted_intents_are_ignored_identically() {
+        let mut net = Net::new(3);
+        net.connect_all();
+        net.run();
+        net.input(
+            0,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "1.0.0",
+                IntentAction::Deploy,
+                1,
+            )),
+        );
+        // Signed by a key outside the trust root.
+        net.input(
+            1,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(9),
+                "9.0.0",
+                IntentAction::Deploy,
+                50,
+            )),
+        );
+        // A trusted intent whose payload was altered after signing.
+        let mut forged = signed_intent(&publisher(1), "8.0.0", IntentAction::Deploy, 60);
+        forged.envelope.payload.push(0);
+        net.input(2, PeerInput::SubmitIntent(forged));
+        net.run();
+        assert!(net.converged());
+        let rejected = net.cores[0].rejected();
+        assert_eq!(rejected.len(), 2, "{rejected:?}");
+        for core in &net.cores {
+            assert_eq!(core.rejected(), rejected);
+            assert_eq!(core.targets()[&package()].version, Version::new(1, 0, 0));
+        }
+    }
+
+    #[test]
+    fn malformed_frames_and_announcements_are_refused_without_loss() {
+        let mut core: PeerCore<usize> =
+            PeerCore::new(PeerConfig::default(), "n".into(), trust(), 1);
+        core.handle(0, PeerInput::Connected(7));
+        core.handle(
+            0,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "1.0.0",
+                IntentAction::Deploy,
+                1,
+            )),
+        );
+        let before = core.heads();
+        let bad_doc = wire::SyncFrame {
+            document: Some(wire::DocumentId { kind: 99, shard: 0 }),
+            sync_message: vec![],
+        }
+        .encode_to_vec();
+        let bad_sync = wire::SyncFrame {
+            document: Some(DocumentId::Intents.to_wire()),
+            sync_message: vec![0x42, 1, 2, 3],
+        }
+        .encode_to_vec();
+        for bytes in [vec![0xff; 9], bad_doc, bad_sync] {
+            let actions = core.handle(1, PeerInput::Message { from: 7, bytes });
+            assert!(
+                actions
+                    .iter()
+                    .any(|a| matches!(a, PeerAction::Refused { from: 7, .. }))
+            );
+        }
+        let actions = core.handle(
+            1,
+            PeerInput::HeadsAnnounced {
+                from: 7,
+                bytes: vec![0; 2_000],
+            },
+        );
+        assert!(matches!(actions.as_slice(), [PeerAction::Refused { .. }]));
+        assert_eq!(core.heads(), before);
+        assert_eq!(core.targets().len(), 1);
+    }
+
+    #[test]
+    fn quarantine_from_failed_reports_moves_every_core_back() {
+        let mut net = Net::new(3);
+        net.connect_all();
+        net.run();
+        net.input(
+            0,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "1.0.0",
+                IntentAction::Deploy,
+                1,
+            )),
+        );
+        net.input(
+            0,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "2.0.0",
+                IntentAction::Deploy,
+                2,
+            )),
+        );
+        net.run();
+        for who in 0..3 {
+            let status = PackageStatus {
+                state: ReleaseState::Active,
+                version: Some(Version::new(1, 0, 0)),
+                running: Some(Version::new(1, 0, 0)),
+                failed_version: Some(Version::new(2, 0, 0)),
+                health: Health::Healthy,
+                updated_at_ms: 1,
+                blobs_held: vec![],
+                known_intent_clock: 0,
+                detail: "deployment failed".into(),
+            };
+            net.input(
+                who,
+                PeerInput::ReportStatus {
+                    package: package(),
+                    status,
+                },
+            );
+        }
+        net.run();
+        for core in &net.cores {
+            assert_eq!(core.targets()[&package()].version, Version::new(1, 0, 0));
+            assert_eq!(core.quarantine().len(), 1);
+        }
+        // Only a newer intent (clock above every failing node's known clock, 2) lifts it.
+        net.input(
+            1,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "2.0.0",
+                IntentAction::Deploy,
+                3,
+            )),
+        );
+        net.run();
+        for core in &net.cores {
+            assert_eq!(core.targets()[&package()].version, Version::new(2, 0, 0));
+        }
+    }
+
+    #[test]
+    fn announced_unknown_heads_start_a_sync_with_the_announcer() {
+        let mut net = Net::new(2);
+        net.connect_all();
+        net.run();
+        let actions = net.cores[0].handle(
+            0,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "1.0.0",
+                IntentAction::Deploy,
+                1,
+            )),
+        );
+        // Drop the direct offer; keep only the gossip announcement.
+        let announcement = actions
+            .into_iter()
+            .find_map(|action| match action {
+                PeerAction::AnnounceHeads { bytes } => Some(bytes),
+                _ => None,
+            })
+            .unwrap();
+        assert!(announcement.len() <= MAX_ANNOUNCEMENT_BYTES);
+        let actions = net.cores[1].handle(
+            0,
+            PeerInput::HeadsAnnounced {
+                from: 0,
+                bytes: announcement,
+            },
+        );
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, PeerAction::Send { to: 0, .. }))
+        );
+        net.apply(1, actions);
+        net.run();
+        assert!(net.converged());
+        assert_eq!(
+            net.cores[1].targets()[&package()].version,
+            Version::new(1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn same_seed_and_inputs_give_the_same_actions() {
+        let run = || {
+            let mut core: PeerCore<u32> =
+                PeerCore::new(PeerConfig::default(), "n".into(), trust(), 42);
+            let mut all = Vec::new();
+            for peer in [5, 3, 9] {
+                all.extend(core.handle(0, PeerInput::Connected(peer)));
+            }
+            all.extend(core.handle(
+                1,
+                PeerInput::SubmitIntent(signed_intent(
+                    &publisher(1),
+                    "1.0.0",
+                    IntentAction::Deploy,
+                    1,
+                )),
+            ));
+            for t in 0..5 {
+                all.extend(core.handle(t * 10_000, PeerInput::Tick));
+            }
+            all
+        };
+        assert_eq!(run(), run());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_frames_never_panic_nor_lose_documents(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600), document in 0i32..5) {
+            let mut core: PeerCore<usize> = PeerCore::new(PeerConfig::default(), "n".into(), trust(), 1);
+            core.handle(0, PeerInput::Connected(7));
+            core.handle(0, PeerInput::SubmitIntent(signed_intent(&publisher(1), "1.0.0", IntentAction::Deploy, 1)));
+            let before = core.heads();
+            core.handle(1, PeerInput::Message { from: 7, bytes: bytes.clone() });
+            let framed = wire::SyncFrame {
+                document: Some(wire::DocumentId { kind: document, shard: 0 }),
+                sync_message: bytes.clone(),
+            }
+            .encode_to_vec();
+            core.handle(1, PeerInput::Message { from: 7, bytes: framed });
+            core.handle(1, PeerInput::HeadsAnnounced { from: 7, bytes });
+            proptest::prop_assert_eq!(core.heads(), before);
+            proptest::prop_assert_eq!(core.targets().len(), 1);
+        }
+    }
+
+    #[test]
+    fn persisted_documents_load_back() {
+        let mut core: PeerCore<usize> =
+            PeerCore::new(PeerConfig::default(), "n".into(), trust(), 1);
+        let actions = core.handle(
+            0,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "1.0.0",
+                IntentAction::Deploy,
+                1,
+            )),
+        );
+        let mut file = Vec::new();
+        for action in actions {
+            if let PeerAction::Persist {
+                doc: DocumentId::Intents,
+                bytes,
+            } = action
+            {
+                file.extend(bytes);
+            }
+        }
+        let mut restarted: PeerCore<usize> =
+            PeerCore::new(PeerConfig::default(), "n".into(), trust(), 2);
+        restarted.load_document(DocumentId::Intents, &file).unwrap();
+        assert_eq!(restarted.targets(), core.targets());
+    }
+}

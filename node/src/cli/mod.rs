@@ -1,0 +1,329 @@
+//! The `clawmesh` command line: argument definitions and dispatch. Each
+//! command's work lives in its own module; this file only routes.
+
+mod demo;
+
+mod keys;
+mod pack;
+mod publish;
+pub mod ui;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+/// Exit code of a command that failed.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of a command that is part of the contract but not built yet.
+pub const EXIT_NOT_YET_AVAILABLE: u8 = 3;
+
+/// clawmesh: a leaderless peer-to-peer release mesh for WebAssembly skills.
+#[derive(Debug, Parser)]
+#[command(name = "clawmesh", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info,clawmesh_node=debug`.
+    #[arg(long, global = true, env = "CLAWMESH_LOG", default_value = "warn")]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every command; the names are a contract scripts rely on.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publisher keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Trust roots (which publisher keys a mesh accepts).
+    #[command(subcommand)]
+    Trust(TrustCommand),
+    /// Make a signed package file from a skill component.
+    Pack(PackArgs),
+    /// Verify a package file and store it in a node's data dir.
+    Publish(PublishArgs),
+    /// Run a node.
+    Node(NodeArgs),
+    /// Host one skill version (started by the node; not for people).
+    #[command(hide = true)]
+    Worker(PassthroughArgs),
+    /// Deploy a published package on a local node (admin socket).
+    Deploy(PassthroughArgs),
+    /// Sign and submit a release intent.
+    Release(PassthroughArgs),
+    /// Sign and submit a rollback intent.
+    Rollback(PassthroughArgs),
+    /// Show what the mesh runs: nodes × packages.
+    Status(PassthroughArgs),
+    /// Call a skill on a node.
+    Invoke(PassthroughArgs),
+    /// Fetch a package's blob from peers.
+    Fetch(PassthroughArgs),
+    /// Sidecar: hot-swap a skill on every rebuild.
+    Dev(PassthroughArgs),
+    /// Run partition simulations.
+    Sim(PassthroughArgs),
+    /// Benchmarks that print figures against a baseline.
+    Bench(PassthroughArgs),
+    /// Resolve the dependencies of packages in a node's store.
+    Resolve(ResolveArgs),
+    /// Delete blobs no stored manifest references.
+    Gc(GcArgs),
+    /// Show the whole story on this machine.
+    Demo(DemoArgs),
+    /// Check what this host offers clawmesh (cgroups, memfd, toolchain...).
+    Doctor(DoctorArgs),
+    /// Print shell completions.
+    Completions {
+        /// Shell to generate for.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Arguments of a command not built yet (kept so `--help` lists it).
+#[derive(Debug, Args)]
+pub struct PassthroughArgs {
+    /// Arguments (not interpreted yet).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+/// `clawmesh key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate a publisher key (file mode 0600); prints its key id.
+    Gen {
+        /// Where to write the secret key; the public part goes to FILE.pub.
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `clawmesh trust ...`
+#[derive(Debug, Subcommand)]
+pub enum TrustCommand {
+    /// Write a trust root listing publisher keys and a signature threshold.
+    Init {
+        /// A publisher key file (secret or `.pub`); repeat for several.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// Signatures needed on every manifest and intent.
+        #[arg(long, default_value_t = 1)]
+        threshold: usize,
+        /// Where to write the trust root (TOML).
+        #[arg(long, short)]
+        out: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `clawmesh pack ...`
+#[derive(Debug, Args)]
+pub struct PackArgs {
+    /// The skill component (.wasm).
+    pub wasm: PathBuf,
+    /// Package name, reverse-DNS (e.g. com.example.counter).
+    #[arg(long)]
+    pub name: String,
+    /// Semantic version.
+    #[arg(long)]
+    pub version: String,
+    /// Dependency `PKG@RANGE` or `PKG@RANGE,shared`; repeat for several.
+    #[arg(long = "dep")]
+    pub deps: Vec<String>,
+    /// Publisher key file; repeat to add signatures.
+    #[arg(long = "key", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Output package file.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// WIT world the component targets.
+    #[arg(long, default_value = pack::DEFAULT_ABI_WORLD)]
+    pub abi_world: String,
+    /// State schema version its snapshot writes.
+    #[arg(long, default_value_t = 1)]
+    pub state_schema: u32,
+    /// Memory the skill asks for, in MiB (0 = node default).
+    #[arg(long, default_value_t = 0)]
+    pub max_memory_mib: u64,
+    /// Description for people.
+    #[arg(long, default_value = "")]
+    pub description: String,
+}
+
+/// Where a command finds a node.
+#[derive(Debug, Args, Clone)]
+pub struct NodeDir {
+    /// The node's data directory.
+    #[arg(long = "node", env = "CLAWMESH_NODE")]
+    pub node: PathBuf,
+}
+
+/// `clawmesh publish ...`
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Package file made by `clawmesh pack`.
+    pub file: PathBuf,
+    /// Expected sha256 of the blob (refused unless it matches).
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// The node.
+    #[command(flatten)]
+    pub node: NodeDir,
+    /// Trust root (default: the node's trust.toml).
+    #[arg(long, env = "CLAWMESH_TRUST")]
+    pub trust: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `clawmesh node ...`
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Data directory.
+    #[arg(long, env = "CLAWMESH_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Everything else (mesh and HTTP options arrive with their issues).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub rest: Vec<String>,
+}
+
+/// `clawmesh resolve ...`
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    /// Root skills to run together, `PKG@VERSION`.
+    #[arg(required = true)]
+    pub roots: Vec<String>,
+    /// The node.
+    #[command(flatten)]
+    pub node: NodeDir,
+    /// Trust root (default: the node's trust.toml).
+    #[arg(long, env = "CLAWMESH_TRUST")]
+    pub trust: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `clawmesh gc ...`
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// The node.
+    #[command(flatten)]
+    pub node: NodeDir,
+    /// Trust root (default: the node's trust.toml).
+    #[arg(long, env = "CLAWMESH_TRUST")]
+    pub trust: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `clawmesh demo ...`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep everything here instead of a temp dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Where the built sample skills are.
+    #[arg(long, env = "CLAWMESH_SKILLS_DIR")]
+    pub skills_dir: Option<PathBuf>,
+    /// Machine-readable summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `clawmesh doctor ...`
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ui::Ui::from_env_stderr().color())
+        .try_init();
+}
+
+/// Default directory of the built sample skills.
+pub fn default_skills_dir() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../skills/target/wasm32-wasip2/release"
+    ))
+}
+
+fn not_yet(name: &str) -> anyhow::Result<ExitCode> {
+    eprintln!("clawmesh {name}: not yet available in this build");
+    Ok(ExitCode::from(EXIT_NOT_YET_AVAILABLE))
+}
+
+/// Parses the command line, runs the command, and maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let ui = ui::Ui::from_env_stderr();
+            eprintln!("{} {e:#}", ui.bad("error:"));
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Key(KeyCommand::Gen { out, force }) => keys::key_gen(&out, force),
+        Command::Trust(TrustCommand::Init {
+            keys: key_files,
+            threshold,
+            out,
+            force,
+        }) => keys::trust_init(&key_files, threshold, &out, force),
+        Command::Pack(args) => pack::pack(&args),
+        Command::Publish(args) => publish::publish(&args),
+        Command::Resolve(args) => publish::resolve(&args),
+        Command::Gc(args) => publish::gc(&args),
+        Command::Demo(args) => demo::demo(&args),
+        Command::Doctor(_) => not_yet("doctor"),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "clawmesh", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(_) => not_yet("node"),
+        Command::Worker(_) => not_yet("worker"),
+        Command::Deploy(_) => not_yet("deploy"),
+        Command::Release(_) => not_yet("release"),
+        Command::Rollback(_) => not_yet("rollback"),
+        Command::Status(_) => not_yet("status"),
+        Command::Invoke(_) => not_yet("invoke"),
+        Command::Fetch(_) => not_yet("fetch"),
+        Command::Dev(_) => not_yet("dev"),
+        Command::Sim(_) => not_yet("sim"),
+        Command::Bench(_) => not_yet("bench"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

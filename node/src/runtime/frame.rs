@@ -1,0 +1,545 @@
+//! The node ↔ worker wire protocol: length-prefixed frames over a Unix socket.
+//!
+//! ```text
+//! u32 LE  length of everything after it (header + payload), ≤ MAX_FRAME
+//! u64 LE  request id (0 is reserved for the worker's unsolicited `Hello`)
+//! u8      kind
+//! ...     payload (layout per kind, below)
+//! ```
+//!
+//! Requests (node → worker): `Invoke` (u16 LE op length, op UTF-8, input
+//! bytes), `Snapshot`, `Restore` (u32 LE schema, state bytes), `Health`,
+//! `Shutdown` (all empty), and `RestoreFromFd` (u32 LE schema; the state
+//! lives in a shared-memory segment whose fd rides on the same `sendmsg`
+//! as SCM_RIGHTS ancillary data — reserved for the swap, refused today).
+//! Responses (worker → node): `Ok` (payload bytes) and `Err` (u8 code,
+//! u16 LE skill-code length, skill code UTF-8, message UTF-8).
+//!
+//! Encoding and decoding are pure functions over bytes so they can be
+//! tested and fuzzed without sockets; decoding never panics.
+
+use thiserror::Error;
+
+/// Largest frame accepted or sent, counted after the length prefix. Both
+/// sides refuse anything bigger before allocating for it.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// Bytes of the header after the length prefix: request id + kind.
+pub const HEADER: usize = 8 + 1;
+
+/// Largest payload a frame can carry.
+pub const MAX_PAYLOAD: usize = MAX_FRAME - HEADER;
+
+/// Longest operation name, bounded by its u16 length field.
+pub const MAX_OP_LEN: usize = u16::MAX as usize;
+
+/// Request id of the worker's unsolicited readiness frame.
+pub const HELLO_ID: u64 = 0;
+
+/// Frame kind byte values. Requests are below 0x80, responses at or above.
+mod kind {
+    pub const INVOKE: u8 = 0x01;
+    pub const SNAPSHOT: u8 = 0x02;
+    pub const RESTORE: u8 = 0x03;
+    pub const HEALTH: u8 = 0x04;
+    pub const SHUTDOWN: u8 = 0x05;
+    pub const RESTORE_FROM_FD: u8 = 0x06;
+    pub const OK: u8 = 0x80;
+    pub const ERR: u8 = 0x81;
+}
+
+/// A request from the node to a worker, borrowing its bytes from the frame
+/// (decode) or from the caller (encode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// Call the skill's `handle(op, input)`.
+    Invoke {
+        /// Operation name, at most [`MAX_OP_LEN`] bytes.
+        op: &'a str,
+        /// Opaque input bytes.
+        input: &'a [u8],
+    },
+    /// Ask the skill for `snapshot()`; the `Ok` payload is [`encode_state`].
+    Snapshot,
+    /// Hand the skill a state for `restore(state)`.
+    Restore {
+        /// State schema version.
+        schema: u32,
+        /// State bytes.
+        data: &'a [u8],
+    },
+    /// Ask the skill for `health()`.
+    Health,
+    /// Ask the worker to answer and exit.
+    Shutdown,
+    /// Restore from a shared-memory segment passed as an fd alongside this
+    /// frame (SCM_RIGHTS). Reserved for the swap; workers refuse it today.
+    RestoreFromFd {
+        /// State schema version expected in the segment.
+        schema: u32,
+    },
+}
+
+/// A response from a worker, borrowing its bytes from the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response<'a> {
+    /// Success; what the payload means depends on the request.
+    Ok(&'a [u8]),
+    /// Failure with a stable code.
+    Err(WorkerFailure<'a>),
+}
+
+/// Why a worker could not answer a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerFailure<'a> {
+    /// Stable classification.
+    pub code: FailureCode,
+    /// The skill's own error code when `code` is [`FailureCode::Skill`], else empty.
+    pub skill_code: &'a str,
+    /// Human-readable detail.
+    pub message: &'a str,
+}
+
+/// Stable classification of a worker-side failure (one byte on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureCode {
+    /// The skill returned an error of its own.
+    Skill,
+    /// The call ran past its deadline and was interrupted.
+    DeadlineExceeded,
+    /// The call hit the store's memory limit.
+    MemoryLimit,
+    /// The skill trapped; the worker replaced its instance.
+    Trap,
+    /// The request was malformed or not supported by this worker.
+    BadRequest,
+    /// The worker could not load or instantiate its skill.
+    LoadFailed,
+    /// Any other host-side failure inside the worker.
+    Internal,
+}
+
+impl FailureCode {
+    fn to_byte(self) -> u8 {
+        match self {
+            Self::Skill => 1,
+            Self::DeadlineExceeded => 2,
+            Self::MemoryLimit => 3,
+            Self::Trap => 4,
+            Self::BadRequest => 5,
+            Self::LoadFailed => 6,
+            Self::Internal => 7,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => Self::Skill,
+            2 => Self::DeadlineExceeded,
+            3 => Self::MemoryLimit,
+            4 => Self::Trap,
+            5 => Self::BadRequest,
+            6 => Self::LoadFailed,
+            7 => Self::Internal,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded frame: its request id and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame<T> {
+    /// Id matching a response to its request.
+    pub id: u64,
+    /// The request or response.
+    pub body: T,
+}
+
+/// Why bytes are not a valid frame, or a frame cannot be encoded.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix (or the frame being encoded) is above [`MAX_FRAME`].
+    #[error("frame length {length} exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge {
+        /// The offending length.
+        length: usize,
+    },
+    /// The length prefix is smaller than the fixed header.
+    #[error("frame length {length} is shorter than the {HEADER}-byte header")]
+    TooShort {
+        /// The offending length.
+        length: usize,
+    },
+    /// The kind byte names no request or no response.
+    #[error("unknown frame kind 0x{kind:02x}")]
+    UnknownKind {
+        /// The offending byte.
+        kind: u8,
+    },
+    /// A field inside the payload runs past the end of the frame.
+    #[error("{field} is truncated")]
+    Truncated {
+        /// The field that did not fit.
+        field: &'static str,
+    },
+    /// A kind with no payload carried bytes.
+    #[error("{kind} frame carries {extra} unexpected payload bytes")]
+    UnexpectedPayload {
+        /// The frame kind.
+        kind: &'static str,
+        /// How many bytes it carried.
+        extra: usize,
+    },
+    /// A text field is not UTF-8.
+    #[error("{field} is not valid UTF-8")]
+    NotUtf8 {
+        /// The offending field.
+        field: &'static str,
+    },
+    /// An operation name is longer than [`MAX_OP_LEN`].
+    #[error("operation name is {length} bytes, the limit is {MAX_OP_LEN}")]
+    OpTooLong {
+        /// The offending length.
+        length: usize,
+    },
+    /// The error code byte is unknown.
+    #[error("unknown failure code {code}")]
+    UnknownFailureCode {
+        /// The offending byte.
+        code: u8,
+    },
+}
+
+/// Reads the length prefix of a frame: how many bytes follow it. Refuses a
+/// length above [`MAX_FRAME`] or below [`HEADER`] before anyone allocates.
+pub fn frame_length(prefix: [u8; LENGTH_PREFIX]) -> Result<usize, FrameError> {
+    let length = u32::from_le_bytes(prefix) as usize;
+    if length > MAX_FRAME {
+        return Err(FrameError::TooLarge { length });
+    }
+    if length < HEADER {
+        return Err(FrameError::TooShort { length });
+    }
+    Ok(length)
+}
+
+/// Appends a complete request frame (prefix included) to `out`.
+pub fn encode_request(id: u64, request: &Request<'_>, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    match request {
+        Request::Invoke { op, input } => {
+            if op.len() > MAX_OP_LEN {
+                return Err(FrameError::OpTooLong { length: op.len() });
+            }
+            let start = begin(id, kind::INVOKE, 2 + op.len() + input.len(), out)?;
+            // Bounded by MAX_OP_LEN above.
+            out.extend_from_slice(&(op.len() as u16).to_le_bytes());
+            out.extend_from_slice(op.as_bytes());
+            out.extend_from_slice(input);
+            debug_assert_eq!(out.len() - start, LENGTH_PREFIX + HEADER + 2 + op.len() + input.len());
+        }
+        Request::Snapshot => {
+            begin(id, kind::SNAPSHOT, 0, out)?;
+        }
+        Request::Restore { schema, data } => {
+            begin(id, kind::RESTORE, 4 + data.len(), out)?;
+            out.extend_from_slice(&schema.to_le_bytes());
+            out.extend_from_slice(data);
+        }
+        Request::Health => {
+            begin(id, kind::HEALTH, 0, out)?;
+        }
+        Request::Shutdown => {
+            begin(id, kind::SHUTDOWN, 0, out)?;
+        }
+        Request::RestoreFromFd { schema } => {
+            begin(id, kind::RESTORE_FROM_FD, 4, out)?;
+            out.extend_from_slice(&schema.to_le_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Appends a complete response frame (prefix included) to `out`.
+pub fn encode_response(id: u64, response: &Response<'_>, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    match response {
+        Response::Ok(payload) => {
+            begin(id, kind::OK, payload.len(), out)?;
+            out.extend_from_slice(payload);
+        }
+        Response::Err(failure) => {
+            // Skill codes are short identifiers; cut rather than refuse so an
+            // error can always be reported.
+            let skill_code = truncate_utf8(failure.skill_code, MAX_OP_LEN);
+            let room = MAX_PAYLOAD - 1 - 2 - skill_code.len();
+            let message = truncate_utf8(failure.message, room);
+            begin(id, kind::ERR, 1 + 2 + skill_code.len() + message.len(), out)?;
+            out.push(failure.code.to_byte());
+            out.extend_from_slice(&(skill_code.len() as u16).to_le_bytes());
+            out.extend_from_slice(skill_code.as_bytes());
+            out.extend_from_slice(message.as_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Decodes a request from the bytes after the length prefix.
+pub fn decode_request(frame: &[u8]) -> Result<Frame<Request<'_>>, FrameError> {
+    let (id, kind, payload) = split_header(frame)?;
+    let body = match kind {
+        kind::INVOKE => {
+            let (op_len, rest) = take_u16(payload, "operation name length")?;
+            let op_len = usize::from(op_len);
+            if rest.len() < op_len {
+                return Err(FrameError::Truncated { field: "operation name" });
+            }
+            let (op, input) = rest.split_at(op_len);
+            let op = std::str::from_utf8(op).map_err(|_| FrameError::NotUtf8 { field: "operation name" })?;
+            Request::Invoke { op, input }
+        }
+        kind::SNAPSHOT => empty(payload, "snapshot", Request::Snapshot)?,
+        kind::RESTORE => {
+            let (schema, data) = take_u32(payload, "restore schema")?;
+            Request::Restore { schema, data }
+        }
+        kind::HEALTH => empty(payload, "health", Request::Health)?,
+        kind::SHUTDOWN => empty(payload, "shutdown", Request::Shutdown)?,
+        kind::RESTORE_FROM_FD => {
+            let (schema, rest) = take_u32(payload, "restore-from-fd schema")?;
+            empty(rest, "restore-from-fd", Request::RestoreFromFd { schema })?
+        }
+        other => return Err(FrameError::UnknownKind { kind: other }),
+    };
+    Ok(Frame { id, body })
+}
+
+/// Decodes a response from the bytes after the length prefix.
+pub fn decode_response(frame: &[u8]) -> Result<Frame<Response<'_>>, FrameError> {
+    let (id, kind, payload) = split_header(frame)?;
+    let body = match kind {
+        kind::OK => Response::Ok(payload),
+        kind::ERR => {
+            let (&code, rest) = payload.split_first().ok_or(FrameError::Truncated { field: "failure code" })?;
+            let code = FailureCode::from_byte(code).ok_or(FrameError::UnknownFailureCode { code })?;
+            let (skill_code_len, rest) = take_u16(rest, "skill code length")?;
+            let skill_code_len = usize::from(skill_code_len);
+            if rest.len() < skill_code_len {
+                return Err(FrameError::Truncated { field: "skill code" });
+            }
+            let (skill_code, message) = rest.split_at(skill_code_len);
+            let skill_code = std::str::from_utf8(skill_code).map_err(|_| FrameError::NotUtf8 { field: "skill code" })?;
+            let message = std::str::from_utf8(message).map_err(|_| FrameError::NotUtf8 { field: "failure message" })?;
+            Response::Err(WorkerFailure { code, skill_code, message })
+        }
+        other => return Err(FrameError::UnknownKind { kind: other }),
+    };
+    Ok(Frame { id, body })
+}
+
+/// Encodes a skill state as the payload of a `Snapshot` answer.
+pub fn encode_state(schema: u32, data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&schema.to_le_bytes());
+    out.extend_from_slice(data);
+}
+
+/// Decodes the payload of a `Snapshot` answer into (schema, data).
+pub fn decode_state(payload: &[u8]) -> Result<(u32, &[u8]), FrameError> {
+    take_u32(payload, "state schema")
+}
+
+/// Writes the prefix and header, checking the whole frame fits; returns the
+/// offset where the frame starts in `out`.
+fn begin(id: u64, kind: u8, payload_len: usize, out: &mut Vec<u8>) -> Result<usize, FrameError> {
+    let length = HEADER.saturating_add(payload_len);
+    if length > MAX_FRAME {
+        return Err(FrameError::TooLarge { length });
+    }
+    let start = out.len();
+    out.reserve(LENGTH_PREFIX + length);
+    // length ≤ MAX_FRAME < u32::MAX.
+    out.extend_from_slice(&(length as u32).to_le_bytes());
+    out.extend_from_slice(&id.to_le_bytes());
+    out.push(kind);
+    Ok(start)
+}
+
+fn split_header(frame: &[u8]) -> Result<(u64, u8, &[u8]), FrameError> {
+    if frame.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge { length: frame.len() });
+    }
+    let Some((id, rest)) = frame.split_first_chunk::<8>() else {
+        return Err(FrameError::TooShort { length: frame.len() });
+    };
+    let Some((&kind, payload)) = rest.split_first() else {
+        return Err(FrameError::TooShort { length: frame.len() });
+    };
+    Ok((u64::from_le_bytes(*id), kind, payload))
+}
+
+fn take_u16<'a>(bytes: &'a [u8], field: &'static str) -> Result<(u16, &'a [u8]), FrameError> {
+    let (value, rest) = bytes.split_first_chunk::<2>().ok_or(FrameError::Truncated { field })?;
+    Ok((u16::from_le_bytes(*value), rest))
+}
+
+fn take_u32<'a>(bytes: &'a [u8], field: &'static str) -> Result<(u32, &'a [u8]), FrameError> {
+    let (value, rest) = bytes.split_first_chunk::<4>().ok_or(FrameError::Truncated { field })?;
+    Ok((u32::from_le_bytes(*value), rest))
+}
+
+fn empty<T>(payload: &[u8], kind: &'static str, value: T) -> Result<T, FrameError> {
+    if payload.is_empty() {
+        Ok(value)
+    } else {
+        Err(FrameError::UnexpectedPayload { kind, extra: payload.len() })
+    }
+}
+
+/// The longest prefix of `text` that is at most `max` bytes and ends on a
+/// character boundary.
+fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip_request(id: u64, request: Request<'_>) {
+        let mut out = Vec::new();
+        encode_request(id, &request, &mut out).unwrap();
+        let length = frame_length(out[..4].try_into().unwrap()).unwrap();
+        assert_eq!(length, out.len() - LENGTH_PREFIX);
+        let frame = decode_request(&out[LENGTH_PREFIX..]).unwrap();
+        assert_eq!(frame, Frame { id, body: request });
+    }
+
+    #[test]
+    fn every_request_kind_round_trips() {
+        roundtrip_request(1, Request::Invoke { op: "add", input: b"\x01\x02" });
+        roundtrip_request(2, Request::Invoke { op: "", input: b"" });
+        roundtrip_request(3, Request::Snapshot);
+        roundtrip_request(4, Request::Restore { schema: 7, data: b"state" });
+        roundtrip_request(5, Request::Health);
+        roundtrip_request(u64::MAX, Request::Shutdown);
+        roundtrip_request(6, Request::RestoreFromFd { schema: 2 });
+    }
+
+    #[test]
+    fn both_response_kinds_round_trip() {
+        let mut out = Vec::new();
+        encode_response(9, &Response::Ok(b"out"), &mut out).unwrap();
+        let failure = WorkerFailure { code: FailureCode::Skill, skill_code: "not_found", message: "no key ü" };
+        encode_response(10, &Response::Err(failure.clone()), &mut out).unwrap();
+        let first = frame_length(out[..4].try_into().unwrap()).unwrap();
+        let (a, b) = out.split_at(LENGTH_PREFIX + first);
+        assert_eq!(decode_response(&a[LENGTH_PREFIX..]).unwrap(), Frame { id: 9, body: Response::Ok(b"out") });
+        assert_eq!(decode_response(&b[LENGTH_PREFIX..]).unwrap(), Frame { id: 10, body: Response::Err(failure) });
+    }
+
+    #[test]
+    fn length_prefix_above_the_limit_is_refused_before_reading() {
+        let too_big = u32::try_from(MAX_FRAME + 1).unwrap().to_le_bytes();
+        assert_eq!(frame_length(too_big), Err(FrameError::TooLarge { length: MAX_FRAME + 1 }));
+        assert_eq!(frame_length(3u32.to_le_bytes()), Err(FrameError::TooShort { length: 3 }));
+    }
+
+    #[test]
+    fn oversized_input_is_refused_at_encode() {
+        let input = vec![0u8; MAX_FRAME];
+        let mut out = Vec::new();
+        let err = encode_request(1, &Request::Invoke { op: "x", input: &input }, &mut out).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { .. }));
+        assert!(out.is_empty(), "nothing is written for a refused frame");
+    }
+
+    #[test]
+    fn overlong_op_is_refused_at_encode() {
+        let op = "o".repeat(MAX_OP_LEN + 1);
+        let err = encode_request(1, &Request::Invoke { op: &op, input: b"" }, &mut Vec::new()).unwrap_err();
+        assert_eq!(err, FrameError::OpTooLong { length: MAX_OP_LEN + 1 });
+    }
+
+    #[test]
+    fn malformed_payloads_are_named() {
+        let mut frame = 1u64.to_le_bytes().to_vec();
+        frame.push(kind::INVOKE);
+        frame.extend_from_slice(&5u16.to_le_bytes());
+        frame.extend_from_slice(b"ab");
+        assert_eq!(decode_request(&frame), Err(FrameError::Truncated { field: "operation name" }));
+
+        let mut frame = 1u64.to_le_bytes().to_vec();
+        frame.push(kind::HEALTH);
+        frame.push(0);
+        assert_eq!(decode_request(&frame), Err(FrameError::UnexpectedPayload { kind: "health", extra: 1 }));
+
+        let mut frame = 1u64.to_le_bytes().to_vec();
+        frame.push(0x42);
+        assert_eq!(decode_request(&frame), Err(FrameError::UnknownKind { kind: 0x42 }));
+        assert_eq!(decode_response(&frame), Err(FrameError::UnknownKind { kind: 0x42 }));
+
+        let mut frame = 1u64.to_le_bytes().to_vec();
+        frame.extend_from_slice(&[kind::ERR, 99]);
+        assert_eq!(decode_response(&frame), Err(FrameError::UnknownFailureCode { code: 99 }));
+    }
+
+    #[test]
+    fn state_payload_round_trips() {
+        let mut out = Vec::new();
+        encode_state(3, b"abc", &mut out);
+        assert_eq!(decode_state(&out), Ok((3, &b"abc"[..])));
+        assert_eq!(decode_state(b"ab"), Err(FrameError::Truncated { field: "state schema" }));
+    }
+
+    #[test]
+    fn long_error_messages_are_cut_on_a_char_boundary() {
+        let message = "é".repeat(MAX_FRAME);
+        let failure = WorkerFailure { code: FailureCode::Trap, skill_code: "", message: &message };
+        let mut out = Vec::new();
+        encode_response(1, &Response::Err(failure), &mut out).unwrap();
+        assert!(out.len() - LENGTH_PREFIX <= MAX_FRAME);
+        let Response::Err(decoded) = decode_response(&out[LENGTH_PREFIX..]).unwrap().body else {
+            panic!("expected an error frame");
+        };
+        assert!(decoded.message.chars().all(|c| c == 'é'));
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_request(&bytes);
+            let _ = decode_response(&bytes);
+            let _ = decode_state(&bytes);
+            if let Some(prefix) = bytes.first_chunk::<4>() {
+                let _ = frame_length(*prefix);
+            }
+        }
+
+        #[test]
+        fn invoke_round_trips(id in any::<u64>(), op in "\\PC{0,40}", input in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut out = Vec::new();
+            encode_request(id, &Request::Invoke { op: &op, input: &input }, &mut out).unwrap();
+            let frame = decode_request(&out[LENGTH_PREFIX..]).unwrap();
+            prop_assert_eq!(frame, Frame { id, body: Request::Invoke { op: &op, input: &input } });
+        }
+
+        #[test]
+        fn decoding_a_mutated_valid_frame_never_panics(index in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut out = Vec::new();
+            encode_response(5, &Response::Err(WorkerFailure { code: FailureCode::Skill, skill_code: "c", message: "m" }), &mut out).unwrap();
+            let at = index.index(out.len() - LENGTH_PREFIX) + LENGTH_PREFIX;
+            out[at] = byte;
+            let _ = decode_response(&out[LENGTH_PREFIX..]);
+            let _ = decode_request(&out[LENGTH_PREFIX..]);
+        }
+    }
+}

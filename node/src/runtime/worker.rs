@@ -1,0 +1,313 @@
+//! The `clawmesh worker` process: hosts one skill version and serves the
+//! node's frames over a Unix socket.
+//!
+//! Three threads: a reader turns socket bytes into frames, the calling
+//! thread runs them one at a time against the (single-threaded) skill
+//! instance, and a writer batches the answers back. The worker connects to
+//! the node first, then loads the skill and sends a `Hello` frame (id 0):
+//! `Ok` when ready, `Err(LoadFailed)` naming the problem otherwise. It exits
+//! when the node's end of the socket closes, and asks the kernel to kill it
+//! if the node dies first, so no worker outlives its node.
+
+use std::ffi::OsString;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clawmesh_wasm_abi::{
+    CallError, EngineConfig, HostClock, HostLog, SkillComponent, SkillEngine, SkillInstance, SkillState, SystemClock,
+    TracingLog,
+};
+
+use super::frame::{self, FailureCode, LENGTH_PREFIX, Request, Response, WorkerFailure};
+
+/// Frames read ahead of the skill: the node's in-flight bound is the real
+/// limit, this only stops a misbehaving peer from queueing without end.
+pub const MAX_QUEUED_FRAMES: usize = 4096;
+
+/// Answers waiting for the writer thread.
+const MAX_QUEUED_ANSWERS: usize = 4096;
+
+/// Default call deadline in milliseconds (the 1 s).
+pub const DEFAULT_DEADLINE_MS: u64 = 1000;
+
+/// Arguments of the hidden `clawmesh worker` subcommand.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct WorkerArgs {
+    /// Unix socket the node listens on for this worker.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// The skill's component file.
+    #[arg(long)]
+    pub wasm: PathBuf,
+    /// Expected sha256 of the component file, hex.
+    #[arg(long)]
+    pub sha256: String,
+    /// Directory for compiled components (shared by workers).
+    #[arg(long)]
+    pub cache_dir: PathBuf,
+    /// Most bytes of linear memory the skill instance may use.
+    #[arg(long, default_value_t = EngineConfig::DEFAULT_MAX_MEMORY_BYTES)]
+    pub max_memory: u64,
+    /// Deadline of one call in milliseconds.
+    #[arg(long, default_value_t = DEFAULT_DEADLINE_MS)]
+    pub deadline_ms: u64,
+    /// Name the skill's log lines are tagged with (`package@version`).
+    #[arg(long, default_value = "skill")]
+    pub name: String,
+}
+
+impl WorkerArgs {
+    /// The command-line arguments after `worker` that parse back into `self`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        vec![
+            "--socket".into(),
+            self.socket.clone().into(),
+            "--wasm".into(),
+            self.wasm.clone().into(),
+            "--sha256".into(),
+            self.sha256.clone().into(),
+            "--cache-dir".into(),
+            self.cache_dir.clone().into(),
+            "--max-memory".into(),
+            self.max_memory.to_string().into(),
+            "--deadline-ms".into(),
+            self.deadline_ms.to_string().into(),
+            "--name".into(),
+            self.name.clone().into(),
+        ]
+    }
+}
+
+/// Runs a worker until the node closes the socket or sends `Shutdown`.
+pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    // Killed with the node even if the socket close were missed.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("setting the parent-death signal")?;
+    let stream = UnixStream::connect(&args.socket)
+        .with_context(|| format!("connecting to the node at {}", args.socket.display()))?;
+    let mut hello = Vec::new();
+    let skill = match Skill::load(&args) {
+        Ok(skill) => skill,
+        Err(error) => {
+            let message = format!("{error:#}");
+            let failure = WorkerFailure { code: FailureCode::LoadFailed, skill_code: "", message: &message };
+            frame::encode_response(frame::HELLO_ID, &Response::Err(failure), &mut hello)?;
+            // The node may already be gone; the error is returned either way.
+            let _ = (&stream).write_all(&hello);
+            return Err(error);
+        }
+    };
+    frame::encode_response(frame::HELLO_ID, &Response::Ok(&[]), &mut hello)?;
+    (&stream).write_all(&hello).context("sending hello")?;
+
+    let (frames_tx, frames) = sync_channel(MAX_QUEUED_FRAMES);
+    let (answers, answers_rx) = sync_channel(MAX_QUEUED_ANSWERS);
+    let reader = stream.try_clone().context("cloning the socket")?;
+    let writer = stream;
+    std::thread::Builder::new().name("worker-read".into()).spawn(move || read_frames(reader, frames_tx))?;
+    let writer = std::thread::Builder::new().name("worker-write".into()).spawn(move || write_answers(writer, answers_rx))?;
+    let served = serve(skill, frames, answers);
+    // The writer ends once `serve` dropped its sender and everything is sent.
+    let _ = writer.join();
+    served
+}
+
+/// The loaded skill and what is needed to replace a poisoned instance.
+struct Skill {
+    engine: SkillEngine,
+    component: SkillComponent,
+    instance: SkillInstance,
+    clock: Arc<dyn HostClock>,
+    log: Arc<dyn HostLog>,
+}
+
+impl Skill {
+    fn load(args: &WorkerArgs) -> anyhow::Result<Self> {
+        let expected: [u8; 32] = hex::decode(&args.sha256)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .with_context(|| format!("--sha256 {:?} is not 64 hex digits", args.sha256))?;
+        let size = std::fs::metadata(&args.wasm).with_context(|| format!("reading {}", args.wasm.display()))?.len();
+        if size > clawmesh_wasm_abi::MAX_COMPONENT_BYTES as u64 {
+            bail!("{} is {size} bytes, over the {}-byte component limit", args.wasm.display(), clawmesh_wasm_abi::MAX_COMPONENT_BYTES);
+        }
+        let wasm = std::fs::read(&args.wasm).with_context(|| format!("reading {}", args.wasm.display()))?;
+        let config = EngineConfig {
+            max_memory_bytes: args.max_memory,
+            call_deadline: Duration::from_millis(args.deadline_ms),
+            cache_dir: Some(args.cache_dir.clone()),
+            ..EngineConfig::default()
+        };
+        let engine = SkillEngine::new(config).context("building the wasm engine")?;
+        let (component, cache) = engine
+            .load_cached(&wasm, &expected)
+            .with_context(|| format!("loading {} (the engine checks its sha256 first)", args.wasm.display()))?;
+        tracing::debug!(?cache, skill = %args.name, "component loaded");
+        let clock = SystemClock::shared();
+        let log: Arc<dyn HostLog> = Arc::new(TracingLog::new(args.name.clone()));
+        let instance = engine.instantiate(&component, clock.clone(), log.clone()).context("instantiating the component")?;
+        Ok(Self { engine, component, instance, clock, log })
+    }
+
+    /// Replaces a poisoned instance; its state is lost (the node's
+    /// checkpoints restore it once state segments exist).
+    fn reinstantiate(&mut self) -> anyhow::Result<()> {
+        self.instance = self
+            .engine
+            .instantiate(&self.component, self.clock.clone(), self.log.clone())
+            .context("re-instantiating after a trap")?;
+        Ok(())
+    }
+}
+
+fn read_frames(stream: UnixStream, frames: SyncSender<Vec<u8>>) {
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    loop {
+        let mut prefix = [0u8; LENGTH_PREFIX];
+        if reader.read_exact(&mut prefix).is_err() {
+            return; // node closed the socket: time to go
+        }
+        let length = match frame::frame_length(prefix) {
+            Ok(length) => length,
+            Err(error) => {
+                tracing::error!(%error, "node sent a bad frame length; closing");
+                return;
+            }
+        };
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() || frames.send(body).is_err() {
+            return;
+        }
+    }
+}
+
+fn write_answers(stream: UnixStream, answers: Receiver<Vec<u8>>) {
+    let mut writer = BufWriter::with_capacity(64 * 1024, stream);
+    while let Ok(first) = answers.recv() {
+        if writer.write_all(&first).is_err() {
+            return;
+        }
+        // Flush only when nothing else is ready: answers batch under load.
+        while let Ok(next) = answers.try_recv() {
+            if writer.write_all(&next).is_err() {
+                return;
+            }
+        }
+        if writer.flush().is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs frames against the skill until the node goes away or says `Shutdown`.
+fn serve(mut skill: Skill, frames: Receiver<Vec<u8>>, answers: SyncSender<Vec<u8>>) -> anyhow::Result<()> {
+    let mut state_buffer = Vec::new();
+    while let Ok(body) = frames.recv() {
+        let mut out = Vec::new();
+        let request = match frame::decode_request(&body) {
+            Ok(request) => request,
+            Err(error) => {
+                let id = body.first_chunk::<8>().map_or(0, |id| u64::from_le_bytes(*id));
+                let message = error.to_string();
+                let failure = WorkerFailure { code: FailureCode::BadRequest, skill_code: "", message: &message };
+                frame::encode_response(id, &Response::Err(failure), &mut out)?;
+                send(&answers, out)?;
+                continue;
+            }
+        };
+        let id = request.id;
+        let result = match request.body {
+            Request::Invoke { op, input } => skill.instance.handle(op, input),
+            Request::Snapshot => skill.instance.snapshot().map(|state| {
+                state_buffer.clear();
+                frame::encode_state(state.schema, &state.data, &mut state_buffer);
+                std::mem::take(&mut state_buffer)
+            }),
+            Request::Restore { schema, data } => {
+                skill.instance.restore(&SkillState { schema, data: data.to_vec() }).map(|()| Vec::new())
+            }
+            Request::Health => skill.instance.health().map(|()| Vec::new()),
+            Request::Shutdown => {
+                frame::encode_response(id, &Response::Ok(&[]), &mut out)?;
+                send(&answers, out)?;
+                return Ok(());
+            }
+            Request::RestoreFromFd { .. } => {
+                let failure = WorkerFailure {
+                    code: FailureCode::BadRequest,
+                    skill_code: "",
+                    message: "restore from a state segment is not supported by this worker yet",
+                };
+                frame::encode_response(id, &Response::Err(failure), &mut out)?;
+                send(&answers, out)?;
+                continue;
+            }
+        };
+        match result {
+            Ok(payload) => frame::encode_response(id, &Response::Ok(&payload), &mut out)?,
+            Err(error) => {
+                let (code, skill_code) = classify(&error);
+                let message = error.to_string();
+                let failure = WorkerFailure { code, skill_code, message: &message };
+                frame::encode_response(id, &Response::Err(failure), &mut out)?;
+                if error.poisons_instance() || skill.instance.is_poisoned() {
+                    tracing::warn!(%error, "skill instance poisoned; instantiating a new one");
+                    skill.reinstantiate()?;
+                }
+            }
+        }
+        send(&answers, out)?;
+    }
+    Ok(())
+}
+
+fn send(answers: &SyncSender<Vec<u8>>, frame: Vec<u8>) -> anyhow::Result<()> {
+    match answers.try_send(frame) {
+        Ok(()) => Ok(()),
+        // The writer is behind: wait for it (the node bounds what is in flight).
+        Err(TrySendError::Full(frame)) => answers.send(frame).map_err(|_| anyhow::anyhow!("writer thread stopped")),
+        Err(TrySendError::Disconnected(_)) => bail!("writer thread stopped"),
+    }
+}
+
+/// Stable failure code (and the skill's own code) of a call error.
+fn classify(error: &CallError) -> (FailureCode, &str) {
+    match error {
+        CallError::Skill { code, .. } => (FailureCode::Skill, code),
+        CallError::DeadlineExceeded { .. } => (FailureCode::DeadlineExceeded, ""),
+        CallError::MemoryLimit { .. } | CallError::TableLimit { .. } => (FailureCode::MemoryLimit, ""),
+        CallError::Trap(_) | CallError::Poisoned => (FailureCode::Trap, ""),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        worker: WorkerArgs,
+    }
+
+    #[test]
+    fn worker_args_round_trip_through_the_command_line() {
+        let args = WorkerArgs {
+            socket: "/run/w.sock".into(),
+            wasm: "/blobs/ab".into(),
+            sha256: "ab".repeat(32),
+            cache_dir: "/cache".into(),
+            max_memory: 1 << 20,
+            deadline_ms: 250,
+            name: "counter@1.0.0".into(),
+        };
+        let mut argv: Vec<OsString> = vec!["worker".into()];
+        argv.extend(args.to_args());
+        assert_eq!(Cli::try_parse_from(argv).unwrap().worker, args);
+    }
+}

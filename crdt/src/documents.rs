@@ -117,12 +117,58 @@ pub struct DocumentLimits {
 impl Default for DocumentLimits {
     fn default() -> Self {
         DocumentLimits {
-            max_document_bytes: 64 * 1024 * 1024,
+            max_document_bytes: 32 * 1024 * 1024,
             max_entries: 200_000,
             max_value_bytes: 80 * 1024,
-            max_sync_message_bytes: 8 * 1024 * 1024,
-            max_change_bytes_per_message: 8 * 1024 * 1024,
+            // A peer far behind is sent the whole document in one message
+            // (automerge's v2 sync), so a message must be able to carry one.
+            max_sync_message_bytes: 33 * 1024 * 1024,
+            max_change_bytes_per_message: 32 * 1024 * 1024,
         }
+    }
+}
+
+/// Results of validating stored values, keyed by the sha256 of the value
+/// bytes, so re-reading a document after a change checks only new values'
+/// signatures. Each read keeps only the values it saw, so the cache never
+/// holds more than one document's entries.
+#[derive(Debug)]
+pub struct VerifyCache<T> {
+    previous: std::collections::BTreeMap<[u8; 32], Result<T, String>>,
+    current: std::collections::BTreeMap<[u8; 32], Result<T, String>>,
+}
+
+impl<T> Default for VerifyCache<T> {
+    fn default() -> Self {
+        VerifyCache {
+            previous: std::collections::BTreeMap::new(),
+            current: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
+impl<T: Clone> VerifyCache<T> {
+    /// The result for `bytes`, computed by `verify` unless already known.
+    pub fn get_or_verify(
+        &mut self,
+        bytes: &[u8],
+        verify: impl FnOnce(&[u8]) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let key = crate::signing::digest(bytes);
+        if let Some(result) = self.current.get(&key) {
+            return result.clone();
+        }
+        let result = match self.previous.remove(&key) {
+            Some(result) => result,
+            None => verify(bytes),
+        };
+        self.current.insert(key, result.clone());
+        result
+    }
+
+    /// Ends a read: forgets values the read did not see.
+    pub fn finish_read(&mut self) {
+        self.previous = std::mem::take(&mut self.current);
     }
 }
 

@@ -30,7 +30,7 @@ use crate::documents::status::{
     PackageStatus, StatusTable, failure_reports, read_status_into, write_status,
 };
 use crate::documents::{
-    DocumentId, DocumentLimits, LoadError, MeshDocument, RejectedEntry, status_shard,
+    DocumentId, DocumentLimits, LoadError, MeshDocument, RejectedEntry, VerifyCache, status_shard,
 };
 use crate::intent::SignedIntent;
 use crate::manifest::{PackageName, SignedManifest};
@@ -62,6 +62,10 @@ pub struct PeerConfig {
     pub rate_window_ms: u64,
     /// Incremental bytes persisted for a document before a compacted full save.
     pub compact_after_bytes: usize,
+    /// Frames sent to one peer and not yet answered by any frame from it;
+    /// past this the core stops sending to the peer (its sync states restart
+    /// at the next anti-entropy or frame from it).
+    pub max_unanswered_frames_per_peer: usize,
 }
 
 impl Default for PeerConfig {
@@ -71,9 +75,10 @@ impl Default for PeerConfig {
             anti_entropy_interval_ms: 5_000,
             quarantine_threshold: 3,
             max_peers: 256,
-            max_bytes_per_peer_per_window: 64 * 1024 * 1024,
+            max_bytes_per_peer_per_window: 96 * 1024 * 1024,
             rate_window_ms: 10_000,
             compact_after_bytes: 4 * 1024 * 1024,
+            max_unanswered_frames_per_peer: 64,
         }
     }
 }
@@ -169,6 +174,9 @@ struct PeerSession {
     sync: BTreeMap<DocumentId, sync::State>,
     window_start_ms: u64,
     window_bytes: usize,
+    /// Frames sent since the peer last sent one (bounded by
+    /// `PeerConfig::max_unanswered_frames_per_peer`).
+    unanswered_frames: usize,
 }
 
 /// What the documents currently say, validated.
@@ -180,6 +188,8 @@ struct MeshView {
     rejected: BTreeMap<DocumentId, BTreeSet<RejectedEntry>>,
     quarantine: QuarantineSet<PackageName>,
     targets: BTreeMap<PackageName, Target>,
+    manifest_cache: VerifyCache<SignedManifest>,
+    intent_cache: VerifyCache<SignedIntent>,
 }
 
 /// The sans-I/O mesh peer, generic over the transport's peer id.
@@ -332,6 +342,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                     if let Some(peer) = self.random_peer() {
                         if let Some(session) = self.peers.get_mut(&peer) {
                             session.sync.clear();
+                            session.unanswered_frames = 0;
                         }
                         self.sync_all_documents(&peer, &mut actions);
                     }
@@ -435,6 +446,8 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             session.window_bytes = 0;
         }
         session.window_bytes = session.window_bytes.saturating_add(bytes.len());
+        // The peer is reading: frames sent to it are being answered.
+        session.unanswered_frames = session.unanswered_frames.saturating_sub(1);
         if session.window_bytes > self.config.max_bytes_per_peer_per_window {
             return refuse(
                 format!(
@@ -548,7 +561,12 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         for peer in others {
             self.sync_document(&peer, id, actions);
         }
-        self.announce_pending.insert(id);
+        // Only the author announces: a received change has already been
+        // announced by its author and is pushed on to every other peer above,
+        // so re-announcing would cost N² gossip messages per change.
+        if source.is_none() {
+            self.announce_pending.insert(id);
+        }
         self.refresh_view(id, actions);
     }
 
@@ -564,6 +582,12 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         let (Some(doc), Some(session)) = (self.docs.get_mut(&id), self.peers.get_mut(peer)) else {
             return;
         };
+        if session.unanswered_frames >= self.config.max_unanswered_frames_per_peer {
+            // The peer is not keeping up: forget what we think it has, so the
+            // next exchange starts from scratch instead of piling up frames.
+            session.sync.remove(&id);
+            return;
+        }
         let state = session.sync.entry(id).or_default();
         let Some(message) = doc.generate_sync_message(state) else {
             return;
@@ -578,6 +602,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             document: Some(id.to_wire()),
             sync_message: message,
         };
+        session.unanswered_frames += 1;
         actions.push(PeerAction::Send {
             to: peer.clone(),
             bytes: frame.encode_to_vec(),
@@ -644,12 +669,26 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         match id {
             DocumentId::Catalog => {
                 let mut catalog = Catalog::new();
-                read_catalog(doc, &self.trust, max_entries, &mut catalog, &mut rejected);
+                read_catalog(
+                    doc,
+                    &self.trust,
+                    max_entries,
+                    &mut self.view.manifest_cache,
+                    &mut catalog,
+                    &mut rejected,
+                );
                 self.view.catalog = catalog;
             }
             DocumentId::Intents => {
                 let mut intents = Vec::new();
-                read_intents(doc, &self.trust, max_entries, &mut intents, &mut rejected);
+                read_intents(
+                    doc,
+                    &self.trust,
+                    max_entries,
+                    &mut self.view.intent_cache,
+                    &mut intents,
+                    &mut rejected,
+                );
                 self.view.intents = intents;
             }
             DocumentId::Status { shard } => {
@@ -665,9 +704,10 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         }
         self.view.rejected.insert(id, rejected);
         if id != DocumentId::Catalog {
-            let table = self.status_table();
-            self.view.quarantine =
-                derive_quarantine(failure_reports(&table), self.config.quarantine_threshold);
+            self.view.quarantine = derive_quarantine(
+                self.view.status.values().flat_map(failure_reports),
+                self.config.quarantine_threshold,
+            );
             let targets = arbitrate(
                 self.view.intents.iter().map(IntentFacts::from),
                 &self.view.quarantine,
@@ -1133,6 +1173,29 @@ mod tests {
     }
 
     #[test]
+    fn frames_to_a_silent_peer_are_bounded() {
+        let config = PeerConfig {
+            max_unanswered_frames_per_peer: 5,
+            ..PeerConfig::default()
+        };
+        let mut core: PeerCore<u32> = PeerCore::new(config, "n".into(), trust(), 1);
+        let mut sent = core
+            .handle(0, PeerInput::Connected(1))
+            .into_iter()
+            .filter(|a| matches!(a, PeerAction::Send { .. }))
+            .count();
+        for clock in 1..20 {
+            let intent = signed_intent(&publisher(1), "1.0.0", IntentAction::Deploy, clock);
+            sent += core
+                .handle(0, PeerInput::SubmitIntent(intent))
+                .into_iter()
+                .filter(|a| matches!(a, PeerAction::Send { .. }))
+                .count();
+        }
+        assert_eq!(sent, 5);
+    }
+
+    #[test]
     fn same_seed_and_inputs_give_the_same_actions() {
         let run = || {
             let mut core: PeerCore<u32> =
@@ -1159,6 +1222,51 @@ mod tests {
     }
 
     proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        #[test]
+        fn any_delivery_order_and_loss_converges_to_the_same_targets(
+            submissions in proptest::collection::vec((0usize..3, 0u64..3, 0u8..3, 1u64..6), 1..8),
+            picks in proptest::collection::vec(proptest::prelude::any::<u16>(), 0..400),
+            drop_every in 2usize..9,
+        ) {
+            let mut net = Net::new(3);
+            net.connect_all();
+            let mut all = Vec::new();
+            for (who, minor, action, clock) in submissions {
+                let action = [IntentAction::Deploy, IntentAction::Rollback, IntentAction::Pause][action as usize];
+                let intent = signed_intent(&publisher(1), &format!("1.{minor}.0"), action, clock);
+                all.push(IntentFacts::from(&intent));
+                net.input(who, PeerInput::SubmitIntent(intent));
+            }
+            // Deliver in a random order, dropping some frames.
+            for (n, pick) in picks.into_iter().enumerate() {
+                if net.queue.is_empty() {
+                    break;
+                }
+                let index = pick as usize % net.queue.len();
+                let Some((_, to, input)) = net.queue.remove(index) else { break };
+                if n % drop_every != 0 {
+                    net.input(to, input);
+                }
+            }
+            net.queue.clear();
+            for round in 1..=30u64 {
+                net.now = round * 5_000;
+                for who in 0..3 {
+                    net.input(who, PeerInput::Tick);
+                }
+                net.run();
+                if net.converged() {
+                    break;
+                }
+            }
+            proptest::prop_assert!(net.converged());
+            let expected = arbitrate(all, &QuarantineSet::new());
+            for core in &net.cores {
+                proptest::prop_assert_eq!(core.targets(), &expected);
+            }
+        }
+
         #[test]
         fn arbitrary_frames_never_panic_nor_lose_documents(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600), document in 0i32..5) {
             let mut core: PeerCore<usize> = PeerCore::new(PeerConfig::default(), "n".into(), trust(), 1);

@@ -70,6 +70,14 @@ pub enum CatalogError {
         /// The repeated dependency.
         dependency: PackageName,
     },
+    /// A package depends on itself.
+    #[error("{package}@{version} depends on itself")]
+    SelfDependency {
+        /// The package.
+        package: PackageName,
+        /// The version.
+        version: Version,
+    },
     /// [`MAX_CATALOG_PACKAGES`] or [`MAX_VERSIONS_PER_PACKAGE`] reached.
     #[error("catalog is full: {what} (at most {max})")]
     Full {
@@ -97,6 +105,9 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let mut names = BTreeSet::new();
         for dep in &dependencies {
+            if dep.package == package {
+                return Err(CatalogError::SelfDependency { package, version });
+            }
             if !names.insert(&dep.package) {
                 return Err(CatalogError::DuplicateDependency {
                     package,
@@ -438,6 +449,13 @@ impl DependencyProvider for Provider<'_> {
                 "{name}@{version} is not in the catalog"
             )));
         };
+        // pubgrub cannot express a package depending on itself; the catalog
+        // refuses such entries, this keeps a bad entry from reaching it anyway.
+        if deps.iter().any(|dep| dep.package == *name) {
+            return Ok(Dependencies::Unavailable(format!(
+                "{name}@{version} depends on itself"
+            )));
+        }
         Ok(Dependencies::Available(
             deps.iter()
                 .map(|dep| {
@@ -1039,6 +1057,14 @@ mod tests {
             ),
             Err(CatalogError::DuplicateDependency { .. })
         ));
+        assert!(matches!(
+            c.insert(
+                n("com.c.three"),
+                v("1.0.0"),
+                vec![dep("com.c.three", "*", true)]
+            ),
+            Err(CatalogError::SelfDependency { .. })
+        ));
     }
 
     #[test]
@@ -1090,8 +1116,8 @@ mod tests {
             // One entry per name@version, and no repeated dependency names.
             let mut seen = BTreeSet::new();
             entries.retain(|(p, ver, _)| seen.insert((*p, *ver)));
-            for (_, _, deps) in &mut entries {
-                let mut names = BTreeSet::new();
+            for (p, _, deps) in &mut entries {
+                let mut names = BTreeSet::from([*p]);
                 deps.retain(|(d, _, _)| names.insert(*d));
             }
             entries

@@ -78,3 +78,15 @@ impl DataDir {
         PackageStore::open(self.packages_dir())
     }
 }
+
+/// Loads a trust root file, saying how to make one when it is missing.
+pub fn read_trust(path: &Path) -> anyhow::Result<clawmesh_crdt::trust::TrustRoot> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading trust root {} (make one with `clawmesh trust init`)",
+            path.display()
+        )
+    })?;
+    clawmesh_crdt::trust::TrustRoot::from_toml(&text).with_context(|| format!("trust root {}", path.display()))
+}

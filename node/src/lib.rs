@@ -9,6 +9,7 @@
 
 pub mod blob_store;
 pub mod cli;
+pub mod daemon;
 pub mod data_dir;
 pub mod mesh;
 pub mod package_file;

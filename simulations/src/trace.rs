@@ -6,10 +6,12 @@ use std::collections::VecDeque;
 use crate::network::NodeIndex;
 use crate::scenario::Action;
 
-/// Entries kept; older ones are dropped.
+/// Entries kept in each ring; older ones are dropped.
 pub const TRACE_CAPACITY: usize = 8192;
-/// Entries printed with one violation.
-pub const TRACE_LINES_PER_VIOLATION: usize = 40;
+/// Steps, connection changes, drops and notes printed with one violation.
+pub const TRACE_LINES_PER_VIOLATION: usize = 30;
+/// Deliveries printed with one violation.
+pub const TRACE_DELIVERIES_PER_VIOLATION: usize = 10;
 
 /// Which channel a message travelled on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,34 +105,50 @@ impl TraceEntry {
     }
 }
 
-/// The bounded log.
+/// The bounded log: steps, connection changes, drops and node notes in one
+/// ring, the far more numerous deliveries in another, so a violation's trace
+/// still reaches back to the step that caused it.
 #[derive(Debug, Default)]
 pub struct Trace {
-    entries: VecDeque<(u64, TraceEntry)>,
+    significant: VecDeque<(u64, u64, TraceEntry)>,
+    deliveries: VecDeque<(u64, u64, TraceEntry)>,
+    next_seq: u64,
 }
 
 impl Trace {
     /// Records `entry` at virtual time `at`.
     pub fn record(&mut self, at: u64, entry: TraceEntry) {
-        if self.entries.len() == TRACE_CAPACITY {
-            self.entries.pop_front();
+        let ring = if matches!(entry, TraceEntry::Delivered { .. }) {
+            &mut self.deliveries
+        } else {
+            &mut self.significant
+        };
+        if ring.len() == TRACE_CAPACITY {
+            ring.pop_front();
         }
-        self.entries.push_back((at, entry));
+        ring.push_back((self.next_seq, at, entry));
+        self.next_seq += 1;
     }
 
-    /// The last [`TRACE_LINES_PER_VIOLATION`] entries touching any of
-    /// `nodes` (every entry when `nodes` is empty), oldest first.
+    /// The last entries touching any of `nodes` (every entry when `nodes` is
+    /// empty), oldest first: up to [`TRACE_LINES_PER_VIOLATION`] significant
+    /// ones and [`TRACE_DELIVERIES_PER_VIOLATION`] deliveries.
     pub fn excerpt(&self, nodes: &[NodeIndex]) -> Vec<String> {
-        let mut lines: Vec<String> = self
-            .entries
-            .iter()
-            .rev()
-            .filter(|(_, e)| nodes.is_empty() || nodes.iter().any(|n| e.touches(*n)))
-            .take(TRACE_LINES_PER_VIOLATION)
-            .map(|(at, e)| format!("{at:>9} ms  {}", e.render()))
-            .collect();
-        lines.reverse();
-        lines
+        let pick = |ring: &VecDeque<(u64, u64, TraceEntry)>, limit: usize| {
+            ring.iter()
+                .rev()
+                .filter(|(_, _, e)| nodes.is_empty() || nodes.iter().any(|n| e.touches(*n)))
+                .take(limit)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        let mut chosen = pick(&self.significant, TRACE_LINES_PER_VIOLATION);
+        chosen.extend(pick(&self.deliveries, TRACE_DELIVERIES_PER_VIOLATION));
+        chosen.sort_by_key(|(seq, _, _)| *seq);
+        chosen
+            .into_iter()
+            .map(|(_, at, e)| format!("{at:>9} ms  {}", e.render()))
+            .collect()
     }
 }
 
@@ -157,8 +175,12 @@ mod tests {
         assert_eq!(lines.len(), 1);
         assert!(lines[0].contains("node 4: hello"));
         let lines = trace.excerpt(&[0]);
-        assert_eq!(lines.len(), TRACE_LINES_PER_VIOLATION);
+        assert_eq!(lines.len(), TRACE_DELIVERIES_PER_VIOLATION);
         assert!(lines.iter().all(|l| l.contains(" 0->9 ")));
-        assert_eq!(trace.entries.len(), TRACE_CAPACITY);
+        assert_eq!(trace.deliveries.len(), TRACE_CAPACITY);
+        trace.record(2, TraceEntry::Link { a: 0, b: 4, up: false });
+        let lines = trace.excerpt(&[4]);
+        assert_eq!(lines.len(), 2);
+        assert!(lines[1].contains("link 0-4 down"), "{lines:?}");
     }
 }

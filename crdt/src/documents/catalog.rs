@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use prost::Message as _;
 use semver::Version;
 
-use super::{MeshDocument, RejectedEntry, WriteError};
+use super::{MeshDocument, RejectedEntry, VerifyCache, WriteError};
 use crate::manifest::{PackageName, SignedManifest};
 use crate::proto::v1::SignedEnvelope;
 use crate::signing::digest;
@@ -36,6 +36,7 @@ pub fn read_catalog(
     doc: &MeshDocument,
     trust: &TrustRoot,
     max_entries: usize,
+    cache: &mut VerifyCache<SignedManifest>,
     catalog: &mut Catalog,
     rejected: &mut Vec<RejectedEntry>,
 ) {
@@ -49,7 +50,7 @@ pub fn read_catalog(
             ));
             continue;
         }
-        match parse_catalog_entry(&key, &values, trust) {
+        match parse_catalog_entry(&key, &values, trust, cache) {
             Ok(manifest) => {
                 catalog
                     .entry(manifest.manifest.name.clone())
@@ -59,12 +60,14 @@ pub fn read_catalog(
             Err(reason) => rejected.push(RejectedEntry::new(id, &key, reason)),
         }
     }
+    cache.finish_read();
 }
 
 fn parse_catalog_entry(
     key: &str,
     values: &[Option<Vec<u8>>],
     trust: &TrustRoot,
+    cache: &mut VerifyCache<SignedManifest>,
 ) -> Result<SignedManifest, String> {
     let mut best: Option<([u8; 32], SignedManifest)> = None;
     let mut last_error = String::from("no value");
@@ -73,10 +76,13 @@ fn parse_catalog_entry(
             last_error = "value is not a byte scalar".to_string();
             continue;
         };
-        let verified = SignedEnvelope::decode(bytes.as_slice())
-            .map_err(|err| format!("malformed envelope: {err}"))
-            .and_then(|envelope| {
-                SignedManifest::verify(envelope, trust).map_err(|err| err.to_string())
+        let verified = cache
+            .get_or_verify(bytes, |bytes| {
+                SignedEnvelope::decode(bytes)
+                    .map_err(|err| format!("malformed envelope: {err}"))
+                    .and_then(|envelope| {
+                        SignedManifest::verify(envelope, trust).map_err(|err| err.to_string())
+                    })
             })
             .and_then(|manifest| {
                 let expected = catalog_key(&manifest.manifest.name, &manifest.manifest.version);
@@ -137,7 +143,15 @@ mod tests {
     fn read(doc: &MeshDocument, max_entries: usize) -> (Catalog, Vec<RejectedEntry>) {
         let mut catalog = Catalog::new();
         let mut rejected = Vec::new();
-        read_catalog(doc, &trust(), max_entries, &mut catalog, &mut rejected);
+        let mut cache = VerifyCache::default();
+        read_catalog(
+            doc,
+            &trust(),
+            max_entries,
+            &mut cache,
+            &mut catalog,
+            &mut rejected,
+        );
         (catalog, rejected)
     }
 

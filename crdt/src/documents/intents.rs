@@ -8,7 +8,7 @@
 
 use prost::Message as _;
 
-use super::{DocumentId, MeshDocument, RejectedEntry, WriteError};
+use super::{DocumentId, MeshDocument, RejectedEntry, VerifyCache, WriteError};
 use crate::intent::SignedIntent;
 use crate::manifest::PackageName;
 use crate::proto::v1::SignedEnvelope;
@@ -30,6 +30,7 @@ pub fn read_intents(
     doc: &MeshDocument,
     trust: &TrustRoot,
     max_entries: usize,
+    cache: &mut VerifyCache<SignedIntent>,
     intents: &mut Vec<SignedIntent>,
     rejected: &mut Vec<RejectedEntry>,
 ) {
@@ -50,10 +51,13 @@ pub fn read_intents(
                 last_error = "value is not a byte scalar".to_string();
                 continue;
             };
-            let verified = SignedEnvelope::decode(bytes.as_slice())
-                .map_err(|err| format!("malformed envelope: {err}"))
-                .and_then(|envelope| {
-                    SignedIntent::verify(envelope, trust).map_err(|err| err.to_string())
+            let verified = cache
+                .get_or_verify(bytes, |bytes| {
+                    SignedEnvelope::decode(bytes)
+                        .map_err(|err| format!("malformed envelope: {err}"))
+                        .and_then(|envelope| {
+                            SignedIntent::verify(envelope, trust).map_err(|err| err.to_string())
+                        })
                 })
                 .and_then(|intent| {
                     let expected = intent_key(&intent.intent.package, &intent.digest);
@@ -77,6 +81,7 @@ pub fn read_intents(
             None => rejected.push(RejectedEntry::new(id, &key, last_error)),
         }
     }
+    cache.finish_read();
 }
 
 #[cfg(test)]
@@ -117,7 +122,20 @@ mod tests {
             .unwrap();
         let mut intents = Vec::new();
         let mut rejected = Vec::new();
-        read_intents(&doc, &trust, 10, &mut intents, &mut rejected);
+        let mut cache = VerifyCache::default();
+        read_intents(&doc, &trust, 10, &mut cache, &mut intents, &mut rejected);
+        // A second read answers from the cache, identically.
+        let mut again = Vec::new();
+        let mut rejected_again = Vec::new();
+        read_intents(
+            &doc,
+            &trust,
+            10,
+            &mut cache,
+            &mut again,
+            &mut rejected_again,
+        );
+        assert_eq!((&again, &rejected_again), (&intents, &rejected));
         assert_eq!(intents, vec![first]);
         assert_eq!(rejected.len(), 1);
         assert!(rejected[0].reason.contains("another key"));

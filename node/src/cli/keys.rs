@@ -107,14 +107,3 @@ pub fn trust_init(key_files: &[std::path::PathBuf], threshold: usize, out: &Path
     );
     Ok(ExitCode::SUCCESS)
 }
-
-/// Loads a trust root file.
-pub fn read_trust(path: &Path) -> anyhow::Result<TrustRoot> {
-    let text = fs::read_to_string(path).with_context(|| {
-        format!(
-            "reading trust root {} (make one with `clawmesh trust init`)",
-            path.display()
-        )
-    })?;
-    TrustRoot::from_toml(&text).with_context(|| format!("trust root {}", path.display()))
-}

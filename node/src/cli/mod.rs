@@ -4,6 +4,7 @@
 mod demo;
 
 mod keys;
+mod node_cmds;
 mod pack;
 mod publish;
 pub mod ui;
@@ -44,20 +45,20 @@ pub enum Command {
     /// Verify a package file and store it in a node's data dir.
     Publish(PublishArgs),
     /// Run a node.
-    Node(NodeArgs),
+    Node(crate::daemon::NodeArgs),
     /// Host one skill version (started by the node; not for people).
     #[command(hide = true)]
-    Worker(PassthroughArgs),
+    Worker(crate::runtime::WorkerArgs),
     /// Deploy a published package on a local node (admin socket).
-    Deploy(PassthroughArgs),
+    Deploy(DeployArgs),
     /// Sign and submit a release intent.
     Release(PassthroughArgs),
     /// Sign and submit a rollback intent.
     Rollback(PassthroughArgs),
     /// Show what the mesh runs: nodes × packages.
-    Status(PassthroughArgs),
+    Status(StatusArgs),
     /// Call a skill on a node.
-    Invoke(PassthroughArgs),
+    Invoke(InvokeArgs),
     /// Fetch a package's blob from peers.
     Fetch(PassthroughArgs),
     /// Sidecar: hot-swap a skill on every rebuild.
@@ -184,15 +185,43 @@ pub struct PublishArgs {
     pub json: bool,
 }
 
-/// `clawmesh node ...`
+/// `clawmesh deploy ...`
 #[derive(Debug, Args)]
-pub struct NodeArgs {
-    /// Data directory.
-    #[arg(long, env = "CLAWMESH_DATA_DIR")]
-    pub data_dir: PathBuf,
-    /// Everything else (mesh and HTTP options arrive with their issues).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub rest: Vec<String>,
+pub struct DeployArgs {
+    /// What to run, `PKG@VERSION` (published on that node).
+    pub target: String,
+    /// The node.
+    #[command(flatten)]
+    pub node: NodeDir,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `clawmesh status ...`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The node.
+    #[command(flatten)]
+    pub node: NodeDir,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `clawmesh invoke ...`
+#[derive(Debug, Args)]
+pub struct InvokeArgs {
+    /// Package to call.
+    pub package: String,
+    /// Operation.
+    pub op: String,
+    /// Input: `@FILE`, `-` for stdin, or the literal text.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// The node.
+    #[command(flatten)]
+    pub node: NodeDir,
 }
 
 /// `clawmesh resolve ...`
@@ -304,13 +333,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "clawmesh", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Node(_) => not_yet("node"),
-        Command::Worker(_) => not_yet("worker"),
-        Command::Deploy(_) => not_yet("deploy"),
+        Command::Node(args) => {
+            crate::daemon::run_node(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Worker(args) => {
+            crate::runtime::run_worker(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deploy(args) => node_cmds::deploy(&args),
         Command::Release(_) => not_yet("release"),
         Command::Rollback(_) => not_yet("rollback"),
-        Command::Status(_) => not_yet("status"),
-        Command::Invoke(_) => not_yet("invoke"),
+        Command::Status(args) => node_cmds::status(&args),
+        Command::Invoke(args) => node_cmds::invoke(&args),
         Command::Fetch(_) => not_yet("fetch"),
         Command::Dev(_) => not_yet("dev"),
         Command::Sim(_) => not_yet("sim"),

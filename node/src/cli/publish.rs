@@ -8,11 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clawmesh_crdt::trust::TrustRoot;
 
-use super::keys::read_trust;
 use super::ui::Ui;
 use super::{GcArgs, NodeDir, PublishArgs, ResolveArgs};
 use crate::blob_store::BlobId;
-use crate::data_dir::DataDir;
+use crate::data_dir::{DataDir, read_trust};
 use crate::publish::publish_file;
 
 fn trust_for(node: &NodeDir, explicit: Option<&PathBuf>) -> anyhow::Result<TrustRoot> {

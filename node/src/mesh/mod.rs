@@ -8,6 +8,8 @@
 mod behaviour;
 mod command;
 mod config;
+mod doc_store;
+mod driver;
 mod event;
 mod frame;
 mod handle;
@@ -28,6 +30,11 @@ pub use config::{
     IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, MAX_ADDRS_PER_PEER, MAX_CONNECTIONS_PER_PEER,
     MAX_GOSSIP_RPC, MAX_HEADS_BYTES, MAX_HEADS_MESSAGE, MAX_INBOUND_SYNC_STREAMS, MAX_KNOWN_PEERS,
     MAX_PENDING_CONNECTIONS, MAX_SYNC_FRAME, MeshConfig, SYNC_PROTOCOL,
+};
+pub use doc_store::{DocStore, DocStoreError, MAX_DOC_FILE_BYTES};
+pub use driver::{
+    DEFAULT_TICK, DRIVER_QUEUE, DriverConfig, DriverError, DriverHandle, DriverNotice,
+    DriverStopped, NOTICE_QUEUE, spawn_driver,
 };
 pub use event::NetEvent;
 pub use frame::{FRAME_HEADER_LEN, WriteFrameError, read_frame_body, read_frame_len, write_frame};

@@ -51,7 +51,11 @@ pub struct CgroupLimits {
 
 impl Default for CgroupLimits {
     fn default() -> Self {
-        Self { memory_max_bytes: 512 * 1024 * 1024, pids_max: 64, cpu_weight: DEFAULT_CPU_WEIGHT }
+        Self {
+            memory_max_bytes: 512 * 1024 * 1024,
+            pids_max: 64,
+            cpu_weight: DEFAULT_CPU_WEIGHT,
+        }
     }
 }
 
@@ -94,7 +98,11 @@ impl CgroupSupport {
     fn node_dirs(&self) -> Vec<&Path> {
         match self {
             Self::V2 { node_dir } => vec![node_dir],
-            Self::V1 { memory_dir, pids_dir, cpu_dir } => vec![memory_dir, pids_dir, cpu_dir],
+            Self::V1 {
+                memory_dir,
+                pids_dir,
+                cpu_dir,
+            } => vec![memory_dir, pids_dir, cpu_dir],
             Self::Unavailable { .. } => Vec::new(),
         }
     }
@@ -194,7 +202,9 @@ impl CgroupManager {
     /// operator turned them off; `reason` is reported like a detection failure.
     pub fn unavailable(reason: String) -> Self {
         tracing::warn!(%reason, "workers run without cgroup limits");
-        Self { support: CgroupSupport::Unavailable { reason } }
+        Self {
+            support: CgroupSupport::Unavailable { reason },
+        }
     }
 
     /// What this node can do.
@@ -204,7 +214,11 @@ impl CgroupManager {
 
     /// Creates the cgroup for one worker and writes its limits. `Ok(None)`
     /// when cgroups are unavailable (already reported by [`Self::support`]).
-    pub fn create(&self, worker_name: &str, limits: &CgroupLimits) -> Result<Option<WorkerCgroup>, CgroupError> {
+    pub fn create(
+        &self,
+        worker_name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<Option<WorkerCgroup>, CgroupError> {
         let name = sanitize_name(worker_name);
         let (dirs, writes) = match &self.support {
             CgroupSupport::Unavailable { .. } => return Ok(None),
@@ -213,21 +227,42 @@ impl CgroupManager {
                 let writes = vec![
                     (dir.join("memory.max"), limits.memory_max_bytes.to_string()),
                     (dir.join("pids.max"), limits.pids_max.to_string()),
-                    (dir.join("cpu.weight"), limits.cpu_weight.clamp(1, 10_000).to_string()),
+                    (
+                        dir.join("cpu.weight"),
+                        limits.cpu_weight.clamp(1, 10_000).to_string(),
+                    ),
                 ];
                 (vec![dir], writes)
             }
-            CgroupSupport::V1 { memory_dir, pids_dir, cpu_dir } => {
-                let (memory, pids, cpu) = (memory_dir.join(&name), pids_dir.join(&name), cpu_dir.join(&name));
+            CgroupSupport::V1 {
+                memory_dir,
+                pids_dir,
+                cpu_dir,
+            } => {
+                let (memory, pids, cpu) = (
+                    memory_dir.join(&name),
+                    pids_dir.join(&name),
+                    cpu_dir.join(&name),
+                );
                 let writes = vec![
-                    (memory.join("memory.limit_in_bytes"), limits.memory_max_bytes.to_string()),
+                    (
+                        memory.join("memory.limit_in_bytes"),
+                        limits.memory_max_bytes.to_string(),
+                    ),
                     (pids.join("pids.max"), limits.pids_max.to_string()),
-                    (cpu.join("cpu.shares"), cpu_weight_to_shares(limits.cpu_weight).to_string()),
+                    (
+                        cpu.join("cpu.shares"),
+                        cpu_weight_to_shares(limits.cpu_weight).to_string(),
+                    ),
                 ];
                 (vec![memory, pids, cpu], writes)
             }
         };
-        let mut cgroup = WorkerCgroup { dirs: Vec::with_capacity(dirs.len()), version: self.support.label(), limits: *limits };
+        let mut cgroup = WorkerCgroup {
+            dirs: Vec::with_capacity(dirs.len()),
+            version: self.support.label(),
+            limits: *limits,
+        };
         for dir in dirs {
             // A directory left by a worker of a crashed node is reused.
             match fs::create_dir(&dir) {
@@ -241,7 +276,11 @@ impl CgroupManager {
             if let Err(source) = write_control(&path, &value) {
                 // Leave nothing half-made behind.
                 let _ = cgroup.remove();
-                return Err(CgroupError::WriteLimit { path, value, source });
+                return Err(CgroupError::WriteLimit {
+                    path,
+                    value,
+                    source,
+                });
             }
         }
         if let CgroupSupport::V2 { .. } = self.support
@@ -259,6 +298,10 @@ impl CgroupManager {
     pub fn remove_node_dirs(&self) {
         for dir in self.support.node_dirs() {
             let _ = fs::remove_dir(dir);
+            // The shared `clawmesh` parent goes too once no node uses it.
+            if let Some(parent) = dir.parent() {
+                let _ = fs::remove_dir(parent);
+            }
         }
     }
 }
@@ -296,7 +339,10 @@ impl WorkerCgroup {
             .iter()
             .map(|dir| {
                 let path = dir.join("cgroup.procs");
-                OpenOptions::new().write(true).open(&path).map_err(|source| CgroupError::OpenProcs { path, source })
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|source| CgroupError::OpenProcs { path, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(CgroupJoin { files })
@@ -308,7 +354,11 @@ impl WorkerCgroup {
         for dir in &self.dirs {
             let path = dir.join("cgroup.procs");
             let value = pid.to_string();
-            write_control(&path, &value).map_err(|source| CgroupError::WriteLimit { path, value, source })?;
+            write_control(&path, &value).map_err(|source| CgroupError::WriteLimit {
+                path,
+                value,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -316,16 +366,26 @@ impl WorkerCgroup {
     /// Current memory use of everything in the cgroup, bytes.
     pub fn memory_bytes(&self) -> Option<u64> {
         let dir = self.dirs.first()?;
-        let file = if self.version == "v2" { "memory.current" } else { "memory.usage_in_bytes" };
+        let file = if self.version == "v2" {
+            "memory.current"
+        } else {
+            "memory.usage_in_bytes"
+        };
         read_u64(&dir.join(file))
     }
 
     /// How many times the kernel's OOM killer fired in this cgroup.
     pub fn oom_kills(&self) -> Option<u64> {
         let dir = self.dirs.first()?;
-        let file = if self.version == "v2" { "memory.events" } else { "memory.oom_control" };
+        let file = if self.version == "v2" {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
         let text = fs::read_to_string(dir.join(file)).ok()?;
-        text.lines().find_map(|line| line.strip_prefix("oom_kill ")).and_then(|value| value.trim().parse().ok())
+        text.lines()
+            .find_map(|line| line.strip_prefix("oom_kill "))
+            .and_then(|value| value.trim().parse().ok())
     }
 
     /// Removes the worker's directories; the worker must have exited (and
@@ -337,7 +397,10 @@ impl WorkerCgroup {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    first_error.get_or_insert(CgroupError::Remove { path: dir.clone(), source });
+                    first_error.get_or_insert(CgroupError::Remove {
+                        path: dir.clone(),
+                        source,
+                    });
                 }
             }
         }
@@ -410,28 +473,46 @@ fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
                 return None;
             }
             let _source = after.next()?;
-            let super_options = after.next().unwrap_or("").split(',').map(str::to_string).collect();
-            Some(CgroupMount { root, mount_point, fstype, super_options })
+            let super_options = after
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .map(str::to_string)
+                .collect();
+            Some(CgroupMount {
+                root,
+                mount_point,
+                fstype,
+                super_options,
+            })
         })
         .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
 fn unescape_mount_path(field: &str) -> String {
-    field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    field
+        .replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 fn parse_proc_cgroup(text: &str) -> Membership {
     let mut membership = Membership::default();
     for line in text.lines() {
         let mut parts = line.splitn(3, ':');
-        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
             continue;
         };
         if id == "0" && controllers.is_empty() {
             membership.unified = Some(path.to_string());
         } else {
-            membership.v1.push((controllers.split(',').map(str::to_string).collect(), path.to_string()));
+            membership.v1.push((
+                controllers.split(',').map(str::to_string).collect(),
+                path.to_string(),
+            ));
         }
     }
     membership
@@ -452,16 +533,39 @@ fn own_dir(mount: &CgroupMount, path: &str) -> Option<PathBuf> {
     Some(mount.mount_point.join(relative.trim_start_matches('/')))
 }
 
-fn prepare_v2(mounts: &[CgroupMount], membership: &Membership, node: &str) -> Result<CgroupSupport, String> {
-    let mount = mounts.iter().find(|m| m.fstype == "cgroup2").ok_or("no cgroup2 mount")?;
-    let path = membership.unified.as_deref().ok_or("process is in no unified cgroup")?;
-    let own = own_dir(mount, path).ok_or_else(|| format!("own cgroup {path} is outside the cgroup2 mount"))?;
-    let available = fs::read_to_string(own.join("cgroup.controllers"))
-        .map_err(|error| format!("cannot read {}: {error}", own.join("cgroup.controllers").display()))?;
+fn prepare_v2(
+    mounts: &[CgroupMount],
+    membership: &Membership,
+    node: &str,
+) -> Result<CgroupSupport, String> {
+    let mount = mounts
+        .iter()
+        .find(|m| m.fstype == "cgroup2")
+        .ok_or("no cgroup2 mount")?;
+    let path = membership
+        .unified
+        .as_deref()
+        .ok_or("process is in no unified cgroup")?;
+    let own = own_dir(mount, path)
+        .ok_or_else(|| format!("own cgroup {path} is outside the cgroup2 mount"))?;
+    let available = fs::read_to_string(own.join("cgroup.controllers")).map_err(|error| {
+        format!(
+            "cannot read {}: {error}",
+            own.join("cgroup.controllers").display()
+        )
+    })?;
     let available: Vec<&str> = available.split_whitespace().collect();
-    let missing: Vec<&str> = CONTROLLERS.iter().copied().filter(|c| !available.contains(c)).collect();
+    let missing: Vec<&str> = CONTROLLERS
+        .iter()
+        .copied()
+        .filter(|c| !available.contains(c))
+        .collect();
     if !missing.is_empty() {
-        return Err(format!("controllers {} not available in {}", missing.join(", "), own.display()));
+        return Err(format!(
+            "controllers {} not available in {}",
+            missing.join(", "),
+            own.display()
+        ));
     }
     enable_v2_controllers(&own)?;
     let clawmesh = own.join(CLAWMESH_DIR);
@@ -485,17 +589,25 @@ fn enable_v2_controllers(dir: &Path) -> Result<(), String> {
             let leaf = dir.join(NODE_LEAF_DIR);
             make_dir(&leaf)?;
             let procs = leaf.join("cgroup.procs");
-            write_control(&procs, &std::process::id().to_string())
-                .map_err(|error| format!("cannot move the node into {}: {error}", leaf.display()))?;
+            write_control(&procs, &std::process::id().to_string()).map_err(|error| {
+                format!("cannot move the node into {}: {error}", leaf.display())
+            })?;
             write_control(&control, &wanted).map_err(|error| {
                 format!("cannot enable {wanted} in {} (other processes share the node's cgroup?): {error}", control.display())
             })
         }
-        Err(error) => Err(format!("cannot enable {wanted} in {}: {error}", control.display())),
+        Err(error) => Err(format!(
+            "cannot enable {wanted} in {}: {error}",
+            control.display()
+        )),
     }
 }
 
-fn prepare_v1(mounts: &[CgroupMount], membership: &Membership, node: &str) -> Result<CgroupSupport, String> {
+fn prepare_v1(
+    mounts: &[CgroupMount],
+    membership: &Membership,
+    node: &str,
+) -> Result<CgroupSupport, String> {
     let mut dirs = Vec::with_capacity(CONTROLLERS.len());
     for controller in CONTROLLERS {
         let mount = mounts
@@ -516,9 +628,14 @@ fn prepare_v1(mounts: &[CgroupMount], membership: &Membership, node: &str) -> Re
         remove_stale_children(&node_dir);
         dirs.push(node_dir);
     }
-    let [memory_dir, pids_dir, cpu_dir]: [PathBuf; 3] =
-        dirs.try_into().map_err(|_| "internal: wrong number of v1 hierarchies".to_string())?;
-    Ok(CgroupSupport::V1 { memory_dir, pids_dir, cpu_dir })
+    let [memory_dir, pids_dir, cpu_dir]: [PathBuf; 3] = dirs
+        .try_into()
+        .map_err(|_| "internal: wrong number of v1 hierarchies".to_string())?;
+    Ok(CgroupSupport::V1 {
+        memory_dir,
+        pids_dir,
+        cpu_dir,
+    })
 }
 
 fn make_dir(dir: &Path) -> Result<(), String> {
@@ -531,7 +648,9 @@ fn make_dir(dir: &Path) -> Result<(), String> {
 
 /// Removes empty worker cgroups left by a node that died without cleanup.
 fn remove_stale_children(node_dir: &Path) {
-    let Ok(entries) = fs::read_dir(node_dir) else { return };
+    let Ok(entries) = fs::read_dir(node_dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             // Fails harmlessly (EBUSY) when a process still lives there.
@@ -554,7 +673,13 @@ fn read_u64(path: &Path) -> Option<u64> {
 pub fn sanitize_name(name: &str) -> String {
     let mut out: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(MAX_NAME_LEN)
         .collect();
     if out.is_empty() || out.chars().all(|c| c == '.') {
@@ -582,7 +707,10 @@ mod tests {
 ";
 
     fn fake_tree(root: &Path, mountinfo: &str) -> ProcView {
-        ProcView { mountinfo: mountinfo.replace("ROOT", &root.display().to_string()), proc_cgroup: String::new() }
+        ProcView {
+            mountinfo: mountinfo.replace("ROOT", &root.display().to_string()),
+            proc_cgroup: String::new(),
+        }
     }
 
     #[test]
@@ -592,7 +720,10 @@ mod tests {
         assert_eq!(mounts[3].super_options, ["rw", "cpu", "cpuacct"]);
         let membership = parse_proc_cgroup(HYBRID_CGROUP);
         assert_eq!(membership.unified.as_deref(), Some("/"));
-        assert_eq!(membership.v1[0], (vec!["memory".to_string()], "/job/42".to_string()));
+        assert_eq!(
+            membership.v1[0],
+            (vec!["memory".to_string()], "/job/42".to_string())
+        );
     }
 
     #[test]
@@ -603,7 +734,10 @@ mod tests {
             fstype: "cgroup".into(),
             super_options: vec![],
         };
-        assert_eq!(own_dir(&mount, "/job/42"), Some(PathBuf::from("/sys/fs/cgroup/memory/42")));
+        assert_eq!(
+            own_dir(&mount, "/job/42"),
+            Some(PathBuf::from("/sys/fs/cgroup/memory/42"))
+        );
         assert_eq!(own_dir(&mount, "/jobs"), None);
     }
 
@@ -611,29 +745,60 @@ mod tests {
     fn hybrid_host_without_v2_controllers_picks_v1_under_own_cgroups() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        for dir in ["sys/fs/cgroup/unified", "sys/fs/cgroup/memory/job/42", "sys/fs/cgroup/pids", "sys/fs/cgroup/cpu,cpuacct"] {
+        for dir in [
+            "sys/fs/cgroup/unified",
+            "sys/fs/cgroup/memory/job/42",
+            "sys/fs/cgroup/pids",
+            "sys/fs/cgroup/cpu,cpuacct",
+        ] {
             fs::create_dir_all(root.join(dir)).unwrap();
         }
-        fs::write(root.join("sys/fs/cgroup/unified/cgroup.controllers"), "hugetlb\n").unwrap();
+        fs::write(
+            root.join("sys/fs/cgroup/unified/cgroup.controllers"),
+            "hugetlb\n",
+        )
+        .unwrap();
         let mut view = fake_tree(root, HYBRID_MOUNTINFO);
         view.proc_cgroup = HYBRID_CGROUP.to_string();
         let manager = CgroupManager::detect_from(&view, "node/a");
-        let CgroupSupport::V1 { memory_dir, pids_dir, cpu_dir } = manager.support().clone() else {
+        let CgroupSupport::V1 {
+            memory_dir,
+            pids_dir,
+            cpu_dir,
+        } = manager.support().clone()
+        else {
             panic!("expected v1, got {:?}", manager.support());
         };
-        assert_eq!(memory_dir, root.join("sys/fs/cgroup/memory/job/42/clawmesh/node_a"));
+        assert_eq!(
+            memory_dir,
+            root.join("sys/fs/cgroup/memory/job/42/clawmesh/node_a")
+        );
         assert_eq!(pids_dir, root.join("sys/fs/cgroup/pids/clawmesh/node_a"));
-        assert_eq!(cpu_dir, root.join("sys/fs/cgroup/cpu,cpuacct/clawmesh/node_a"));
+        assert_eq!(
+            cpu_dir,
+            root.join("sys/fs/cgroup/cpu,cpuacct/clawmesh/node_a")
+        );
 
         // A fake tree has no kernel to create control files in new directories.
-        for (dir, file) in [(&memory_dir, "memory.limit_in_bytes"), (&pids_dir, "pids.max"), (&cpu_dir, "cpu.shares")] {
+        for (dir, file) in [
+            (&memory_dir, "memory.limit_in_bytes"),
+            (&pids_dir, "pids.max"),
+            (&cpu_dir, "cpu.shares"),
+        ] {
             fs::create_dir_all(dir.join("counter_1.0.0_1")).unwrap();
             fs::write(dir.join("counter_1.0.0_1").join(file), "").unwrap();
         }
-        let limits = CgroupLimits { memory_max_bytes: 1 << 26, pids_max: 16, cpu_weight: 50 };
+        let limits = CgroupLimits {
+            memory_max_bytes: 1 << 26,
+            pids_max: 16,
+            cpu_weight: 50,
+        };
         let worker = manager.create("counter@1.0.0#1", &limits).unwrap().unwrap();
         let read = |p: PathBuf| fs::read_to_string(p).unwrap();
-        assert_eq!(read(memory_dir.join("counter_1.0.0_1/memory.limit_in_bytes")), "67108864");
+        assert_eq!(
+            read(memory_dir.join("counter_1.0.0_1/memory.limit_in_bytes")),
+            "67108864"
+        );
         assert_eq!(read(pids_dir.join("counter_1.0.0_1/pids.max")), "16");
         assert_eq!(read(cpu_dir.join("counter_1.0.0_1/cpu.shares")), "512");
         assert_eq!(worker.version(), "v1");
@@ -645,9 +810,16 @@ mod tests {
         let root = tmp.path();
         let own = root.join("sys/fs/cgroup/svc");
         fs::create_dir_all(&own).unwrap();
-        fs::write(own.join("cgroup.controllers"), "cpuset cpu io memory pids\n").unwrap();
+        fs::write(
+            own.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
         let view = ProcView {
-            mountinfo: format!("30 25 0:26 / {}/sys/fs/cgroup rw - cgroup2 cgroup2 rw\n", root.display()),
+            mountinfo: format!(
+                "30 25 0:26 / {}/sys/fs/cgroup rw - cgroup2 cgroup2 rw\n",
+                root.display()
+            ),
             proc_cgroup: "0::/svc\n".into(),
         };
         // A fake tree has no kernel to create control files in new directories.
@@ -657,20 +829,41 @@ mod tests {
             fs::write(dir.join("cgroup.subtree_control"), "").unwrap();
         }
         let manager = CgroupManager::detect_from(&view, "n1");
-        assert_eq!(manager.support(), &CgroupSupport::V2 { node_dir: clawmesh.join("n1") });
+        assert_eq!(
+            manager.support(),
+            &CgroupSupport::V2 {
+                node_dir: clawmesh.join("n1")
+            }
+        );
         for dir in [&own, &clawmesh, &clawmesh.join("n1")] {
-            assert_eq!(fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap(), "+memory +pids +cpu");
+            assert_eq!(
+                fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap(),
+                "+memory +pids +cpu"
+            );
         }
     }
 
     #[test]
     fn nothing_usable_is_reported_with_both_reasons() {
-        let view = ProcView { mountinfo: String::new(), proc_cgroup: "0::/\n".into() };
+        let view = ProcView {
+            mountinfo: String::new(),
+            proc_cgroup: "0::/\n".into(),
+        };
         let manager = CgroupManager::detect_from(&view, "n");
-        let CgroupSupport::Unavailable { reason } = manager.support() else { panic!("expected unavailable") };
+        let CgroupSupport::Unavailable { reason } = manager.support() else {
+            panic!("expected unavailable")
+        };
         assert!(reason.contains("no cgroup2 mount"), "{reason}");
-        assert!(reason.contains("no v1 hierarchy with the memory controller"), "{reason}");
-        assert!(manager.create("w", &CgroupLimits::default()).unwrap().is_none());
+        assert!(
+            reason.contains("no v1 hierarchy with the memory controller"),
+            "{reason}"
+        );
+        assert!(
+            manager
+                .create("w", &CgroupLimits::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -682,7 +875,10 @@ mod tests {
 
     #[test]
     fn names_are_safe_directory_names() {
-        assert_eq!(sanitize_name("com.example/kv@1.2.3"), "com.example_kv_1.2.3");
+        assert_eq!(
+            sanitize_name("com.example/kv@1.2.3"),
+            "com.example_kv_1.2.3"
+        );
         assert_eq!(sanitize_name(".."), "_..");
         assert_eq!(sanitize_name(""), "_");
         assert_eq!(sanitize_name(&"x".repeat(500)).len(), MAX_NAME_LEN);

@@ -37,7 +37,11 @@ pub struct OwnedFailure {
 
 impl From<frame::WorkerFailure<'_>> for OwnedFailure {
     fn from(failure: frame::WorkerFailure<'_>) -> Self {
-        Self { code: failure.code, skill_code: failure.skill_code.to_string(), message: failure.message.to_string() }
+        Self {
+            code: failure.code,
+            skill_code: failure.skill_code.to_string(),
+            message: failure.message.to_string(),
+        }
     }
 }
 
@@ -83,7 +87,11 @@ pub struct ConnectionLimits {
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self { max_in_flight: DEFAULT_MAX_IN_FLIGHT, queue_wait: Duration::from_secs(5), call_timeout: Duration::from_secs(30) }
+        Self {
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            queue_wait: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -118,7 +126,10 @@ pub struct WorkerConnection {
 
 impl std::fmt::Debug for PendingCalls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingCalls").field("waiting", &self.waiting.len()).field("closed", &self.closed).finish()
+        f.debug_struct("PendingCalls")
+            .field("waiting", &self.waiting.len())
+            .field("closed", &self.closed)
+            .finish()
     }
 }
 
@@ -177,7 +188,9 @@ impl WorkerConnection {
 
     async fn call(&self, make: impl FnOnce(u64) -> Result<Outgoing, CallError>) -> Reply {
         if self.shut.load(Ordering::Acquire) {
-            return Err(CallError::Closed { reason: "connection is shutting down".into() });
+            return Err(CallError::Closed {
+                reason: "connection is shutting down".into(),
+            });
         }
         let _permit = self.slot().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -186,19 +199,30 @@ impl WorkerConnection {
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(reason) = &pending.closed {
-                return Err(CallError::Closed { reason: reason.clone() });
+                return Err(CallError::Closed {
+                    reason: reason.clone(),
+                });
             }
             pending.waiting.insert(id, tx);
         }
         // Removes the entry if this future is dropped or times out first.
-        let guard = PendingGuard { pending: &self.pending, id };
+        let guard = PendingGuard {
+            pending: &self.pending,
+            id,
+        };
         if self.outgoing.send(outgoing).await.is_err() {
-            return Err(CallError::Closed { reason: "writer stopped".into() });
+            return Err(CallError::Closed {
+                reason: "writer stopped".into(),
+            });
         }
         let reply = match tokio::time::timeout(self.limits.call_timeout, rx).await {
             Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(CallError::Closed { reason: "connection dropped the call".into() }),
-            Err(_) => Err(CallError::TimedOut { timeout: self.limits.call_timeout }),
+            Ok(Err(_)) => Err(CallError::Closed {
+                reason: "connection dropped the call".into(),
+            }),
+            Err(_) => Err(CallError::TimedOut {
+                timeout: self.limits.call_timeout,
+            }),
         };
         drop(guard);
         reply
@@ -208,8 +232,11 @@ impl WorkerConnection {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {
             return Ok(permit);
         }
-        let overloaded = CallError::Overloaded { max_in_flight: self.limits.max_in_flight };
-        match tokio::time::timeout(self.limits.queue_wait, self.slots.clone().acquire_owned()).await {
+        let overloaded = CallError::Overloaded {
+            max_in_flight: self.limits.max_in_flight,
+        };
+        match tokio::time::timeout(self.limits.queue_wait, self.slots.clone().acquire_owned()).await
+        {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_)) | Err(_) => Err(overloaded),
         }
@@ -223,17 +250,25 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner).waiting.remove(&self.id);
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiting
+            .remove(&self.id);
     }
 }
 
 /// Reads one frame (after its length prefix) into a fresh buffer.
 pub async fn read_frame(read: &mut (impl AsyncReadExt + Unpin)) -> Result<Vec<u8>, String> {
     let mut prefix = [0u8; LENGTH_PREFIX];
-    read.read_exact(&mut prefix).await.map_err(|error| format!("reading frame length: {error}"))?;
+    read.read_exact(&mut prefix)
+        .await
+        .map_err(|error| format!("reading frame length: {error}"))?;
     let length = frame::frame_length(prefix).map_err(|error| error.to_string())?;
     let mut body = vec![0u8; length];
-    read.read_exact(&mut body).await.map_err(|error| format!("reading {length}-byte frame: {error}"))?;
+    read.read_exact(&mut body)
+        .await
+        .map_err(|error| format!("reading {length}-byte frame: {error}"))?;
     Ok(body)
 }
 
@@ -244,14 +279,24 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
             Err(reason) => break reason,
         };
         let (id, reply) = match frame::decode_response(&body) {
-            Ok(frame::Frame { id, body: Response::Ok(payload) }) => {
+            Ok(frame::Frame {
+                id,
+                body: Response::Ok(payload),
+            }) => {
                 let start = body.len() - payload.len();
                 (id, Ok(Bytes::from(body).slice(start..)))
             }
-            Ok(frame::Frame { id, body: Response::Err(failure) }) => (id, Err(CallError::Worker(failure.into()))),
+            Ok(frame::Frame {
+                id,
+                body: Response::Err(failure),
+            }) => (id, Err(CallError::Worker(failure.into()))),
             Err(error) => break format!("worker sent a bad frame: {error}"),
         };
-        let waiter = pending.lock().unwrap_or_else(PoisonError::into_inner).waiting.remove(&id);
+        let waiter = pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiting
+            .remove(&id);
         if let Some(waiter) = waiter {
             // The caller may have given up; nothing to do then.
             let _ = waiter.send(reply);
@@ -263,11 +308,17 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
         std::mem::take(&mut pending.waiting)
     };
     for (_, waiter) in waiting {
-        let _ = waiter.send(Err(CallError::Closed { reason: reason.clone() }));
+        let _ = waiter.send(Err(CallError::Closed {
+            reason: reason.clone(),
+        }));
     }
 }
 
-async fn write_loop(mut write: OwnedWriteHalf, mut queue: mpsc::Receiver<Outgoing>, pending: Pending) {
+async fn write_loop(
+    mut write: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Outgoing>,
+    pending: Pending,
+) {
     let mut batch = Vec::new();
     while let Some(first) = queue.recv().await {
         batch.clear();
@@ -281,7 +332,9 @@ async fn write_loop(mut write: OwnedWriteHalf, mut queue: mpsc::Receiver<Outgoin
         }
         if let Err(error) = write.write_all(&batch).await {
             let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
-            pending.closed.get_or_insert_with(|| format!("writing to worker: {error}"));
+            pending
+                .closed
+                .get_or_insert_with(|| format!("writing to worker: {error}"));
             break;
         }
         if batch.capacity() > RETAINED_WRITE_BUFFER {
@@ -294,7 +347,14 @@ fn append(batch: &mut Vec<u8>, outgoing: Outgoing) {
     match outgoing {
         Outgoing::Invoke { id, op, input } => {
             // Sizes were checked in `invoke`, so this cannot fail.
-            let _ = frame::encode_request(id, &Request::Invoke { op: &op, input: &input }, batch);
+            let _ = frame::encode_request(
+                id,
+                &Request::Invoke {
+                    op: &op,
+                    input: &input,
+                },
+                batch,
+            );
         }
         Outgoing::Encoded(bytes) => batch.extend_from_slice(&bytes),
     }
@@ -308,12 +368,18 @@ mod tests {
     /// reverse order of arrival within each read, to prove id matching.
     async fn fake_worker(mut stream: UnixStream) {
         loop {
-            let Ok(body) = read_frame(&mut stream).await else { return };
+            let Ok(body) = read_frame(&mut stream).await else {
+                return;
+            };
             let frame = frame::decode_request(&body).unwrap();
             let mut out = Vec::new();
             match frame.body {
                 Request::Invoke { op: "fail", .. } => {
-                    let failure = frame::WorkerFailure { code: FailureCode::Skill, skill_code: "nope", message: "refused" };
+                    let failure = frame::WorkerFailure {
+                        code: FailureCode::Skill,
+                        skill_code: "nope",
+                        message: "refused",
+                    };
                     frame::encode_response(frame.id, &Response::Err(failure), &mut out).unwrap();
                 }
                 Request::Invoke { op: "hang", .. } => continue,
@@ -334,7 +400,14 @@ mod tests {
         let connection = Arc::new(WorkerConnection::start(node, ConnectionLimits::default()));
         let calls = (0..200u32).map(|i| {
             let connection = connection.clone();
-            tokio::spawn(async move { (i, connection.invoke("echo".into(), Bytes::from(i.to_be_bytes().to_vec())).await) })
+            tokio::spawn(async move {
+                (
+                    i,
+                    connection
+                        .invoke("echo".into(), Bytes::from(i.to_be_bytes().to_vec()))
+                        .await,
+                )
+            })
         });
         for call in calls {
             let (i, reply) = call.await.unwrap();
@@ -342,8 +415,13 @@ mod tests {
             expected.reverse();
             assert_eq!(reply.unwrap(), Bytes::copy_from_slice(&expected));
         }
-        let failure = connection.invoke("fail".into(), Bytes::new()).await.unwrap_err();
-        assert!(matches!(failure, CallError::Worker(OwnedFailure { code: FailureCode::Skill, ref skill_code, .. }) if skill_code == "nope"));
+        let failure = connection
+            .invoke("fail".into(), Bytes::new())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(failure, CallError::Worker(OwnedFailure { code: FailureCode::Skill, ref skill_code, .. }) if skill_code == "nope")
+        );
         assert_eq!(connection.in_flight(), 0);
     }
 
@@ -359,15 +437,25 @@ mod tests {
         let mut worker = worker;
         read_frame(&mut worker).await.unwrap();
         drop(worker);
-        assert!(matches!(waiting.await.unwrap(), Err(CallError::Closed { .. })));
-        assert!(matches!(connection.request(&Request::Health).await, Err(CallError::Closed { .. })));
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Err(CallError::Closed { .. })
+        ));
+        assert!(matches!(
+            connection.request(&Request::Health).await,
+            Err(CallError::Closed { .. })
+        ));
     }
 
     #[tokio::test]
     async fn calls_beyond_the_in_flight_bound_are_refused_after_the_queue_wait() {
         let (node, worker) = UnixStream::pair().unwrap();
         tokio::spawn(fake_worker(worker));
-        let limits = ConnectionLimits { max_in_flight: 1, queue_wait: Duration::ZERO, call_timeout: Duration::from_secs(60) };
+        let limits = ConnectionLimits {
+            max_in_flight: 1,
+            queue_wait: Duration::ZERO,
+            call_timeout: Duration::from_secs(60),
+        };
         let connection = Arc::new(WorkerConnection::start(node, limits));
         let hanging = {
             let connection = connection.clone();
@@ -377,7 +465,10 @@ mod tests {
         while connection.in_flight() == 0 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(connection.invoke("echo".into(), Bytes::new()).await, Err(CallError::Overloaded { max_in_flight: 1 }));
+        assert_eq!(
+            connection.invoke("echo".into(), Bytes::new()).await,
+            Err(CallError::Overloaded { max_in_flight: 1 })
+        );
         hanging.abort();
     }
 
@@ -386,6 +477,9 @@ mod tests {
         let (node, _worker) = UnixStream::pair().unwrap();
         let connection = WorkerConnection::start(node, ConnectionLimits::default());
         let input = Bytes::from(vec![0u8; frame::MAX_FRAME]);
-        assert!(matches!(connection.invoke("x".into(), input).await, Err(CallError::Frame(FrameError::TooLarge { .. }))));
+        assert!(matches!(
+            connection.invoke("x".into(), input).await,
+            Err(CallError::Frame(FrameError::TooLarge { .. }))
+        ));
     }
 }

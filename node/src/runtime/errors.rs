@@ -140,21 +140,40 @@ impl InvokeError {
     /// Maps a connection-level failure of a call to `package`'s worker.
     pub fn from_call(package: &str, error: CallError) -> Self {
         match error {
-            CallError::Worker(OwnedFailure { code, skill_code, message }) => match code {
-                FailureCode::Skill => Self::Skill { skill_code, message },
+            CallError::Worker(OwnedFailure {
+                code,
+                skill_code,
+                message,
+            }) => match code {
+                FailureCode::Skill => Self::Skill {
+                    skill_code,
+                    message,
+                },
                 FailureCode::DeadlineExceeded => Self::DeadlineExceeded { message },
                 FailureCode::MemoryLimit => Self::MemoryLimit { message },
                 FailureCode::Trap => Self::Trap { message },
                 FailureCode::BadRequest => Self::BadRequest { message },
                 FailureCode::LoadFailed | FailureCode::Internal => Self::Internal { message },
             },
-            CallError::Closed { reason } => Self::WorkerUnavailable { package: package.to_string(), reason },
-            CallError::Overloaded { max_in_flight } => Self::Overloaded { package: package.to_string(), max_in_flight },
-            CallError::TimedOut { timeout } => Self::WorkerTimeout { package: package.to_string(), timeout },
-            CallError::Frame(FrameError::TooLarge { length }) => {
-                Self::InputTooLarge { length, limit: super::frame::MAX_PAYLOAD }
-            }
-            CallError::Frame(error) => Self::BadRequest { message: error.to_string() },
+            CallError::Closed { reason } => Self::WorkerUnavailable {
+                package: package.to_string(),
+                reason,
+            },
+            CallError::Overloaded { max_in_flight } => Self::Overloaded {
+                package: package.to_string(),
+                max_in_flight,
+            },
+            CallError::TimedOut { timeout } => Self::WorkerTimeout {
+                package: package.to_string(),
+                timeout,
+            },
+            CallError::Frame(FrameError::TooLarge { length }) => Self::InputTooLarge {
+                length,
+                limit: super::frame::MAX_PAYLOAD,
+            },
+            CallError::Frame(error) => Self::BadRequest {
+                message: error.to_string(),
+            },
         }
     }
 }
@@ -265,18 +284,48 @@ mod tests {
     #[test]
     fn codes_list_matches_every_variant() {
         let samples = [
-            InvokeError::NoSuchSkill { package: "p".into() },
-            InvokeError::Skill { skill_code: "c".into(), message: "m".into() },
-            InvokeError::DeadlineExceeded { message: "m".into() },
-            InvokeError::MemoryLimit { message: "m".into() },
-            InvokeError::Trap { message: "m".into() },
-            InvokeError::WorkerUnavailable { package: "p".into(), reason: "r".into() },
-            InvokeError::Overloaded { package: "p".into(), max_in_flight: 1 },
-            InvokeError::WorkerTimeout { package: "p".into(), timeout: Duration::ZERO },
-            InvokeError::Paused { package: "p".into(), reason: "r".into() },
-            InvokeError::BadRequest { message: "m".into() },
-            InvokeError::InputTooLarge { length: 2, limit: 1 },
-            InvokeError::Internal { message: "m".into() },
+            InvokeError::NoSuchSkill {
+                package: "p".into(),
+            },
+            InvokeError::Skill {
+                skill_code: "c".into(),
+                message: "m".into(),
+            },
+            InvokeError::DeadlineExceeded {
+                message: "m".into(),
+            },
+            InvokeError::MemoryLimit {
+                message: "m".into(),
+            },
+            InvokeError::Trap {
+                message: "m".into(),
+            },
+            InvokeError::WorkerUnavailable {
+                package: "p".into(),
+                reason: "r".into(),
+            },
+            InvokeError::Overloaded {
+                package: "p".into(),
+                max_in_flight: 1,
+            },
+            InvokeError::WorkerTimeout {
+                package: "p".into(),
+                timeout: Duration::ZERO,
+            },
+            InvokeError::Paused {
+                package: "p".into(),
+                reason: "r".into(),
+            },
+            InvokeError::BadRequest {
+                message: "m".into(),
+            },
+            InvokeError::InputTooLarge {
+                length: 2,
+                limit: 1,
+            },
+            InvokeError::Internal {
+                message: "m".into(),
+            },
         ];
         let codes: Vec<_> = samples.iter().map(InvokeError::code).collect();
         assert_eq!(codes, InvokeError::CODES);
@@ -284,17 +333,45 @@ mod tests {
 
     #[test]
     fn worker_failures_map_to_their_codes() {
-        let failure = |code| CallError::Worker(OwnedFailure { code, skill_code: "k".into(), message: "m".into() });
-        assert_eq!(InvokeError::from_call("p", failure(FailureCode::DeadlineExceeded)).code(), "deadline_exceeded");
-        assert_eq!(InvokeError::from_call("p", failure(FailureCode::MemoryLimit)).code(), "memory_limit");
-        assert_eq!(InvokeError::from_call("p", failure(FailureCode::Trap)).code(), "trap");
+        let failure = |code| {
+            CallError::Worker(OwnedFailure {
+                code,
+                skill_code: "k".into(),
+                message: "m".into(),
+            })
+        };
+        assert_eq!(
+            InvokeError::from_call("p", failure(FailureCode::DeadlineExceeded)).code(),
+            "deadline_exceeded"
+        );
+        assert_eq!(
+            InvokeError::from_call("p", failure(FailureCode::MemoryLimit)).code(),
+            "memory_limit"
+        );
+        assert_eq!(
+            InvokeError::from_call("p", failure(FailureCode::Trap)).code(),
+            "trap"
+        );
         assert_eq!(
             InvokeError::from_call("p", failure(FailureCode::Skill)),
-            InvokeError::Skill { skill_code: "k".into(), message: "m".into() }
+            InvokeError::Skill {
+                skill_code: "k".into(),
+                message: "m".into()
+            }
         );
-        assert_eq!(InvokeError::from_call("p", CallError::Closed { reason: "gone".into() }).code(), "worker_unavailable");
         assert_eq!(
-            InvokeError::from_call("p", CallError::Frame(FrameError::TooLarge { length: 9 })).code(),
+            InvokeError::from_call(
+                "p",
+                CallError::Closed {
+                    reason: "gone".into()
+                }
+            )
+            .code(),
+            "worker_unavailable"
+        );
+        assert_eq!(
+            InvokeError::from_call("p", CallError::Frame(FrameError::TooLarge { length: 9 }))
+                .code(),
             "input_too_large"
         );
     }

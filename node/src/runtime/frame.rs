@@ -238,7 +238,10 @@ pub fn encode_request(id: u64, request: &Request<'_>, out: &mut Vec<u8>) -> Resu
             out.extend_from_slice(&(op.len() as u16).to_le_bytes());
             out.extend_from_slice(op.as_bytes());
             out.extend_from_slice(input);
-            debug_assert_eq!(out.len() - start, LENGTH_PREFIX + HEADER + 2 + op.len() + input.len());
+            debug_assert_eq!(
+                out.len() - start,
+                LENGTH_PREFIX + HEADER + 2 + op.len() + input.len()
+            );
         }
         Request::Snapshot => {
             begin(id, kind::SNAPSHOT, 0, out)?;
@@ -263,7 +266,11 @@ pub fn encode_request(id: u64, request: &Request<'_>, out: &mut Vec<u8>) -> Resu
 }
 
 /// Appends a complete response frame (prefix included) to `out`.
-pub fn encode_response(id: u64, response: &Response<'_>, out: &mut Vec<u8>) -> Result<(), FrameError> {
+pub fn encode_response(
+    id: u64,
+    response: &Response<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     match response {
         Response::Ok(payload) => {
             begin(id, kind::OK, payload.len(), out)?;
@@ -293,10 +300,14 @@ pub fn decode_request(frame: &[u8]) -> Result<Frame<Request<'_>>, FrameError> {
             let (op_len, rest) = take_u16(payload, "operation name length")?;
             let op_len = usize::from(op_len);
             if rest.len() < op_len {
-                return Err(FrameError::Truncated { field: "operation name" });
+                return Err(FrameError::Truncated {
+                    field: "operation name",
+                });
             }
             let (op, input) = rest.split_at(op_len);
-            let op = std::str::from_utf8(op).map_err(|_| FrameError::NotUtf8 { field: "operation name" })?;
+            let op = std::str::from_utf8(op).map_err(|_| FrameError::NotUtf8 {
+                field: "operation name",
+            })?;
             Request::Invoke { op, input }
         }
         kind::SNAPSHOT => empty(payload, "snapshot", Request::Snapshot)?,
@@ -321,17 +332,30 @@ pub fn decode_response(frame: &[u8]) -> Result<Frame<Response<'_>>, FrameError> 
     let body = match kind {
         kind::OK => Response::Ok(payload),
         kind::ERR => {
-            let (&code, rest) = payload.split_first().ok_or(FrameError::Truncated { field: "failure code" })?;
-            let code = FailureCode::from_byte(code).ok_or(FrameError::UnknownFailureCode { code })?;
+            let (&code, rest) = payload.split_first().ok_or(FrameError::Truncated {
+                field: "failure code",
+            })?;
+            let code =
+                FailureCode::from_byte(code).ok_or(FrameError::UnknownFailureCode { code })?;
             let (skill_code_len, rest) = take_u16(rest, "skill code length")?;
             let skill_code_len = usize::from(skill_code_len);
             if rest.len() < skill_code_len {
-                return Err(FrameError::Truncated { field: "skill code" });
+                return Err(FrameError::Truncated {
+                    field: "skill code",
+                });
             }
             let (skill_code, message) = rest.split_at(skill_code_len);
-            let skill_code = std::str::from_utf8(skill_code).map_err(|_| FrameError::NotUtf8 { field: "skill code" })?;
-            let message = std::str::from_utf8(message).map_err(|_| FrameError::NotUtf8 { field: "failure message" })?;
-            Response::Err(WorkerFailure { code, skill_code, message })
+            let skill_code = std::str::from_utf8(skill_code).map_err(|_| FrameError::NotUtf8 {
+                field: "skill code",
+            })?;
+            let message = std::str::from_utf8(message).map_err(|_| FrameError::NotUtf8 {
+                field: "failure message",
+            })?;
+            Response::Err(WorkerFailure {
+                code,
+                skill_code,
+                message,
+            })
         }
         other => return Err(FrameError::UnknownKind { kind: other }),
     };
@@ -367,24 +391,34 @@ fn begin(id: u64, kind: u8, payload_len: usize, out: &mut Vec<u8>) -> Result<usi
 
 fn split_header(frame: &[u8]) -> Result<(u64, u8, &[u8]), FrameError> {
     if frame.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge { length: frame.len() });
+        return Err(FrameError::TooLarge {
+            length: frame.len(),
+        });
     }
     let Some((id, rest)) = frame.split_first_chunk::<8>() else {
-        return Err(FrameError::TooShort { length: frame.len() });
+        return Err(FrameError::TooShort {
+            length: frame.len(),
+        });
     };
     let Some((&kind, payload)) = rest.split_first() else {
-        return Err(FrameError::TooShort { length: frame.len() });
+        return Err(FrameError::TooShort {
+            length: frame.len(),
+        });
     };
     Ok((u64::from_le_bytes(*id), kind, payload))
 }
 
 fn take_u16<'a>(bytes: &'a [u8], field: &'static str) -> Result<(u16, &'a [u8]), FrameError> {
-    let (value, rest) = bytes.split_first_chunk::<2>().ok_or(FrameError::Truncated { field })?;
+    let (value, rest) = bytes
+        .split_first_chunk::<2>()
+        .ok_or(FrameError::Truncated { field })?;
     Ok((u16::from_le_bytes(*value), rest))
 }
 
 fn take_u32<'a>(bytes: &'a [u8], field: &'static str) -> Result<(u32, &'a [u8]), FrameError> {
-    let (value, rest) = bytes.split_first_chunk::<4>().ok_or(FrameError::Truncated { field })?;
+    let (value, rest) = bytes
+        .split_first_chunk::<4>()
+        .ok_or(FrameError::Truncated { field })?;
     Ok((u32::from_le_bytes(*value), rest))
 }
 
@@ -392,7 +426,10 @@ fn empty<T>(payload: &[u8], kind: &'static str, value: T) -> Result<T, FrameErro
     if payload.is_empty() {
         Ok(value)
     } else {
-        Err(FrameError::UnexpectedPayload { kind, extra: payload.len() })
+        Err(FrameError::UnexpectedPayload {
+            kind,
+            extra: payload.len(),
+        })
     }
 }
 
@@ -425,10 +462,22 @@ mod tests {
 
     #[test]
     fn every_request_kind_round_trips() {
-        roundtrip_request(1, Request::Invoke { op: "add", input: b"\x01\x02" });
+        roundtrip_request(
+            1,
+            Request::Invoke {
+                op: "add",
+                input: b"\x01\x02",
+            },
+        );
         roundtrip_request(2, Request::Invoke { op: "", input: b"" });
         roundtrip_request(3, Request::Snapshot);
-        roundtrip_request(4, Request::Restore { schema: 7, data: b"state" });
+        roundtrip_request(
+            4,
+            Request::Restore {
+                schema: 7,
+                data: b"state",
+            },
+        );
         roundtrip_request(5, Request::Health);
         roundtrip_request(u64::MAX, Request::Shutdown);
         roundtrip_request(6, Request::RestoreFromFd { schema: 2 });
@@ -438,26 +487,58 @@ mod tests {
     fn both_response_kinds_round_trip() {
         let mut out = Vec::new();
         encode_response(9, &Response::Ok(b"out"), &mut out).unwrap();
-        let failure = WorkerFailure { code: FailureCode::Skill, skill_code: "not_found", message: "no key ü" };
+        let failure = WorkerFailure {
+            code: FailureCode::Skill,
+            skill_code: "not_found",
+            message: "no key ü",
+        };
         encode_response(10, &Response::Err(failure.clone()), &mut out).unwrap();
         let first = frame_length(out[..4].try_into().unwrap()).unwrap();
         let (a, b) = out.split_at(LENGTH_PREFIX + first);
-        assert_eq!(decode_response(&a[LENGTH_PREFIX..]).unwrap(), Frame { id: 9, body: Response::Ok(b"out") });
-        assert_eq!(decode_response(&b[LENGTH_PREFIX..]).unwrap(), Frame { id: 10, body: Response::Err(failure) });
+        assert_eq!(
+            decode_response(&a[LENGTH_PREFIX..]).unwrap(),
+            Frame {
+                id: 9,
+                body: Response::Ok(b"out")
+            }
+        );
+        assert_eq!(
+            decode_response(&b[LENGTH_PREFIX..]).unwrap(),
+            Frame {
+                id: 10,
+                body: Response::Err(failure)
+            }
+        );
     }
 
     #[test]
     fn length_prefix_above_the_limit_is_refused_before_reading() {
         let too_big = u32::try_from(MAX_FRAME + 1).unwrap().to_le_bytes();
-        assert_eq!(frame_length(too_big), Err(FrameError::TooLarge { length: MAX_FRAME + 1 }));
-        assert_eq!(frame_length(3u32.to_le_bytes()), Err(FrameError::TooShort { length: 3 }));
+        assert_eq!(
+            frame_length(too_big),
+            Err(FrameError::TooLarge {
+                length: MAX_FRAME + 1
+            })
+        );
+        assert_eq!(
+            frame_length(3u32.to_le_bytes()),
+            Err(FrameError::TooShort { length: 3 })
+        );
     }
 
     #[test]
     fn oversized_input_is_refused_at_encode() {
         let input = vec![0u8; MAX_FRAME];
         let mut out = Vec::new();
-        let err = encode_request(1, &Request::Invoke { op: "x", input: &input }, &mut out).unwrap_err();
+        let err = encode_request(
+            1,
+            &Request::Invoke {
+                op: "x",
+                input: &input,
+            },
+            &mut out,
+        )
+        .unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { .. }));
         assert!(out.is_empty(), "nothing is written for a refused frame");
     }
@@ -465,8 +546,21 @@ mod tests {
     #[test]
     fn overlong_op_is_refused_at_encode() {
         let op = "o".repeat(MAX_OP_LEN + 1);
-        let err = encode_request(1, &Request::Invoke { op: &op, input: b"" }, &mut Vec::new()).unwrap_err();
-        assert_eq!(err, FrameError::OpTooLong { length: MAX_OP_LEN + 1 });
+        let err = encode_request(
+            1,
+            &Request::Invoke {
+                op: &op,
+                input: b"",
+            },
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            FrameError::OpTooLong {
+                length: MAX_OP_LEN + 1
+            }
+        );
     }
 
     #[test]
@@ -475,21 +569,41 @@ mod tests {
         frame.push(kind::INVOKE);
         frame.extend_from_slice(&5u16.to_le_bytes());
         frame.extend_from_slice(b"ab");
-        assert_eq!(decode_request(&frame), Err(FrameError::Truncated { field: "operation name" }));
+        assert_eq!(
+            decode_request(&frame),
+            Err(FrameError::Truncated {
+                field: "operation name"
+            })
+        );
 
         let mut frame = 1u64.to_le_bytes().to_vec();
         frame.push(kind::HEALTH);
         frame.push(0);
-        assert_eq!(decode_request(&frame), Err(FrameError::UnexpectedPayload { kind: "health", extra: 1 }));
+        assert_eq!(
+            decode_request(&frame),
+            Err(FrameError::UnexpectedPayload {
+                kind: "health",
+                extra: 1
+            })
+        );
 
         let mut frame = 1u64.to_le_bytes().to_vec();
         frame.push(0x42);
-        assert_eq!(decode_request(&frame), Err(FrameError::UnknownKind { kind: 0x42 }));
-        assert_eq!(decode_response(&frame), Err(FrameError::UnknownKind { kind: 0x42 }));
+        assert_eq!(
+            decode_request(&frame),
+            Err(FrameError::UnknownKind { kind: 0x42 })
+        );
+        assert_eq!(
+            decode_response(&frame),
+            Err(FrameError::UnknownKind { kind: 0x42 })
+        );
 
         let mut frame = 1u64.to_le_bytes().to_vec();
         frame.extend_from_slice(&[kind::ERR, 99]);
-        assert_eq!(decode_response(&frame), Err(FrameError::UnknownFailureCode { code: 99 }));
+        assert_eq!(
+            decode_response(&frame),
+            Err(FrameError::UnknownFailureCode { code: 99 })
+        );
     }
 
     #[test]
@@ -497,13 +611,22 @@ mod tests {
         let mut out = Vec::new();
         encode_state(3, b"abc", &mut out);
         assert_eq!(decode_state(&out), Ok((3, &b"abc"[..])));
-        assert_eq!(decode_state(b"ab"), Err(FrameError::Truncated { field: "state schema" }));
+        assert_eq!(
+            decode_state(b"ab"),
+            Err(FrameError::Truncated {
+                field: "state schema"
+            })
+        );
     }
 
     #[test]
     fn long_error_messages_are_cut_on_a_char_boundary() {
         let message = "é".repeat(MAX_FRAME);
-        let failure = WorkerFailure { code: FailureCode::Trap, skill_code: "", message: &message };
+        let failure = WorkerFailure {
+            code: FailureCode::Trap,
+            skill_code: "",
+            message: &message,
+        };
         let mut out = Vec::new();
         encode_response(1, &Response::Err(failure), &mut out).unwrap();
         assert!(out.len() - LENGTH_PREFIX <= MAX_FRAME);

@@ -30,7 +30,10 @@ pub struct RuntimeHttpState {
 impl RuntimeHttpState {
     /// State for a node that is serving.
     pub fn new(supervisor: Supervisor) -> Self {
-        Self { supervisor, serving: Arc::new(AtomicBool::new(true)) }
+        Self {
+            supervisor,
+            serving: Arc::new(AtomicBool::new(true)),
+        }
     }
 }
 
@@ -50,11 +53,20 @@ pub fn router(state: RuntimeHttpState) -> Router {
         .with_state(state)
 }
 
-async fn invoke(State(state): State<RuntimeHttpState>, Path((package, op)): Path<(String, String)>, body: Bytes) -> Response {
+async fn invoke(
+    State(state): State<RuntimeHttpState>,
+    Path((package, op)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
     match state.supervisor.invoke(&package, op, body).await {
-        Ok(output) => {
-            ([(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"))], output).into_response()
-        }
+        Ok(output) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            )],
+            output,
+        )
+            .into_response(),
         Err(error) => error_response(&error),
     }
 }
@@ -64,13 +76,15 @@ pub fn http_status(error: &InvokeError) -> StatusCode {
     match error {
         InvokeError::NoSuchSkill { .. } => StatusCode::NOT_FOUND,
         InvokeError::Skill { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        InvokeError::DeadlineExceeded { .. } | InvokeError::WorkerTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-        InvokeError::MemoryLimit { .. } | InvokeError::Trap { .. } | InvokeError::Internal { .. } => {
-            StatusCode::INTERNAL_SERVER_ERROR
+        InvokeError::DeadlineExceeded { .. } | InvokeError::WorkerTimeout { .. } => {
+            StatusCode::GATEWAY_TIMEOUT
         }
-        InvokeError::WorkerUnavailable { .. } | InvokeError::Overloaded { .. } | InvokeError::Paused { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        InvokeError::MemoryLimit { .. }
+        | InvokeError::Trap { .. }
+        | InvokeError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        InvokeError::WorkerUnavailable { .. }
+        | InvokeError::Overloaded { .. }
+        | InvokeError::Paused { .. } => StatusCode::SERVICE_UNAVAILABLE,
         InvokeError::BadRequest { .. } => StatusCode::BAD_REQUEST,
         InvokeError::InputTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
     }
@@ -100,7 +114,12 @@ async fn metrics(State(state): State<RuntimeHttpState>) -> Response {
     let _ = state.supervisor.status();
     match state.supervisor.metrics().encode() {
         Ok(text) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            )],
             text,
         )
             .into_response(),
@@ -115,12 +134,19 @@ async fn livez() -> &'static str {
 async fn readyz(State(state): State<RuntimeHttpState>) -> Response {
     let serving = state.serving.load(Ordering::Acquire);
     let skills = state.supervisor.status();
-    let ready = skills.iter().filter(|s| s.state == super::supervisor::WorkerState::Ready).count();
+    let ready = skills
+        .iter()
+        .filter(|s| s.state == super::supervisor::WorkerState::Ready)
+        .count();
     let body = json!({
         "ready": serving,
         "cgroups": state.supervisor.cgroup_support(),
         "skills": { "total": skills.len(), "ready": ready },
     });
-    let code = if serving { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if serving {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }

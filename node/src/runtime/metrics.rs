@@ -83,39 +83,87 @@ impl RuntimeMetrics {
         let mut registry = Registry::with_prefix("clawmesh");
         let requests = Family::<SkillLabels, Counter>::default();
         let errors = Family::<ErrorLabels, Counter>::default();
-        let latency = Family::<SkillLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let latency = Family::<SkillLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         let restarts = Family::<SkillLabels, Counter>::default();
         let memory = Family::<WorkerLabels, Gauge>::default();
-        registry.register("skill_requests", "Skill invocations finished, by package", requests.clone());
-        registry.register("skill_errors", "Skill invocations that failed, by package and error code", errors.clone());
-        registry.register("skill_latency_seconds", "Skill invocation latency seen by the node", latency.clone());
-        registry.register("worker_restarts", "Worker processes restarted after exiting", restarts.clone());
-        registry.register("worker_memory_bytes", "Memory of each worker's cgroup", memory.clone());
-        Self { registry: Mutex::new(registry), requests, errors, latency, restarts, memory }
+        registry.register(
+            "skill_requests",
+            "Skill invocations finished, by package",
+            requests.clone(),
+        );
+        registry.register(
+            "skill_errors",
+            "Skill invocations that failed, by package and error code",
+            errors.clone(),
+        );
+        registry.register(
+            "skill_latency_seconds",
+            "Skill invocation latency seen by the node",
+            latency.clone(),
+        );
+        registry.register(
+            "worker_restarts",
+            "Worker processes restarted after exiting",
+            restarts.clone(),
+        );
+        registry.register(
+            "worker_memory_bytes",
+            "Memory of each worker's cgroup",
+            memory.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            errors,
+            latency,
+            restarts,
+            memory,
+        }
     }
 
     /// Handles for one skill's hot path.
     pub fn skill(&self, package: &str) -> SkillMetrics {
-        let labels = SkillLabels { package: package.to_string() };
-        SkillMetrics { requests: self.requests.get_or_create_owned(&labels), latency: self.latency.get_or_create_owned(&labels) }
+        let labels = SkillLabels {
+            package: package.to_string(),
+        };
+        SkillMetrics {
+            requests: self.requests.get_or_create_owned(&labels),
+            latency: self.latency.get_or_create_owned(&labels),
+        }
     }
 
     /// Counts one failed call.
     pub fn error(&self, package: &str, code: &str) {
-        self.errors.get_or_create(&ErrorLabels { package: package.to_string(), code: code.to_string() }).inc();
+        self.errors
+            .get_or_create(&ErrorLabels {
+                package: package.to_string(),
+                code: code.to_string(),
+            })
+            .inc();
     }
 
     /// Counts one worker restart.
     pub fn restart(&self, package: &str) {
-        self.restarts.get_or_create(&SkillLabels { package: package.to_string() }).inc();
+        self.restarts
+            .get_or_create(&SkillLabels {
+                package: package.to_string(),
+            })
+            .inc();
     }
 
     /// Sets (or with `None`, removes) a worker's memory figure.
     pub fn worker_memory(&self, package: &str, version: &str, bytes: Option<u64>) {
-        let labels = WorkerLabels { package: package.to_string(), version: version.to_string() };
+        let labels = WorkerLabels {
+            package: package.to_string(),
+            version: version.to_string(),
+        };
         match bytes {
             Some(bytes) => {
-                self.memory.get_or_create(&labels).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+                self.memory
+                    .get_or_create(&labels)
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
             }
             None => {
                 self.memory.remove(&labels);
@@ -126,7 +174,10 @@ impl RuntimeMetrics {
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();
-        encode(&mut text, &self.registry.lock().unwrap_or_else(PoisonError::into_inner))?;
+        encode(
+            &mut text,
+            &self.registry.lock().unwrap_or_else(PoisonError::into_inner),
+        )?;
         Ok(text)
     }
 }

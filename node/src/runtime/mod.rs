@@ -22,7 +22,7 @@ pub use http::{RuntimeHttpState, router};
 pub use metrics::RuntimeMetrics;
 pub use route::{PauseLimits, Route};
 pub use supervisor::{
-    Lifecycle, RestartPolicy, SkillLimits, SkillSpec, SkillStatus, SupervisedWorker, Supervisor, SupervisorConfig, WorkerCommand,
-    WorkerState,
+    Lifecycle, RestartPolicy, SkillLimits, SkillSpec, SkillStatus, SupervisedWorker, Supervisor,
+    SupervisorConfig, WorkerCommand, WorkerState,
 };
 pub use worker::{WorkerArgs, run_worker};

@@ -22,7 +22,10 @@ pub struct PauseLimits {
 
 impl Default for PauseLimits {
     fn default() -> Self {
-        Self { max_waiting: 10_000, max_wait: Duration::from_secs(5) }
+        Self {
+            max_waiting: 10_000,
+            max_wait: Duration::from_secs(5),
+        }
     }
 }
 
@@ -44,8 +47,21 @@ pub struct Route<W> {
 
 impl<W> Route<W> {
     /// A route serving `active`.
-    pub fn new(package: String, active: Arc<W>, limits: PauseLimits, metrics: SkillMetrics) -> Self {
-        Self { package, slots: RwLock::new(Slots { active, standby: None }), gate: RouteGate::new(limits), metrics }
+    pub fn new(
+        package: String,
+        active: Arc<W>,
+        limits: PauseLimits,
+        metrics: SkillMetrics,
+    ) -> Self {
+        Self {
+            package,
+            slots: RwLock::new(Slots {
+                active,
+                standby: None,
+            }),
+            gate: RouteGate::new(limits),
+            metrics,
+        }
     }
 
     /// The package this route serves.
@@ -60,23 +76,45 @@ impl<W> Route<W> {
 
     /// The worker answering calls now.
     pub fn active(&self) -> Arc<W> {
-        self.slots.read().unwrap_or_else(PoisonError::into_inner).active.clone()
+        self.slots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .active
+            .clone()
     }
 
     /// The worker waiting beside it, if any.
     pub fn standby(&self) -> Option<Arc<W>> {
-        self.slots.read().unwrap_or_else(PoisonError::into_inner).standby.clone()
+        self.slots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .standby
+            .clone()
     }
 
     /// Puts `worker` in the standby slot, returning the one it replaces.
     pub fn set_standby(&self, worker: Option<Arc<W>>) -> Option<Arc<W>> {
-        std::mem::replace(&mut self.slots.write().unwrap_or_else(PoisonError::into_inner).standby, worker)
+        std::mem::replace(
+            &mut self
+                .slots
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .standby,
+            worker,
+        )
     }
 
     /// Makes `worker` active, returning the previous active worker (the
     /// standby slot is left as it is).
     pub fn replace_active(&self, worker: Arc<W>) -> Arc<W> {
-        std::mem::replace(&mut self.slots.write().unwrap_or_else(PoisonError::into_inner).active, worker)
+        std::mem::replace(
+            &mut self
+                .slots
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .active,
+            worker,
+        )
     }
 
     /// Swaps active and standby in one step; `false` (and no change) when
@@ -134,7 +172,12 @@ struct RouteGate {
 
 impl RouteGate {
     fn new(limits: PauseLimits) -> Self {
-        Self { paused: AtomicBool::new(false), changes: watch::Sender::new(false), waiting: AtomicUsize::new(0), limits }
+        Self {
+            paused: AtomicBool::new(false),
+            changes: watch::Sender::new(false),
+            waiting: AtomicUsize::new(0),
+            limits,
+        }
     }
 
     fn set_paused(&self, paused: bool) {
@@ -185,7 +228,12 @@ mod tests {
     use crate::runtime::metrics::RuntimeMetrics;
 
     fn route(limits: PauseLimits) -> Arc<Route<&'static str>> {
-        Arc::new(Route::new("p".into(), Arc::new("v1"), limits, RuntimeMetrics::new().skill("p")))
+        Arc::new(Route::new(
+            "p".into(),
+            Arc::new("v1"),
+            limits,
+            RuntimeMetrics::new().skill("p"),
+        ))
     }
 
     #[test]
@@ -195,7 +243,10 @@ mod tests {
         assert_eq!(*route.active(), "v1");
         route.set_standby(Some(Arc::new("v2")));
         assert!(route.flip());
-        assert_eq!((*route.active(), route.standby().map(|s| *s)), ("v2", Some("v1")));
+        assert_eq!(
+            (*route.active(), route.standby().map(|s| *s)),
+            ("v2", Some("v1"))
+        );
         assert!(route.flip());
         assert_eq!(*route.active(), "v1");
     }
@@ -218,15 +269,27 @@ mod tests {
 
     #[tokio::test]
     async fn a_pause_longer_than_the_wait_bound_refuses_the_call() {
-        let route = route(PauseLimits { max_waiting: 10, max_wait: Duration::from_millis(50) });
+        let route = route(PauseLimits {
+            max_waiting: 10,
+            max_wait: Duration::from_millis(50),
+        });
         route.pause();
-        assert!(matches!(route.wait_open().await, Err(InvokeError::Paused { .. })));
+        assert!(matches!(
+            route.wait_open().await,
+            Err(InvokeError::Paused { .. })
+        ));
     }
 
     #[tokio::test]
     async fn more_waiters_than_the_bound_are_refused_at_once() {
-        let route = route(PauseLimits { max_waiting: 0, max_wait: Duration::from_secs(60) });
+        let route = route(PauseLimits {
+            max_waiting: 0,
+            max_wait: Duration::from_secs(60),
+        });
         route.pause();
-        assert!(matches!(route.wait_open().await, Err(InvokeError::Paused { .. })));
+        assert!(matches!(
+            route.wait_open().await,
+            Err(InvokeError::Paused { .. })
+        ));
     }
 }

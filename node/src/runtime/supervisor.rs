@@ -42,7 +42,10 @@ pub struct WorkerCommand {
 impl WorkerCommand {
     /// `exe worker ...`.
     pub fn new(exe: PathBuf) -> Self {
-        Self { exe, leading_args: vec!["worker".into()] }
+        Self {
+            exe,
+            leading_args: vec!["worker".into()],
+        }
     }
 
     /// The running binary's own `worker` subcommand.
@@ -100,7 +103,12 @@ pub struct SupervisorConfig {
 
 impl SupervisorConfig {
     /// Defaults for everything but the paths and the command.
-    pub fn new(node_name: String, worker_command: WorkerCommand, runtime_dir: PathBuf, cache_dir: PathBuf) -> Self {
+    pub fn new(
+        node_name: String,
+        worker_command: WorkerCommand,
+        runtime_dir: PathBuf,
+        cache_dir: PathBuf,
+    ) -> Self {
         Self {
             node_name,
             worker_command,
@@ -267,28 +275,41 @@ impl SupervisedWorker {
     /// Invokes `op` on this worker (the route-free path, e.g. for warming).
     pub async fn invoke(&self, op: String, input: Bytes) -> Result<Bytes, InvokeError> {
         let process = self.live()?;
-        process.connection.invoke(op, input).await.map_err(|error| InvokeError::from_call(&self.spec.package, error))
+        process
+            .connection
+            .invoke(op, input)
+            .await
+            .map_err(|error| InvokeError::from_call(&self.spec.package, error))
     }
 
     /// Sends a control request (`Snapshot`, `Restore`, `Health`) to the live process.
     pub async fn request(&self, request: &Request<'_>) -> Result<Bytes, InvokeError> {
         let process = self.live()?;
-        process.connection.request(request).await.map_err(|error| InvokeError::from_call(&self.spec.package, error))
+        process
+            .connection
+            .request(request)
+            .await
+            .map_err(|error| InvokeError::from_call(&self.spec.package, error))
     }
 
     fn current(&self) -> Option<Arc<WorkerProcess>> {
-        self.process.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.process
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn live(&self) -> Result<Arc<WorkerProcess>, InvokeError> {
-        self.current().ok_or_else(|| InvokeError::WorkerUnavailable {
-            package: self.spec.package.clone(),
-            reason: format!("worker is {:?}", self.state()).to_lowercase(),
-        })
+        self.current()
+            .ok_or_else(|| InvokeError::WorkerUnavailable {
+                package: self.spec.package.clone(),
+                reason: format!("worker is {:?}", self.state()).to_lowercase(),
+            })
     }
 
     fn set_state(&self, state: WorkerState) {
-        self.lifecycle.send_modify(|lifecycle| lifecycle.state = state);
+        self.lifecycle
+            .send_modify(|lifecycle| lifecycle.state = state);
     }
 
     fn set_process(&self, process: Option<Arc<WorkerProcess>>) {
@@ -305,7 +326,11 @@ impl SupervisedWorker {
             pid: process.as_ref().map(|p| p.pid),
             state: self.state(),
             restarts: self.restarts(),
-            last_exit: self.last_exit.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            last_exit: self
+                .last_exit
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
             cgroup: cgroup.map(|c| CgroupStatus {
                 version: c.version(),
                 dirs: c.dirs().to_vec(),
@@ -381,8 +406,17 @@ impl Supervisor {
             Some(route) => Some(route.replace_active(worker)),
             None => {
                 let metrics = self.inner.metrics.skill(&package);
-                let route = Arc::new(Route::new(package.clone(), worker, self.inner.config.pause, metrics));
-                self.inner.routes.write().unwrap_or_else(PoisonError::into_inner).insert(package, route);
+                let route = Arc::new(Route::new(
+                    package.clone(),
+                    worker,
+                    self.inner.config.pause,
+                    metrics,
+                ));
+                self.inner
+                    .routes
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(package, route);
                 None
             }
         };
@@ -394,7 +428,10 @@ impl Supervisor {
 
     /// Starts and supervises a worker without routing to it (the swap's
     /// first step: warm the new version beside the old).
-    pub async fn start_worker(&self, spec: SkillSpec) -> Result<Arc<SupervisedWorker>, DeployError> {
+    pub async fn start_worker(
+        &self,
+        spec: SkillSpec,
+    ) -> Result<Arc<SupervisedWorker>, DeployError> {
         validate_spec(&spec)?;
         let number = self.inner.next_worker.fetch_add(1, Ordering::Relaxed);
         let name = format!("{}-{}-{number}", spec.package, spec.version);
@@ -402,7 +439,10 @@ impl Supervisor {
             spec,
             name,
             process: RwLock::new(None),
-            lifecycle: watch::Sender::new(Lifecycle { state: WorkerState::Starting, restarts: 0 }),
+            lifecycle: watch::Sender::new(Lifecycle {
+                state: WorkerState::Starting,
+                restarts: 0,
+            }),
             last_exit: Mutex::new(None),
             stopping: AtomicBool::new(false),
             stop: Notify::new(),
@@ -417,13 +457,27 @@ impl Supervisor {
 
     /// The route of `package`.
     pub fn route(&self, package: &str) -> Option<Arc<Route<SupervisedWorker>>> {
-        self.inner.routes.read().unwrap_or_else(PoisonError::into_inner).get(package).cloned()
+        self.inner
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(package)
+            .cloned()
     }
 
     /// Calls `op` of `package`'s active worker with `input`.
-    pub async fn invoke(&self, package: &str, op: String, input: Bytes) -> Result<Bytes, InvokeError> {
+    pub async fn invoke(
+        &self,
+        package: &str,
+        op: String,
+        input: Bytes,
+    ) -> Result<Bytes, InvokeError> {
         let Some(route) = self.route(package) else {
-            return Err(InvokeError::NoSuchSkill { package: package.to_string() });
+            // Not counted: a label per unknown name from the network would
+            // let any client grow the metrics without bound.
+            return Err(InvokeError::NoSuchSkill {
+                package: package.to_string(),
+            });
         };
         let started = Instant::now();
         let result = match route.wait_open().await {
@@ -440,7 +494,13 @@ impl Supervisor {
     /// Stops `package`'s workers and removes its route; `false` if it had none.
     pub async fn stop(&self, package: &str) -> bool {
         let _control = self.inner.control.lock().await;
-        let Some(route) = self.inner.routes.write().unwrap_or_else(PoisonError::into_inner).remove(package) else {
+        let Some(route) = self
+            .inner
+            .routes
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(package)
+        else {
             return false;
         };
         if let Some(standby) = route.set_standby(None) {
@@ -453,8 +513,14 @@ impl Supervisor {
 
     /// Stops every package and removes the node's cgroup directories.
     pub async fn shutdown(&self) {
-        let packages: Vec<String> =
-            self.inner.routes.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        let packages: Vec<String> = self
+            .inner
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
         for package in packages {
             self.stop(&package).await;
         }
@@ -474,12 +540,21 @@ impl Supervisor {
         if worker.state() != WorkerState::Stopped {
             stopped.await;
         }
-        self.inner.metrics.worker_memory(&worker.spec.package, &worker.spec.version, None);
+        self.inner
+            .metrics
+            .worker_memory(&worker.spec.package, &worker.spec.version, None);
     }
 
     /// Status of every worker, active first within a package, packages sorted.
     pub fn status(&self) -> Vec<SkillStatus> {
-        let mut routes: Vec<_> = self.inner.routes.read().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
+        let mut routes: Vec<_> = self
+            .inner
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
         routes.sort_by(|a, b| a.package().cmp(b.package()));
         let mut out = Vec::with_capacity(routes.len());
         for route in routes {
@@ -490,7 +565,9 @@ impl Supervisor {
             }
         }
         for status in &out {
-            self.inner.metrics.worker_memory(&status.package, &status.version, status.memory_bytes);
+            self.inner
+                .metrics
+                .worker_memory(&status.package, &status.version, status.memory_bytes);
         }
         out
     }
@@ -504,7 +581,10 @@ fn validate_spec(spec: &SkillSpec) -> Result<(), DeployError> {
         });
     }
     if spec.limits.deadline.is_zero() {
-        return Err(DeployError::InvalidSpec { field: "limits.deadline", why: "must be above zero".into() });
+        return Err(DeployError::InvalidSpec {
+            field: "limits.deadline",
+            why: "must be above zero".into(),
+        });
     }
     if !spec.wasm_path.is_file() {
         return Err(DeployError::InvalidSpec {
@@ -516,26 +596,37 @@ fn validate_spec(spec: &SkillSpec) -> Result<(), DeployError> {
 }
 
 /// Starts one worker process and waits until it passed `health`.
-async fn spawn_process(inner: &Inner, worker: &SupervisedWorker) -> Result<(Child, Arc<WorkerProcess>), DeployError> {
+async fn spawn_process(
+    inner: &Inner,
+    worker: &SupervisedWorker,
+) -> Result<(Child, Arc<WorkerProcess>), DeployError> {
     let spec = &worker.spec;
     let package = spec.package.clone();
     let config = &inner.config;
-    let socket = config.runtime_dir.join(format!("{}.sock", cgroup::sanitize_name(&worker.name)));
+    let socket = config
+        .runtime_dir
+        .join(format!("{}.sock", cgroup::sanitize_name(&worker.name)));
     let _ = std::fs::remove_file(&socket);
-    let listener =
-        UnixListener::bind(&socket).map_err(|source| DeployError::Socket { path: socket.clone(), source })?;
+    let listener = UnixListener::bind(&socket).map_err(|source| DeployError::Socket {
+        path: socket.clone(),
+        source,
+    })?;
     // The listener is only for this one connection: unlink it whatever happens.
     let _unlink = UnlinkOnDrop(socket.clone());
 
     let cgroup = inner
         .cgroups
         .create(&worker.name, &spec.limits.cgroup)
-        .map_err(|source| DeployError::Cgroup { package: package.clone(), source })?;
+        .map_err(|source| DeployError::Cgroup {
+            package: package.clone(),
+            source,
+        })?;
     let cgroup = CgroupGuard(cgroup);
     let join = match &cgroup.0 {
-        Some(cgroup) => {
-            Some(cgroup.open_procs().map_err(|source| DeployError::Cgroup { package: package.clone(), source })?)
-        }
+        Some(cgroup) => Some(cgroup.open_procs().map_err(|source| DeployError::Cgroup {
+            package: package.clone(),
+            source,
+        })?),
         None => None,
     };
 
@@ -545,7 +636,9 @@ async fn spawn_process(inner: &Inner, worker: &SupervisedWorker) -> Result<(Chil
         sha256: hex::encode(spec.sha256),
         cache_dir: config.cache_dir.clone(),
         max_memory: spec.limits.wasm_memory_bytes,
-        deadline_ms: u64::try_from(spec.limits.deadline.as_millis()).unwrap_or(u64::MAX).max(1),
+        deadline_ms: u64::try_from(spec.limits.deadline.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1),
         name: format!("{}@{}", spec.package, spec.version),
     };
     let mut command = Command::new(&config.worker_command.exe);
@@ -567,9 +660,10 @@ async fn spawn_process(inner: &Inner, worker: &SupervisedWorker) -> Result<(Chil
             command.pre_exec(move || cgroup::join_current_process(&fds));
         }
     }
-    let mut child = command
-        .spawn()
-        .map_err(|source| DeployError::Spawn { exe: config.worker_command.exe.clone(), source })?;
+    let mut child = command.spawn().map_err(|source| DeployError::Spawn {
+        exe: config.worker_command.exe.clone(),
+        source,
+    })?;
     drop(join);
     let pid = child.id().unwrap_or(0);
 
@@ -577,7 +671,14 @@ async fn spawn_process(inner: &Inner, worker: &SupervisedWorker) -> Result<(Chil
     match outcome {
         Ok(connection) => {
             let cgroup = cgroup.take();
-            Ok((child, Arc::new(WorkerProcess { pid, connection, cgroup })))
+            Ok((
+                child,
+                Arc::new(WorkerProcess {
+                    pid,
+                    connection,
+                    cgroup,
+                }),
+            ))
         }
         Err(error) => {
             let _ = child.start_kill();
@@ -608,24 +709,44 @@ async fn wait_ready(
         status = child.wait() => return Err(exited(status)),
     };
     let (mut stream, _) = accepted
-        .map_err(|_| DeployError::StartTimeout { package: package_owned(), timeout, stage: "connect" })?
-        .map_err(|source| DeployError::Socket { path: config.runtime_dir.clone(), source })?;
+        .map_err(|_| DeployError::StartTimeout {
+            package: package_owned(),
+            timeout,
+            stage: "connect",
+        })?
+        .map_err(|source| DeployError::Socket {
+            path: config.runtime_dir.clone(),
+            source,
+        })?;
     let hello = tokio::time::timeout(timeout, read_frame(&mut stream))
         .await
-        .map_err(|_| DeployError::StartTimeout { package: package_owned(), timeout, stage: "load" })?;
+        .map_err(|_| DeployError::StartTimeout {
+            package: package_owned(),
+            timeout,
+            stage: "load",
+        })?;
     let hello = match hello {
         Ok(hello) => hello,
         // Closed without a word: the exit status says more than the EOF.
         Err(detail) => {
             return Err(match tokio::time::timeout(timeout, child.wait()).await {
                 Ok(status) => exited(status),
-                Err(_) => DeployError::Protocol { package: package_owned(), detail },
+                Err(_) => DeployError::Protocol {
+                    package: package_owned(),
+                    detail,
+                },
             });
         }
     };
     match frame::decode_response(&hello) {
-        Ok(frame::Frame { id: frame::HELLO_ID, body: Response::Ok(_) }) => {}
-        Ok(frame::Frame { id: frame::HELLO_ID, body: Response::Err(failure) }) if failure.code == FailureCode::LoadFailed => {
+        Ok(frame::Frame {
+            id: frame::HELLO_ID,
+            body: Response::Ok(_),
+        }) => {}
+        Ok(frame::Frame {
+            id: frame::HELLO_ID,
+            body: Response::Err(failure),
+        }) if failure.code == FailureCode::LoadFailed => {
             return Err(DeployError::Load {
                 package: package_owned(),
                 version: version.to_string(),
@@ -633,15 +754,30 @@ async fn wait_ready(
             });
         }
         Ok(other) => {
-            return Err(DeployError::Protocol { package: package_owned(), detail: format!("expected hello, got {other:?}") });
+            return Err(DeployError::Protocol {
+                package: package_owned(),
+                detail: format!("expected hello, got {other:?}"),
+            });
         }
-        Err(error) => return Err(DeployError::Protocol { package: package_owned(), detail: error.to_string() }),
+        Err(error) => {
+            return Err(DeployError::Protocol {
+                package: package_owned(),
+                detail: error.to_string(),
+            });
+        }
     }
     let connection = WorkerConnection::start(stream, config.connection);
     let health = tokio::time::timeout(timeout, connection.request(&Request::Health))
         .await
-        .map_err(|_| DeployError::StartTimeout { package: package_owned(), timeout, stage: "health" })?;
-    health.map_err(|error| DeployError::Unhealthy { package: package_owned(), source: InvokeError::from_call(package, error) })?;
+        .map_err(|_| DeployError::StartTimeout {
+            package: package_owned(),
+            timeout,
+            stage: "health",
+        })?;
+    health.map_err(|error| DeployError::Unhealthy {
+        package: package_owned(),
+        source: InvokeError::from_call(package, error),
+    })?;
     Ok(connection)
 }
 
@@ -664,13 +800,20 @@ async fn supervise(inner: Arc<Inner>, worker: Arc<SupervisedWorker>, mut child: 
                 break 'running;
             }
         };
-        let oom = process.as_ref().and_then(|p| p.cgroup.as_ref()).and_then(WorkerCgroup::oom_kills).filter(|&n| n > 0);
+        let oom = process
+            .as_ref()
+            .and_then(|p| p.cgroup.as_ref())
+            .and_then(WorkerCgroup::oom_kills)
+            .filter(|&n| n > 0);
         let mut reason = exit.map_or_else(|error| error.to_string(), describe_exit);
         if let Some(oom) = oom {
             reason.push_str(&format!(" (cgroup OOM kills: {oom})"));
         }
         tracing::warn!(worker = %worker.name, %reason, "worker exited");
-        *worker.last_exit.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+        *worker
+            .last_exit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(reason);
         release(process);
         if worker.stopping.load(Ordering::Acquire) {
             break 'running;
@@ -678,7 +821,10 @@ async fn supervise(inner: Arc<Inner>, worker: Arc<SupervisedWorker>, mut child: 
         // Restart, with backoff, within the budget.
         loop {
             let now = Instant::now();
-            while recent_restarts.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
+            while recent_restarts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > policy.window)
+            {
                 recent_restarts.pop_front();
             }
             if recent_restarts.len() >= policy.max_restarts as usize {
@@ -695,7 +841,9 @@ async fn supervise(inner: Arc<Inner>, worker: Arc<SupervisedWorker>, mut child: 
             }
             recent_restarts.push_back(Instant::now());
             backoff = (backoff * 2).min(policy.max_backoff);
-            worker.lifecycle.send_modify(|lifecycle| lifecycle.restarts += 1);
+            worker
+                .lifecycle
+                .send_modify(|lifecycle| lifecycle.restarts += 1);
             inner.metrics.restart(&worker.spec.package);
             match spawn_process(&inner, &worker).await {
                 Ok((new_child, process)) => {
@@ -707,7 +855,10 @@ async fn supervise(inner: Arc<Inner>, worker: Arc<SupervisedWorker>, mut child: 
                 }
                 Err(error) => {
                     tracing::warn!(worker = %worker.name, %error, "worker restart failed");
-                    *worker.last_exit.lock().unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
+                    *worker
+                        .last_exit
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(error.to_string());
                 }
             }
         }
@@ -750,7 +901,8 @@ fn describe_exit(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exited with code {code}"),
         (None, Some(signal)) => {
-            let name = nix::sys::signal::Signal::try_from(signal).map_or_else(|_| signal.to_string(), |s| s.to_string());
+            let name = nix::sys::signal::Signal::try_from(signal)
+                .map_or_else(|_| signal.to_string(), |s| s.to_string());
             format!("killed by {name}")
         }
         (None, None) => status.to_string(),

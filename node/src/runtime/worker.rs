@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clawmesh_wasm_abi::{
-    CallError, EngineConfig, HostClock, HostLog, SkillComponent, SkillEngine, SkillInstance, SkillState, SystemClock,
-    TracingLog,
+    CallError, EngineConfig, HostClock, HostLog, SkillComponent, SkillEngine, SkillInstance,
+    SkillState, SystemClock, TracingLog,
 };
 
 use super::frame::{self, FailureCode, LENGTH_PREFIX, Request, Response, WorkerFailure};
@@ -86,7 +86,8 @@ impl WorkerArgs {
 /// Runs a worker until the node closes the socket or sends `Shutdown`.
 pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     // Killed with the node even if the socket close were missed.
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("setting the parent-death signal")?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .context("setting the parent-death signal")?;
     let stream = UnixStream::connect(&args.socket)
         .with_context(|| format!("connecting to the node at {}", args.socket.display()))?;
     let mut hello = Vec::new();
@@ -94,7 +95,11 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         Ok(skill) => skill,
         Err(error) => {
             let message = format!("{error:#}");
-            let failure = WorkerFailure { code: FailureCode::LoadFailed, skill_code: "", message: &message };
+            let failure = WorkerFailure {
+                code: FailureCode::LoadFailed,
+                skill_code: "",
+                message: &message,
+            };
             frame::encode_response(frame::HELLO_ID, &Response::Err(failure), &mut hello)?;
             // The node may already be gone; the error is returned either way.
             let _ = (&stream).write_all(&hello);
@@ -108,8 +113,12 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let (answers, answers_rx) = sync_channel(MAX_QUEUED_ANSWERS);
     let reader = stream.try_clone().context("cloning the socket")?;
     let writer = stream;
-    std::thread::Builder::new().name("worker-read".into()).spawn(move || read_frames(reader, frames_tx))?;
-    let writer = std::thread::Builder::new().name("worker-write".into()).spawn(move || write_answers(writer, answers_rx))?;
+    std::thread::Builder::new()
+        .name("worker-read".into())
+        .spawn(move || read_frames(reader, frames_tx))?;
+    let writer = std::thread::Builder::new()
+        .name("worker-write".into())
+        .spawn(move || write_answers(writer, answers_rx))?;
     let served = serve(skill, frames, answers);
     // The writer ends once `serve` dropped its sender and everything is sent.
     let _ = writer.join();
@@ -131,11 +140,18 @@ impl Skill {
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
             .with_context(|| format!("--sha256 {:?} is not 64 hex digits", args.sha256))?;
-        let size = std::fs::metadata(&args.wasm).with_context(|| format!("reading {}", args.wasm.display()))?.len();
+        let size = std::fs::metadata(&args.wasm)
+            .with_context(|| format!("reading {}", args.wasm.display()))?
+            .len();
         if size > clawmesh_wasm_abi::MAX_COMPONENT_BYTES as u64 {
-            bail!("{} is {size} bytes, over the {}-byte component limit", args.wasm.display(), clawmesh_wasm_abi::MAX_COMPONENT_BYTES);
+            bail!(
+                "{} is {size} bytes, over the {}-byte component limit",
+                args.wasm.display(),
+                clawmesh_wasm_abi::MAX_COMPONENT_BYTES
+            );
         }
-        let wasm = std::fs::read(&args.wasm).with_context(|| format!("reading {}", args.wasm.display()))?;
+        let wasm = std::fs::read(&args.wasm)
+            .with_context(|| format!("reading {}", args.wasm.display()))?;
         let config = EngineConfig {
             max_memory_bytes: args.max_memory,
             call_deadline: Duration::from_millis(args.deadline_ms),
@@ -143,14 +159,25 @@ impl Skill {
             ..EngineConfig::default()
         };
         let engine = SkillEngine::new(config).context("building the wasm engine")?;
-        let (component, cache) = engine
-            .load_cached(&wasm, &expected)
-            .with_context(|| format!("loading {} (the engine checks its sha256 first)", args.wasm.display()))?;
+        let (component, cache) = engine.load_cached(&wasm, &expected).with_context(|| {
+            format!(
+                "loading {} (the engine checks its sha256 first)",
+                args.wasm.display()
+            )
+        })?;
         tracing::debug!(?cache, skill = %args.name, "component loaded");
         let clock = SystemClock::shared();
         let log: Arc<dyn HostLog> = Arc::new(TracingLog::new(args.name.clone()));
-        let instance = engine.instantiate(&component, clock.clone(), log.clone()).context("instantiating the component")?;
-        Ok(Self { engine, component, instance, clock, log })
+        let instance = engine
+            .instantiate(&component, clock.clone(), log.clone())
+            .context("instantiating the component")?;
+        Ok(Self {
+            engine,
+            component,
+            instance,
+            clock,
+            log,
+        })
     }
 
     /// Replaces a poisoned instance; its state is lost (the node's
@@ -204,16 +231,26 @@ fn write_answers(stream: UnixStream, answers: Receiver<Vec<u8>>) {
 }
 
 /// Runs frames against the skill until the node goes away or says `Shutdown`.
-fn serve(mut skill: Skill, frames: Receiver<Vec<u8>>, answers: SyncSender<Vec<u8>>) -> anyhow::Result<()> {
+fn serve(
+    mut skill: Skill,
+    frames: Receiver<Vec<u8>>,
+    answers: SyncSender<Vec<u8>>,
+) -> anyhow::Result<()> {
     let mut state_buffer = Vec::new();
     while let Ok(body) = frames.recv() {
         let mut out = Vec::new();
         let request = match frame::decode_request(&body) {
             Ok(request) => request,
             Err(error) => {
-                let id = body.first_chunk::<8>().map_or(0, |id| u64::from_le_bytes(*id));
+                let id = body
+                    .first_chunk::<8>()
+                    .map_or(0, |id| u64::from_le_bytes(*id));
                 let message = error.to_string();
-                let failure = WorkerFailure { code: FailureCode::BadRequest, skill_code: "", message: &message };
+                let failure = WorkerFailure {
+                    code: FailureCode::BadRequest,
+                    skill_code: "",
+                    message: &message,
+                };
                 frame::encode_response(id, &Response::Err(failure), &mut out)?;
                 send(&answers, out)?;
                 continue;
@@ -227,9 +264,13 @@ fn serve(mut skill: Skill, frames: Receiver<Vec<u8>>, answers: SyncSender<Vec<u8
                 frame::encode_state(state.schema, &state.data, &mut state_buffer);
                 std::mem::take(&mut state_buffer)
             }),
-            Request::Restore { schema, data } => {
-                skill.instance.restore(&SkillState { schema, data: data.to_vec() }).map(|()| Vec::new())
-            }
+            Request::Restore { schema, data } => skill
+                .instance
+                .restore(&SkillState {
+                    schema,
+                    data: data.to_vec(),
+                })
+                .map(|()| Vec::new()),
             Request::Health => skill.instance.health().map(|()| Vec::new()),
             Request::Shutdown => {
                 frame::encode_response(id, &Response::Ok(&[]), &mut out)?;
@@ -252,7 +293,11 @@ fn serve(mut skill: Skill, frames: Receiver<Vec<u8>>, answers: SyncSender<Vec<u8
             Err(error) => {
                 let (code, skill_code) = classify(&error);
                 let message = error.to_string();
-                let failure = WorkerFailure { code, skill_code, message: &message };
+                let failure = WorkerFailure {
+                    code,
+                    skill_code,
+                    message: &message,
+                };
                 frame::encode_response(id, &Response::Err(failure), &mut out)?;
                 if error.poisons_instance() || skill.instance.is_poisoned() {
                     tracing::warn!(%error, "skill instance poisoned; instantiating a new one");
@@ -269,7 +314,9 @@ fn send(answers: &SyncSender<Vec<u8>>, frame: Vec<u8>) -> anyhow::Result<()> {
     match answers.try_send(frame) {
         Ok(()) => Ok(()),
         // The writer is behind: wait for it (the node bounds what is in flight).
-        Err(TrySendError::Full(frame)) => answers.send(frame).map_err(|_| anyhow::anyhow!("writer thread stopped")),
+        Err(TrySendError::Full(frame)) => answers
+            .send(frame)
+            .map_err(|_| anyhow::anyhow!("writer thread stopped")),
         Err(TrySendError::Disconnected(_)) => bail!("writer thread stopped"),
     }
 }
@@ -279,7 +326,9 @@ fn classify(error: &CallError) -> (FailureCode, &str) {
     match error {
         CallError::Skill { code, .. } => (FailureCode::Skill, code),
         CallError::DeadlineExceeded { .. } => (FailureCode::DeadlineExceeded, ""),
-        CallError::MemoryLimit { .. } | CallError::TableLimit { .. } => (FailureCode::MemoryLimit, ""),
+        CallError::MemoryLimit { .. } | CallError::TableLimit { .. } => {
+            (FailureCode::MemoryLimit, "")
+        }
         CallError::Trap(_) | CallError::Poisoned => (FailureCode::Trap, ""),
     }
 }

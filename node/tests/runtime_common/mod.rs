@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clawmesh_node::runtime::supervisor::Lifecycle;
 use clawmesh_node::runtime::{
-    CgroupManager, DeployError, SkillLimits, SkillSpec, Supervisor, SupervisorConfig, WorkerCommand, WorkerState,
+    CgroupManager, DeployError, SkillLimits, SkillSpec, Supervisor, SupervisorConfig,
+    WorkerCommand, WorkerState,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -42,14 +43,22 @@ impl Harness {
         );
         config.restart.initial_backoff = Duration::from_millis(20);
         let supervisor = Supervisor::new(config, CgroupManager::detect(&node)).unwrap();
-        Self { supervisor, node, _runtime: runtime }
+        Self {
+            supervisor,
+            node,
+            _runtime: runtime,
+        }
     }
 
     /// A spec for `skills_dir()/<file>.wasm`, packaged as `file`.
     pub fn skill(&self, file: &str) -> SkillSpec {
         let wasm_path = skills_dir().join(format!("{file}.wasm"));
-        let bytes = std::fs::read(&wasm_path)
-            .unwrap_or_else(|e| panic!("{}: {e} (build the sample skills with scripts/build-skills)", wasm_path.display()));
+        let bytes = std::fs::read(&wasm_path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (build the sample skills with scripts/build-skills)",
+                wasm_path.display()
+            )
+        });
         SkillSpec {
             package: file.to_string(),
             version: "0.1.0".into(),
@@ -59,8 +68,17 @@ impl Harness {
         }
     }
 
-    pub async fn deploy(&self, package: &str, file: &str, limits: SkillLimits) -> Result<(), DeployError> {
-        let spec = SkillSpec { package: package.to_string(), limits, ..self.skill(file) };
+    pub async fn deploy(
+        &self,
+        package: &str,
+        file: &str,
+        limits: SkillLimits,
+    ) -> Result<(), DeployError> {
+        let spec = SkillSpec {
+            package: package.to_string(),
+            limits,
+            ..self.skill(file)
+        };
         self.supervisor.deploy(spec).await
     }
 
@@ -89,7 +107,9 @@ impl Harness {
 /// Waits until the worker has restarted `restarts` times and is ready again.
 pub async fn wait_for_restart(mut lifecycle: watch::Receiver<Lifecycle>, restarts: u32) {
     let reached = lifecycle.wait_for(|l| l.restarts >= restarts && l.state == WorkerState::Ready);
-    let outcome = tokio::time::timeout(Duration::from_secs(60), reached).await.map(|r| r.map(|_| ()));
+    let outcome = tokio::time::timeout(Duration::from_secs(60), reached)
+        .await
+        .map(|r| r.map(|_| ()));
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(_)) => panic!("worker dropped while waiting for a restart"),

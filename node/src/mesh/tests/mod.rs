@@ -4,6 +4,7 @@
 mod support;
 
 mod block;
+mod converge;
 mod discovery;
 mod gossip;
 mod restart;

@@ -19,7 +19,9 @@ pub mod intent;
 pub mod range;
 pub mod resolve;
 
-pub use signing::{KeyError, KeyId, KeyIdError, PublicKeyError, PublisherKey, digest, sign_envelope};
+pub use signing::{
+    KeyError, KeyId, KeyIdError, PublicKeyError, PublisherKey, digest, sign_envelope,
+};
 pub use trust::{TrustRoot, TrustRootError, TrustedPublisher, VerifyError};
 pub use manifest::{
     Capabilities, ChunkHashes, DependencySpec, Manifest, ManifestError, ManifestVerifyError,

@@ -62,9 +62,9 @@ pub struct PeerConfig {
     pub rate_window_ms: u64,
     /// Incremental bytes persisted for a document before a compacted full save.
     pub compact_after_bytes: usize,
-    /// Frames sent to one peer and not yet answered by any frame from it;
-    /// past this the core stops sending to the peer (its sync states restart
-    /// at the next anti-entropy or frame from it).
+    /// Frames sent to one peer since it last sent one; past this the core
+    /// sends the peer nothing until its next frame or the next anti-entropy
+    /// round with it.
     pub max_unanswered_frames_per_peer: usize,
 }
 
@@ -446,8 +446,8 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             session.window_bytes = 0;
         }
         session.window_bytes = session.window_bytes.saturating_add(bytes.len());
-        // The peer is reading: frames sent to it are being answered.
-        session.unanswered_frames = session.unanswered_frames.saturating_sub(1);
+        // The peer is alive and reading: frames sent to it are being answered.
+        session.unanswered_frames = 0;
         if session.window_bytes > self.config.max_bytes_per_peer_per_window {
             return refuse(
                 format!(
@@ -583,9 +583,8 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             return;
         };
         if session.unanswered_frames >= self.config.max_unanswered_frames_per_peer {
-            // The peer is not keeping up: forget what we think it has, so the
-            // next exchange starts from scratch instead of piling up frames.
-            session.sync.remove(&id);
+            // The peer is silent: send nothing more until it speaks again
+            // (its next frame is answered as usual) or anti-entropy restarts it.
             return;
         }
         let state = session.sync.entry(id).or_default();

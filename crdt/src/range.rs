@@ -312,7 +312,7 @@ mod tests {
         }
         let long = "1".repeat(MAX_RANGE_LEN + 1);
         assert!(VersionRange::parse(&long).is_err());
-        let many = vec!["^1"; MAX_ALTERNATIVES + 1].join(" || ");
+        let many = ["^1"; MAX_ALTERNATIVES + 1].join(" || ");
         assert!(VersionRange::parse(&many).is_err());
         let comparators = vec![">=1"; MAX_COMPARATORS + 1].join(", ");
         assert!(VersionRange::parse(&comparators).is_err());

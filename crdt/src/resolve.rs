@@ -499,19 +499,19 @@ pub fn resolve(catalog: &Catalog, roots: &[(PackageName, Version)]) -> Result<Lo
     }
     let mut root_map: BTreeMap<PackageName, Version> = BTreeMap::new();
     for (package, version) in roots {
-        if let Some(first) = root_map.get(package) {
-            if first != version {
-                let (first, second) = if first < version {
-                    (first.clone(), version.clone())
-                } else {
-                    (version.clone(), first.clone())
-                };
-                return Err(ResolveError::DuplicateRoot {
-                    package: package.clone(),
-                    first,
-                    second,
-                });
-            }
+        if let Some(first) = root_map.get(package)
+            && first != version
+        {
+            let (first, second) = if first < version {
+                (first.clone(), version.clone())
+            } else {
+                (version.clone(), first.clone())
+            };
+            return Err(ResolveError::DuplicateRoot {
+                package: package.clone(),
+                first,
+                second,
+            });
         }
         if catalog.dependencies(package, version).is_none() {
             return Err(ResolveError::UnknownRoot {

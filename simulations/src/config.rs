@@ -3,9 +3,10 @@
 use crate::invariants::SizeBounds;
 use crate::scenario::{Scenario, ScenarioError};
 
-/// Largest sync message the simulator accepts from a node, unless a config
-/// says otherwise; matches the crdt document limits' default.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Largest message the simulator accepts from a node, unless a config says
+/// otherwise: the crdt document limits' default sync message (8 MiB) plus
+/// the sync frame's envelope (the core allows 64 bytes for it).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024 + 64;
 /// Largest document a node may hold, unless a config says otherwise.
 pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
 

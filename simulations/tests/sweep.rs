@@ -22,7 +22,7 @@ fn sweep_steady() {
 
 #[test]
 fn sweep_split_brain() {
-    sweep_clean("split-brain", 8);
+    sweep_clean("split-brain", 6);
 }
 
 #[test]

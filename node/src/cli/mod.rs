@@ -21,7 +21,7 @@ pub const EXIT_NOT_YET_AVAILABLE: u8 = 3;
 
 /// clawmesh: a leaderless peer-to-peer release mesh for WebAssembly skills.
 #[derive(Debug, Parser)]
-#[command(name = "clawmesh", version, about, propagate_version = true)]
+#[command(name = "clawmesh", version, about)]
 pub struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info,clawmesh_node=debug`.
     #[arg(long, global = true, env = "CLAWMESH_LOG", default_value = "warn")]

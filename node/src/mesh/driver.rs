@@ -178,6 +178,18 @@ impl Driver {
         mut inputs: mpsc::Receiver<DriverInput>,
         tick: Duration,
     ) {
+        // Peers that connected before the driver started sent their
+        // PeerConnected to whoever read the events then.
+        match self.mesh.connected_peers().await {
+            Ok(peers) => {
+                for peer in peers {
+                    if self.connected.insert(peer) {
+                        self.feed(PeerInput::Connected(peer)).await;
+                    }
+                }
+            }
+            Err(error) => warn!(%error, "mesh already stopped"),
+        }
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -205,7 +217,9 @@ impl Driver {
         let input = match event {
             NetEvent::Listening(_) => return,
             NetEvent::PeerConnected(peer) => {
-                self.connected.insert(peer);
+                if !self.connected.insert(peer) {
+                    return;
+                }
                 PeerInput::Connected(peer)
             }
             NetEvent::PeerDisconnected(peer) => {

@@ -32,6 +32,13 @@ pub const MAX_QUEUED_FRAMES: usize = 4096;
 /// Answers waiting for the writer thread.
 const MAX_QUEUED_ANSWERS: usize = 4096;
 
+/// Spent buffers kept for reuse per direction, so steady traffic allocates
+/// no frame buffers.
+const SPARE_BUFFERS: usize = 64;
+
+/// Buffers that grew past this are freed rather than kept.
+const MAX_SPARE_CAPACITY: usize = 64 * 1024;
+
 /// Default call deadline in milliseconds (the 1 s).
 pub const DEFAULT_DEADLINE_MS: u64 = 1000;
 
@@ -111,15 +118,25 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
 
     let (frames_tx, frames) = sync_channel(MAX_QUEUED_FRAMES);
     let (answers, answers_rx) = sync_channel(MAX_QUEUED_ANSWERS);
+    let (bodies_back, spare_bodies) = sync_channel(SPARE_BUFFERS);
+    let (answers_back, spare_answers) = sync_channel(SPARE_BUFFERS);
     let reader = stream.try_clone().context("cloning the socket")?;
     let writer = stream;
     std::thread::Builder::new()
         .name("worker-read".into())
-        .spawn(move || read_frames(reader, frames_tx))?;
+        .spawn(move || read_frames(reader, frames_tx, spare_bodies))?;
     let writer = std::thread::Builder::new()
         .name("worker-write".into())
-        .spawn(move || write_answers(writer, answers_rx))?;
-    let served = serve(skill, frames, answers);
+        .spawn(move || write_answers(writer, answers_rx, answers_back))?;
+    let served = serve(
+        skill,
+        frames,
+        answers,
+        ServePools {
+            bodies_back,
+            answers: spare_answers,
+        },
+    );
     // The writer ends once `serve` dropped its sender and everything is sent.
     let _ = writer.join();
     served
@@ -191,7 +208,7 @@ impl Skill {
     }
 }
 
-fn read_frames(stream: UnixStream, frames: SyncSender<Vec<u8>>) {
+fn read_frames(stream: UnixStream, frames: SyncSender<Vec<u8>>, spares: Receiver<Vec<u8>>) {
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
     loop {
         let mut prefix = [0u8; LENGTH_PREFIX];
@@ -205,24 +222,27 @@ fn read_frames(stream: UnixStream, frames: SyncSender<Vec<u8>>) {
                 return;
             }
         };
-        let mut body = vec![0u8; length];
+        let mut body = spare(&spares);
+        body.resize(length, 0);
         if reader.read_exact(&mut body).is_err() || frames.send(body).is_err() {
             return;
         }
     }
 }
 
-fn write_answers(stream: UnixStream, answers: Receiver<Vec<u8>>) {
+fn write_answers(stream: UnixStream, answers: Receiver<Vec<u8>>, spares: SyncSender<Vec<u8>>) {
     let mut writer = BufWriter::with_capacity(64 * 1024, stream);
     while let Ok(first) = answers.recv() {
         if writer.write_all(&first).is_err() {
             return;
         }
+        recycle(&spares, first);
         // Flush only when nothing else is ready: answers batch under load.
         while let Ok(next) = answers.try_recv() {
             if writer.write_all(&next).is_err() {
                 return;
             }
+            recycle(&spares, next);
         }
         if writer.flush().is_err() {
             return;
@@ -235,79 +255,114 @@ fn serve(
     mut skill: Skill,
     frames: Receiver<Vec<u8>>,
     answers: SyncSender<Vec<u8>>,
+    pools: ServePools,
 ) -> anyhow::Result<()> {
-    let mut state_buffer = Vec::new();
     while let Ok(body) = frames.recv() {
-        let mut out = Vec::new();
-        let request = match frame::decode_request(&body) {
-            Ok(request) => request,
-            Err(error) => {
-                let id = body
-                    .first_chunk::<8>()
-                    .map_or(0, |id| u64::from_le_bytes(*id));
-                let message = error.to_string();
-                let failure = WorkerFailure {
-                    code: FailureCode::BadRequest,
-                    skill_code: "",
-                    message: &message,
-                };
-                frame::encode_response(id, &Response::Err(failure), &mut out)?;
-                send(&answers, out)?;
-                continue;
-            }
-        };
-        let id = request.id;
-        let result = match request.body {
-            Request::Invoke { op, input } => skill.instance.handle(op, input),
-            Request::Snapshot => skill.instance.snapshot().map(|state| {
-                state_buffer.clear();
-                frame::encode_state(state.schema, &state.data, &mut state_buffer);
-                std::mem::take(&mut state_buffer)
-            }),
-            Request::Restore { schema, data } => skill
-                .instance
-                .restore(&SkillState {
-                    schema,
-                    data: data.to_vec(),
-                })
-                .map(|()| Vec::new()),
-            Request::Health => skill.instance.health().map(|()| Vec::new()),
-            Request::Shutdown => {
-                frame::encode_response(id, &Response::Ok(&[]), &mut out)?;
-                send(&answers, out)?;
-                return Ok(());
-            }
-            Request::RestoreFromFd { .. } => {
-                let failure = WorkerFailure {
-                    code: FailureCode::BadRequest,
-                    skill_code: "",
-                    message: "restore from a state segment is not supported by this worker yet",
-                };
-                frame::encode_response(id, &Response::Err(failure), &mut out)?;
-                send(&answers, out)?;
-                continue;
-            }
-        };
-        match result {
-            Ok(payload) => frame::encode_response(id, &Response::Ok(&payload), &mut out)?,
-            Err(error) => {
-                let (code, skill_code) = classify(&error);
-                let message = error.to_string();
-                let failure = WorkerFailure {
-                    code,
-                    skill_code,
-                    message: &message,
-                };
-                frame::encode_response(id, &Response::Err(failure), &mut out)?;
-                if error.poisons_instance() || skill.instance.is_poisoned() {
-                    tracing::warn!(%error, "skill instance poisoned; instantiating a new one");
-                    skill.reinstantiate()?;
-                }
-            }
-        }
+        let mut out = spare(&pools.answers);
+        let flow = answer(&mut skill, &body, &mut out)?;
+        recycle(&pools.bodies_back, body);
         send(&answers, out)?;
+        if let Flow::Stop = flow {
+            return Ok(());
+        }
     }
     Ok(())
+}
+
+/// The buffer pools the calling thread uses.
+struct ServePools {
+    /// Where spent request buffers go back to the reader.
+    bodies_back: SyncSender<Vec<u8>>,
+    /// Spare answer buffers returned by the writer.
+    answers: Receiver<Vec<u8>>,
+}
+
+/// Whether to keep serving after an answer.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// Runs one frame and writes its answer frame into `out`.
+fn answer(skill: &mut Skill, body: &[u8], out: &mut Vec<u8>) -> anyhow::Result<Flow> {
+    let request = match frame::decode_request(body) {
+        Ok(request) => request,
+        Err(error) => {
+            let id = body
+                .first_chunk::<8>()
+                .map_or(0, |id| u64::from_le_bytes(*id));
+            let message = error.to_string();
+            let failure = WorkerFailure {
+                code: FailureCode::BadRequest,
+                skill_code: "",
+                message: &message,
+            };
+            frame::encode_response(id, &Response::Err(failure), out)?;
+            return Ok(Flow::Continue);
+        }
+    };
+    let id = request.id;
+    let result = match request.body {
+        Request::Invoke { op, input } => skill.instance.handle(op, input),
+        Request::Snapshot => skill.instance.snapshot().map(|state| {
+            let mut payload = Vec::with_capacity(4 + state.data.len());
+            frame::encode_state(state.schema, &state.data, &mut payload);
+            payload
+        }),
+        Request::Restore { schema, data } => skill
+            .instance
+            .restore(&SkillState {
+                schema,
+                data: data.to_vec(),
+            })
+            .map(|()| Vec::new()),
+        Request::Health => skill.instance.health().map(|()| Vec::new()),
+        Request::Shutdown => {
+            frame::encode_response(id, &Response::Ok(&[]), out)?;
+            return Ok(Flow::Stop);
+        }
+        Request::RestoreFromFd { .. } => {
+            let failure = WorkerFailure {
+                code: FailureCode::BadRequest,
+                skill_code: "",
+                message: "restore from a state segment is not supported by this worker yet",
+            };
+            frame::encode_response(id, &Response::Err(failure), out)?;
+            return Ok(Flow::Continue);
+        }
+    };
+    match result {
+        Ok(payload) => frame::encode_response(id, &Response::Ok(&payload), out)?,
+        Err(error) => {
+            let (code, skill_code) = classify(&error);
+            let message = error.to_string();
+            let failure = WorkerFailure {
+                code,
+                skill_code,
+                message: &message,
+            };
+            frame::encode_response(id, &Response::Err(failure), out)?;
+            if error.poisons_instance() || skill.instance.is_poisoned() {
+                tracing::warn!(%error, "skill instance poisoned; instantiating a new one");
+                skill.reinstantiate()?;
+            }
+        }
+    }
+    Ok(Flow::Continue)
+}
+
+/// A buffer from `spares`, or a new one when none is waiting.
+fn spare(spares: &Receiver<Vec<u8>>) -> Vec<u8> {
+    spares.try_recv().unwrap_or_default()
+}
+
+/// Hands a spent buffer back to the thread that fills it, unless it grew
+/// big (one large frame must not pin memory) or the pool is full.
+fn recycle(spares: &SyncSender<Vec<u8>>, mut buffer: Vec<u8>) {
+    if buffer.capacity() <= MAX_SPARE_CAPACITY {
+        buffer.clear();
+        let _ = spares.try_send(buffer);
+    }
 }
 
 fn send(answers: &SyncSender<Vec<u8>>, frame: Vec<u8>) -> anyhow::Result<()> {

@@ -63,7 +63,8 @@ async fn has_package(driver: &DriverHandle) -> bool {
 async fn wait_for_package(driver: &DriverHandle, notices: &mut mpsc::Receiver<DriverNotice>) {
     tokio::time::timeout(WAIT, async {
         while !has_package(driver).await {
-            notices.recv().await.expect("driver stopped");
+            let notice = notices.recv().await.expect("driver stopped");
+            eprintln!("NOTICE {notice:?}");
         }
     })
     .await

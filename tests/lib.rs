@@ -99,3 +99,190 @@ pub fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, String> {
 pub fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
+
+/// A `clawmesh node` child process, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct NodeProcess {
+    child: std::process::Child,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its `node.json`, read once it announced it was serving.
+    pub info: serde_json::Value,
+}
+
+impl NodeProcess {
+    /// Starts a node on `data_dir` with `extra` arguments and waits until it
+    /// says it serves (its stderr line), with a bounded wait.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::Stdio;
+        let mut child = Command::new(clawmesh_bin())
+            .arg("node")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_BACKTRACE")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn clawmesh node");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut announced = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[node] {line}");
+                if !announced && line.contains(" serving on ") {
+                    announced = true;
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(std::time::Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("node on {} did not start within 60 s", data_dir.display());
+        }
+        let info: serde_json::Value =
+            serde_json::from_slice(&fs::read(data_dir.join("node.json")).expect("node.json")).expect("node.json is JSON");
+        Self {
+            child,
+            data_dir: data_dir.to_path_buf(),
+            info,
+        }
+    }
+
+    /// The node's HTTP base URL.
+    pub fn http(&self) -> String {
+        self.info["http"].as_str().expect("http in node.json").to_string()
+    }
+
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the node with SIGTERM and waits for it (bounded), returning
+    /// whether it exited cleanly.
+    pub fn stop(&mut self) -> bool {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.stop();
+        }
+    }
+}
+
+/// POSTs `body` to `url` with curl-free plain HTTP/1.1 and returns (status, body).
+pub fn http_post(url: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(authority).expect("connect");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    parse_response(&response)
+}
+
+/// GETs `url`; returns (status, body).
+pub fn http_get(url: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut stream = std::net::TcpStream::connect(authority).expect("connect");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    parse_response(&response)
+}
+
+fn parse_response(response: &[u8]) -> (u16, Vec<u8>) {
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP head");
+    let head = String::from_utf8_lossy(&response[..split]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).expect("status").parse().expect("status code");
+    let mut body = response[split + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else { break };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[eol + 2 + size + 2..];
+    }
+    out
+}
+
+/// A publisher key, a trust root in `node_dir`, and a helper to pack and
+/// publish sample skills into it.
+pub struct Publisher {
+    /// Scratch directory.
+    pub root: PathBuf,
+    /// The secret key file.
+    pub key: PathBuf,
+}
+
+impl Publisher {
+    /// Makes a key in `root` and a trust root trusting it in each of `node_dirs`.
+    pub fn new(root: &Path, node_dirs: &[&Path]) -> Self {
+        let key = root.join("publisher.key");
+        clawmesh_ok(&["key", "gen", "--out", s(&key)]);
+        let public = root.join("publisher.key.pub");
+        for dir in node_dirs {
+            fs::create_dir_all(dir).unwrap();
+            clawmesh_ok(&["trust", "init", "--key", s(&public), "--out", s(&dir.join("trust.toml")), "--force"]);
+        }
+        Self { root: root.to_path_buf(), key }
+    }
+
+    /// Packs `skill_file` as `name@version` and returns the package path.
+    pub fn pack(&self, skill_file: &str, name: &str, version: &str, extra: &[&str]) -> PathBuf {
+        let out = self.root.join(format!("{name}-{version}.pkg"));
+        let wasm = skill(skill_file);
+        let mut args = vec!["pack", s(&wasm), "--name", name, "--version", version, "--key", s(&self.key), "-o", s(&out)];
+        args.extend_from_slice(extra);
+        clawmesh_ok(&args);
+        out
+    }
+
+    /// Packs and publishes into `node_dir`'s store.
+    pub fn publish(&self, node_dir: &Path, skill_file: &str, name: &str, version: &str, extra: &[&str]) -> PathBuf {
+        let pkg = self.pack(skill_file, name, version, extra);
+        clawmesh_ok(&["publish", s(&pkg), "--node", s(node_dir)]);
+        pkg
+    }
+}

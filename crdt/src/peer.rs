@@ -871,6 +871,18 @@ mod tests {
                 }
                 self.input(to, input);
             }
+            for _ in 0..30 {
+                let Some((from, to, input)) = self.queue.pop_front() else { break };
+                let doc = match &input {
+                    PeerInput::Message { bytes, .. } => {
+                        let f = wire::SyncFrame::decode(bytes.as_slice()).unwrap();
+                        format!("{:?} len {}", f.document, f.sync_message.len())
+                    }
+                    _ => "announce".to_string(),
+                };
+                eprintln!("DEBUG {from}->{to} {doc} unanswered {:?}", self.cores[to].peers.get(&from).map(|s| s.unanswered_frames));
+                self.input(to, input);
+            }
             panic!("network did not settle");
         }
 

@@ -7,9 +7,11 @@
 //! wasm host in `clawmesh-wasm-abi`.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod bench;
 pub mod blob_store;
 pub mod cli;
 pub mod daemon;
+pub mod fetch;
 pub mod data_dir;
 pub mod mesh;
 pub mod package_file;

@@ -2,6 +2,7 @@
 //! command's work lives in its own module; this file only routes.
 
 mod demo;
+mod doctor;
 
 mod keys;
 mod node_cmds;
@@ -328,7 +329,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resolve(args) => publish::resolve(&args),
         Command::Gc(args) => publish::gc(&args),
         Command::Demo(args) => demo::demo(&args),
-        Command::Doctor(_) => not_yet("doctor"),
+        Command::Doctor(args) => doctor::doctor(&args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "clawmesh", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

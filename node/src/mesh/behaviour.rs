@@ -5,8 +5,8 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{allow_block_list, connection_limits, gossipsub, identify, kad, ping};
 
 use super::config::{
-    HEADS_TOPIC, IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, MAX_CONNECTIONS_PER_PEER,
-    MAX_GOSSIP_RPC, MAX_HEADS_MESSAGE, MAX_PENDING_CONNECTIONS, MeshConfig,
+    HEADS_TOPIC, IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, MAX_CONNECTIONS_PER_PEER, MAX_GOSSIP_RPC,
+    MAX_HEADS_MESSAGE, MAX_PENDING_CONNECTIONS, MeshConfig,
 };
 
 /// Every protocol a clawmesh node speaks. The block list and connection

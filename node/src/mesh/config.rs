@@ -134,7 +134,9 @@ pub enum ConfigError {
         field: &'static str,
     },
     /// `max_frame` exceeds `MAX_SYNC_FRAME`.
-    #[error("mesh config field `max_frame` is {max_frame}, above the ceiling of {MAX_SYNC_FRAME} bytes")]
+    #[error(
+        "mesh config field `max_frame` is {max_frame}, above the ceiling of {MAX_SYNC_FRAME} bytes"
+    )]
     FrameLimitTooLarge {
         /// The configured value.
         max_frame: usize,
@@ -171,7 +173,15 @@ mod tests {
         let mut cfg = config();
         cfg.send_queue = 0;
         let err = cfg.validate().unwrap_err();
-        assert!(matches!(err, ConfigError::Zero { field: "send_queue" }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Zero {
+                    field: "send_queue"
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -193,7 +203,9 @@ mod tests {
             Err(ConfigError::BootstrapWithoutPeerId { .. })
         ));
         let peer = PeerId::random();
-        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}").parse().unwrap();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")
+            .parse()
+            .unwrap();
         cfg.bootstrap = vec![addr.clone()];
         assert_eq!(cfg.validate().unwrap(), vec![(peer, addr)]);
     }

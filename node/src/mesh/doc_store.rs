@@ -86,7 +86,8 @@ impl DocStore {
             .append(true)
             .open(&path)
             .map_err(io_err("opening", &path))?;
-        file.write_all(bytes).map_err(io_err("appending to", &path))?;
+        file.write_all(bytes)
+            .map_err(io_err("appending to", &path))?;
         file.sync_data().map_err(io_err("syncing", &path))
     }
 

@@ -131,7 +131,10 @@ mod tests {
     fn write_refuses_frame_over_limit() {
         let mut out = Cursor::new(Vec::new());
         let err = block_on(write_frame(&mut out, &[0u8; 11], 10)).unwrap_err();
-        assert!(matches!(err, WriteFrameError::TooLarge { len: 11, max: 10 }));
+        assert!(matches!(
+            err,
+            WriteFrameError::TooLarge { len: 11, max: 10 }
+        ));
         assert!(out.into_inner().is_empty());
     }
 

@@ -155,7 +155,8 @@ impl MeshHandle {
 
     /// Peers with at least one established connection.
     pub async fn connected_peers(&self) -> Result<Vec<PeerId>, MeshStopped> {
-        self.request(|reply| Command::ConnectedPeers { reply }).await
+        self.request(|reply| Command::ConnectedPeers { reply })
+            .await
     }
 
     /// Addresses the node is listening on.

@@ -57,7 +57,9 @@ pub enum IdentityError {
         mode: u32,
     },
     /// The identity file is far larger than any keypair.
-    #[error("identity file {path} is {len} bytes, more than {MAX_IDENTITY_FILE_LEN}; it is not a keypair")]
+    #[error(
+        "identity file {path} is {len} bytes, more than {MAX_IDENTITY_FILE_LEN}; it is not a keypair"
+    )]
     TooLarge {
         /// The identity file.
         path: PathBuf,

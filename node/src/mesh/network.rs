@@ -95,7 +95,9 @@ impl MeshNetwork {
             request_timeout: cfg.request_timeout,
             idle_timeout: cfg.idle_timeout,
         };
-        let task = SwarmTask::new(swarm, &cfg, bootstrap, command_rx, event_tx, metrics, control);
+        let task = SwarmTask::new(
+            swarm, &cfg, bootstrap, command_rx, event_tx, metrics, control,
+        );
         runtime.spawn(task.run(readers.accept(incoming)));
         Ok((handle, event_rx))
     }

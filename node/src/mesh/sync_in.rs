@@ -74,10 +74,15 @@ impl SyncReaders {
             };
             if len > self.max_frame {
                 self.metrics.sync_frames_oversize.inc();
-                warn!(len, max = self.max_frame, "sync frame above the limit; closing stream");
+                warn!(
+                    len,
+                    max = self.max_frame,
+                    "sync frame above the limit; closing stream"
+                );
                 break;
             }
-            let bytes = match timeout(self.request_timeout, read_frame_body(&mut stream, len)).await {
+            let bytes = match timeout(self.request_timeout, read_frame_body(&mut stream, len)).await
+            {
                 Ok(Ok(bytes)) => bytes,
                 Ok(Err(error)) => {
                     debug!(%error, len, "sync stream failed inside a frame");
@@ -92,7 +97,12 @@ impl SyncReaders {
             self.metrics.sync_bytes_in.inc_by(len as u64);
             // Waiting here is back-pressure: a consumer that lags slows this
             // peer's stream, not the swarm.
-            if self.events.send(NetEvent::SyncFrame { from: peer, bytes }).await.is_err() {
+            if self
+                .events
+                .send(NetEvent::SyncFrame { from: peer, bytes })
+                .await
+                .is_err()
+            {
                 break;
             }
         }

@@ -94,7 +94,11 @@ impl SyncWriter {
 
     /// Writes `frame` on the current stream, or on a fresh one if there is
     /// none or the current one has failed (the reader may have timed it out).
-    async fn deliver(&mut self, stream: &mut Option<Stream>, frame: &[u8]) -> Result<(), DeliverError> {
+    async fn deliver(
+        &mut self,
+        stream: &mut Option<Stream>,
+        frame: &[u8],
+    ) -> Result<(), DeliverError> {
         if let Some(current) = stream.as_mut() {
             match self.write(current, frame).await {
                 Ok(()) => return Ok(()),
@@ -115,9 +119,12 @@ impl SyncWriter {
     }
 
     async fn write(&self, stream: &mut Stream, frame: &[u8]) -> Result<(), DeliverError> {
-        timeout(self.request_timeout, write_frame(stream, frame, self.max_frame))
-            .await
-            .map_err(|_| DeliverError::WriteTimeout)??;
+        timeout(
+            self.request_timeout,
+            write_frame(stream, frame, self.max_frame),
+        )
+        .await
+        .map_err(|_| DeliverError::WriteTimeout)??;
         self.metrics.sync_frames_out.inc();
         self.metrics.sync_bytes_out.inc_by(frame.len() as u64);
         Ok(())

@@ -13,7 +13,14 @@ fn publisher() -> PublisherKey {
 }
 
 fn trust() -> TrustRoot {
-    TrustRoot::new(1, [TrustedPublisher::new("release", publisher().verifying_key())]).unwrap()
+    TrustRoot::new(
+        1,
+        [TrustedPublisher::new(
+            "release",
+            publisher().verifying_key(),
+        )],
+    )
+    .unwrap()
 }
 
 fn package() -> PackageName {
@@ -54,7 +61,11 @@ fn driver_config(seed: u64) -> DriverConfig {
 
 async fn has_package(driver: &DriverHandle) -> bool {
     driver
-        .inspect(|core| core.catalog().get(&package()).is_some_and(|v| !v.is_empty()))
+        .inspect(|core| {
+            core.catalog()
+                .get(&package())
+                .is_some_and(|v| !v.is_empty())
+        })
         .await
         .unwrap()
 }
@@ -63,8 +74,7 @@ async fn has_package(driver: &DriverHandle) -> bool {
 async fn wait_for_package(driver: &DriverHandle, notices: &mut mpsc::Receiver<DriverNotice>) {
     tokio::time::timeout(WAIT, async {
         while !has_package(driver).await {
-            let notice = notices.recv().await.expect("driver stopped");
-            eprintln!("NOTICE {notice:?}");
+            notices.recv().await.expect("driver stopped");
         }
     })
     .await
@@ -78,8 +88,13 @@ async fn three_drivers_converge_on_a_published_manifest_and_persist_it() {
     let mut drivers = Vec::new();
     for (i, node) in nodes.into_iter().enumerate() {
         let store = DocStore::open(dirs[i].path().join("docs")).unwrap();
-        let (handle, notices) =
-            spawn_driver(driver_config(i as u64), node.handle.clone(), node.events, store).unwrap();
+        let (handle, notices) = spawn_driver(
+            driver_config(i as u64),
+            node.handle.clone(),
+            node.events,
+            store,
+        )
+        .unwrap();
         drivers.push((node.handle, handle, notices));
     }
 
@@ -105,7 +120,11 @@ async fn three_drivers_converge_on_a_published_manifest_and_persist_it() {
     for (doc, bytes) in store.load_all().unwrap() {
         core.load_document(doc, &bytes).unwrap();
     }
-    assert!(core.catalog().get(&package()).is_some_and(|v| !v.is_empty()));
+    assert!(
+        core.catalog()
+            .get(&package())
+            .is_some_and(|v| !v.is_empty())
+    );
     for (mesh, _, _) in &drivers {
         mesh.shutdown().await;
     }

@@ -70,7 +70,10 @@ pub(super) async fn start_mesh(n: usize) -> Vec<TestNode> {
 }
 
 /// Waits until the peers connected (per the event stream) include `want`.
-pub(super) async fn wait_connected_to(events: &mut mpsc::Receiver<NetEvent>, want: &HashSet<PeerId>) {
+pub(super) async fn wait_connected_to(
+    events: &mut mpsc::Receiver<NetEvent>,
+    want: &HashSet<PeerId>,
+) {
     let mut connected = HashSet::new();
     wait_for(events, "connections to every peer", |event| {
         match event {

@@ -46,10 +46,18 @@ async fn frames_arrive_intact_and_in_order_both_ways() {
         }
     });
     for i in 0..FRAMES {
-        assert_eq!(next_frame(&mut b.events, a_id).await, frame(0xA0, i), "frame {i} A→B");
+        assert_eq!(
+            next_frame(&mut b.events, a_id).await,
+            frame(0xA0, i),
+            "frame {i} A→B"
+        );
     }
     for i in 0..FRAMES {
-        assert_eq!(next_frame(&mut a.events, b_id).await, frame(0x0B, i), "frame {i} B→A");
+        assert_eq!(
+            next_frame(&mut a.events, b_id).await,
+            frame(0x0B, i),
+            "frame {i} B→A"
+        );
     }
     a_sends.await.unwrap();
     b_sends.await.unwrap();
@@ -63,8 +71,18 @@ async fn frames_arrive_intact_and_in_order_both_ways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_refuses_oversize_and_self() {
     let (a, b) = two_nodes().await;
-    let err = a.handle.send_sync(b.id(), vec![0; MAX_FRAME + 1]).await.unwrap_err();
-    assert_eq!(err, SendError::TooLarge { len: MAX_FRAME + 1, max: MAX_FRAME });
+    let err = a
+        .handle
+        .send_sync(b.id(), vec![0; MAX_FRAME + 1])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        SendError::TooLarge {
+            len: MAX_FRAME + 1,
+            max: MAX_FRAME
+        }
+    );
     let err = a.handle.send_sync(a.id(), vec![1]).await.unwrap_err();
     assert_eq!(err, SendError::ToSelf);
     a.handle.shutdown().await;
@@ -85,7 +103,10 @@ async fn oversize_length_prefix_closes_only_that_stream() {
     // A closes the stream instead of waiting for (or allocating) the body.
     let mut rest = Vec::new();
     let read = raw.read_to_end(&mut rest).await;
-    assert!(read.is_err() || rest.is_empty(), "A answered an oversize frame: {rest:?}");
+    assert!(
+        read.is_err() || rest.is_empty(),
+        "A answered an oversize frame: {rest:?}"
+    );
     assert_eq!(a.handle.metrics().snapshot().sync_frames_oversize, 1);
     assert_eq!(a.handle.metrics().snapshot().sync_frames_in, 0);
 

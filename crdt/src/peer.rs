@@ -24,7 +24,7 @@ use automerge::sync;
 use prost::Message as _;
 
 use crate::arbitration::{IntentFacts, QuarantineSet, Target, arbitrate, derive_quarantine};
-use crate::documents::catalog::{Catalog, read_catalog, write_manifest};
+use crate::documents::catalog::{ManifestCatalog, read_catalog, write_manifest};
 use crate::documents::intents::{read_intents, write_intent};
 use crate::documents::status::{
     PackageStatus, StatusTable, failure_reports, read_status_into, write_status,
@@ -42,6 +42,9 @@ use crate::trust::TrustRoot;
 pub const MAX_ANNOUNCEMENT_BYTES: usize = 1024;
 /// Heads of one document listed in an announcement.
 pub const MAX_ANNOUNCED_HEADS_PER_DOCUMENT: usize = 4;
+/// Frames in a row from one peer about one document that change nothing
+/// before the core stops answering (a healthy exchange settles in a few).
+pub const MAX_FRUITLESS_ROUNDS: u32 = 16;
 /// Bytes a sync frame adds around the automerge message.
 const FRAME_OVERHEAD_BYTES: usize = 64;
 
@@ -177,12 +180,14 @@ struct PeerSession {
     /// Frames sent since the peer last sent one (bounded by
     /// `PeerConfig::max_unanswered_frames_per_peer`).
     unanswered_frames: usize,
+    /// Consecutive frames per document that changed nothing here.
+    fruitless_rounds: BTreeMap<DocumentId, u32>,
 }
 
 /// What the documents currently say, validated.
 #[derive(Debug, Default)]
 struct MeshView {
-    catalog: Catalog,
+    catalog: ManifestCatalog,
     intents: Vec<SignedIntent>,
     status: BTreeMap<u32, StatusTable>,
     rejected: BTreeMap<DocumentId, BTreeSet<RejectedEntry>>,
@@ -261,7 +266,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
     }
 
     /// Valid catalog entries.
-    pub fn catalog(&self) -> &Catalog {
+    pub fn catalog(&self) -> &ManifestCatalog {
         &self.view.catalog
     }
 
@@ -342,6 +347,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                     if let Some(peer) = self.random_peer() {
                         if let Some(session) = self.peers.get_mut(&peer) {
                             session.sync.clear();
+                            session.fruitless_rounds.clear();
                             session.unanswered_frames = 0;
                         }
                         self.sync_all_documents(&peer, &mut actions);
@@ -470,8 +476,21 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         let state = session.sync.entry(id).or_default();
         match doc.receive_sync_message(state, &frame.sync_message) {
             Ok(changed) => {
+                let fruitless = session.fruitless_rounds.entry(id).or_default();
+                *fruitless = if changed { 0 } else { *fruitless + 1 };
+                let give_up = *fruitless > MAX_FRUITLESS_ROUNDS;
                 if changed {
                     self.document_changed(id, Some(&from), actions);
+                }
+                if give_up {
+                    // A pair that keeps talking without changing anything
+                    // (e.g. both need a change neither holds) stops here;
+                    // the next anti-entropy round starts it afresh.
+                    if let Some(session) = self.peers.get_mut(&from) {
+                        session.sync.remove(&id);
+                        session.fruitless_rounds.remove(&id);
+                    }
+                    return;
                 }
                 self.sync_document(&from, id, actions);
             }
@@ -667,7 +686,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         let mut rejected = Vec::new();
         match id {
             DocumentId::Catalog => {
-                let mut catalog = Catalog::new();
+                let mut catalog = ManifestCatalog::new();
                 read_catalog(
                     doc,
                     &self.trust,
@@ -869,18 +888,6 @@ mod tests {
                 if self.blocked.contains(&(from, to)) {
                     continue;
                 }
-                self.input(to, input);
-            }
-            for _ in 0..30 {
-                let Some((from, to, input)) = self.queue.pop_front() else { break };
-                let doc = match &input {
-                    PeerInput::Message { bytes, .. } => {
-                        let f = wire::SyncFrame::decode(bytes.as_slice()).unwrap();
-                        format!("{:?} len {}", f.document, f.sync_message.len())
-                    }
-                    _ => "announce".to_string(),
-                };
-                eprintln!("DEBUG {from}->{to} {doc} unanswered {:?}", self.cores[to].peers.get(&from).map(|s| s.unanswered_frames));
                 self.input(to, input);
             }
             panic!("network did not settle");
@@ -1254,7 +1261,12 @@ mod tests {
                 if net.queue.is_empty() {
                     break;
                 }
-                let index = pick as usize % net.queue.len();
+                // A random pair, but each pair's frames in order: a stream is ordered.
+                let (from, to) = {
+                    let (from, to, _) = &net.queue[pick as usize % net.queue.len()];
+                    (*from, *to)
+                };
+                let index = net.queue.iter().position(|(f, t, _)| (*f, *t) == (from, to)).unwrap_or(0);
                 let Some((_, to, input)) = net.queue.remove(index) else { break };
                 if n % drop_every != 0 {
                     net.input(to, input);

@@ -389,6 +389,87 @@ impl BlobStore {
         Ok(actual)
     }
 
+    /// Moves a complete blob file written under this store's `tmp/` (a
+    /// fetch's temp file) into place, after re-hashing it whole against
+    /// `expected` and computing its chunk list with `chunk_size`. On any
+    /// error the store is unchanged and `file` is left where it was.
+    #[tracing::instrument(skip(self))]
+    pub fn install_file(&self, file: &Path, expected: &BlobId, chunk_size: u32) -> Result<BlobId, PutError> {
+        if chunk_size == 0 || !chunk_size.is_power_of_two() {
+            return Err(PutError::ChunkSize {
+                chunk_size,
+                reason: "must be a power of two",
+            });
+        }
+        let mut src = File::open(file).map_err(io_err("open", file))?;
+        let size = src.metadata().map_err(io_err("stat", file))?.len();
+        if size > self.limits.max_blob_bytes {
+            return Err(PutError::TooLarge {
+                size,
+                limit: self.limits.max_blob_bytes,
+            });
+        }
+        // One pass: the whole-blob hash and each chunk's hash.
+        let mut whole = Sha256::new();
+        let mut chunks = Vec::new();
+        let mut buf = vec![0u8; chunk_size as usize];
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = src.read(&mut buf[filled..]).map_err(io_err("read", file))?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            whole.update(&buf[..filled]);
+            chunks.push(hex::encode(Sha256::digest(&buf[..filled])));
+            if filled < buf.len() {
+                break;
+            }
+        }
+        let actual = BlobId(whole.finalize().into());
+        if actual != *expected {
+            return Err(PutError::ChecksumMismatch {
+                expected: *expected,
+                actual,
+            });
+        }
+        let _shared = self.lock(FlockArg::LockShared)?;
+        let final_path = self.path_of(&actual);
+        if final_path.is_file() && self.get(&actual).is_ok() {
+            return Ok(actual);
+        }
+        let used = self.used_bytes()?;
+        if used.saturating_add(size) > self.limits.max_store_bytes {
+            return Err(PutError::StoreFull {
+                used,
+                size,
+                limit: self.limits.max_store_bytes,
+            });
+        }
+        let info = BlobInfo {
+            size,
+            chunk_size,
+            chunks,
+        };
+        let dir = final_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+        let json = serde_json::to_vec(&info).map_err(|e| io_err("encode chunk list", &dir)(io::Error::other(e)))?;
+        self.write_atomically(&self.chunks_path_of(&actual), &json)?;
+        src.sync_all().map_err(io_err("fsync", file))?;
+        fs::rename(file, &final_path).map_err(io_err("rename into", &final_path))?;
+        sync_dir(&dir)?;
+        tracing::debug!(blob = %actual, "installed fetched blob");
+        Ok(actual)
+    }
+
     fn write_atomically(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreIoError> {
         let tmp_dir = self.root.join("tmp");
         let mut tmp = tempfile::Builder::new()
@@ -701,6 +782,25 @@ mod tests {
         let s = store(dir.path());
         let _writer = s.lock(FlockArg::LockShared).unwrap();
         assert!(matches!(s.gc(&BTreeSet::new()), Err(GcError::Busy)));
+    }
+
+    #[test]
+    fn install_file_verifies_before_renaming() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let blob: Vec<u8> = (0..200_000u32).map(|i| (i * 3) as u8).collect();
+        let tmp = s.root().join("tmp").join("fetch-test");
+        fs::write(&tmp, &blob).unwrap();
+        let before = snapshot(&s.root().join("sha256"));
+        let wrong = BlobId([1; 32]);
+        assert!(matches!(s.install_file(&tmp, &wrong, CHUNK), Err(PutError::ChecksumMismatch { .. })));
+        assert_eq!(snapshot(&s.root().join("sha256")), before);
+        assert!(tmp.is_file());
+        let id = s.install_file(&tmp, &BlobId::of(&blob), CHUNK).unwrap();
+        assert!(!tmp.exists());
+        assert_eq!(s.get(&id).unwrap(), blob);
+        assert_eq!(s.info(&id).unwrap().chunks.len(), 4);
+        assert_eq!(s.read_chunk(&id, 3).unwrap(), blob[3 * CHUNK as usize..]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod package_store;
 pub mod publish;
 pub mod resolve;
 pub mod runtime;
+pub mod swap;
 
 pub use blob_store::{BlobId, BlobStore, BlobStoreLimits};
 pub use data_dir::DataDir;

@@ -18,7 +18,7 @@ use crate::signing::digest;
 use crate::trust::TrustRoot;
 
 /// Valid manifests by package and version.
-pub type Catalog = BTreeMap<PackageName, BTreeMap<Version, SignedManifest>>;
+pub type ManifestCatalog = BTreeMap<PackageName, BTreeMap<Version, SignedManifest>>;
 
 /// The catalog key of `package` at `version`.
 pub fn catalog_key(package: &PackageName, version: &Version) -> String {
@@ -37,7 +37,7 @@ pub fn read_catalog(
     trust: &TrustRoot,
     max_entries: usize,
     cache: &mut VerifyCache<SignedManifest>,
-    catalog: &mut Catalog,
+    catalog: &mut ManifestCatalog,
     rejected: &mut Vec<RejectedEntry>,
 ) {
     let id = doc.id();
@@ -140,8 +140,8 @@ mod tests {
         SignedManifest::sign(Manifest::from_proto(proto).unwrap(), &[&key(signer)]).unwrap()
     }
 
-    fn read(doc: &MeshDocument, max_entries: usize) -> (Catalog, Vec<RejectedEntry>) {
-        let mut catalog = Catalog::new();
+    fn read(doc: &MeshDocument, max_entries: usize) -> (ManifestCatalog, Vec<RejectedEntry>) {
+        let mut catalog = ManifestCatalog::new();
         let mut rejected = Vec::new();
         let mut cache = VerifyCache::default();
         read_catalog(

@@ -75,7 +75,10 @@ mod tests {
 
     #[test]
     fn a_running_node_needs_package_and_op() {
-        let h = Harness::try_parse_from(["bench", "-c", "4", "-d", "500ms", "--node", "/n", "dev.x", "get"]).unwrap();
+        let h = Harness::try_parse_from([
+            "bench", "-c", "4", "-d", "500ms", "--node", "/n", "dev.x", "get",
+        ])
+        .unwrap();
         assert_eq!(h.args.connections, 4);
         assert_eq!(h.args.duration, Duration::from_millis(500));
         assert_eq!(h.args.package.as_deref(), Some("dev.x"));

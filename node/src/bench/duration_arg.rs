@@ -10,7 +10,9 @@ pub const MAX_BENCH_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationArgError {
     /// No number in front of the unit.
-    #[error("{text:?}: expected a number followed by a unit (ns, us, ms, s, m, h), e.g. 10s or 500ms")]
+    #[error(
+        "{text:?}: expected a number followed by a unit (ns, us, ms, s, m, h), e.g. 10s or 500ms"
+    )]
     NoNumber {
         /// What was given.
         text: String,
@@ -46,7 +48,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationArgError> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(trimmed.len());
     let (number, unit) = trimmed.split_at(split);
-    let value: f64 = number.parse().map_err(|_| DurationArgError::NoNumber { text: text.into() })?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| DurationArgError::NoNumber { text: text.into() })?;
     let unit_secs = match unit.trim() {
         "ns" => 1e-9,
         "us" | "µs" => 1e-6,
@@ -85,10 +89,25 @@ mod tests {
 
     #[test]
     fn refuses_what_would_be_a_guess_or_a_typo() {
-        assert!(matches!(parse_duration("10"), Err(DurationArgError::MissingUnit { .. })));
-        assert!(matches!(parse_duration("s"), Err(DurationArgError::NoNumber { .. })));
-        assert!(matches!(parse_duration("10 sec"), Err(DurationArgError::UnknownUnit { .. })));
-        assert!(matches!(parse_duration("-1s"), Err(DurationArgError::NoNumber { .. })));
-        assert!(matches!(parse_duration("1000h"), Err(DurationArgError::TooLong { .. })));
+        assert!(matches!(
+            parse_duration("10"),
+            Err(DurationArgError::MissingUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("s"),
+            Err(DurationArgError::NoNumber { .. })
+        ));
+        assert!(matches!(
+            parse_duration("10 sec"),
+            Err(DurationArgError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_duration("-1s"),
+            Err(DurationArgError::NoNumber { .. })
+        ));
+        assert!(matches!(
+            parse_duration("1000h"),
+            Err(DurationArgError::TooLong { .. })
+        ));
     }
 }

@@ -46,7 +46,9 @@ pub enum FdLimitError {
 /// side of each also lives in this process (the in-process hello server),
 /// plus [`FD_HEADROOM`].
 pub fn fds_needed(connections: usize) -> u64 {
-    (connections as u64).saturating_mul(2).saturating_add(FD_HEADROOM)
+    (connections as u64)
+        .saturating_mul(2)
+        .saturating_add(FD_HEADROOM)
 }
 
 /// Raises the soft open-file limit up to the hard limit when it is below
@@ -58,7 +60,8 @@ pub fn raise_fd_limit(needed: u64) -> Result<FdLimit, FdLimitError> {
         return Ok(FdLimit { soft, hard, needed });
     }
     let wanted = needed.min(hard);
-    setrlimit(Resource::RLIMIT_NOFILE, wanted, hard).map_err(|source| FdLimitError::Raise { wanted, source })?;
+    setrlimit(Resource::RLIMIT_NOFILE, wanted, hard)
+        .map_err(|source| FdLimitError::Raise { wanted, source })?;
     Ok(FdLimit {
         soft: wanted,
         hard,

@@ -36,9 +36,15 @@ impl HelloServer {
             .enable_all()
             .build()
             .context("starting the hello server's runtime")?;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(("127.0.0.1", 0)))
-            .context("binding the hello server")?;
+        // Bound without `block_on`: this may be called from inside another
+        // runtime (the loader's).
+        let std_listener =
+            std::net::TcpListener::bind(("127.0.0.1", 0)).context("binding the hello server")?;
+        std_listener.set_nonblocking(true)?;
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
         let addr = listener.local_addr()?;
         let (stop, stopped) = watch::channel(false);
         runtime.spawn(accept_loop(listener, stopped));
@@ -101,7 +107,10 @@ mod tests {
     #[test]
     fn answers_hello_under_closed_loop_load() {
         let server = HelloServer::start(1).unwrap();
-        let loader = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let loader = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let target = LoadTarget {
             addr: server.addr(),
             path: "/".into(),

@@ -17,7 +17,11 @@ const BUCKETS: usize = bucket_of(MAX_TRACKABLE_NANOS) + 1;
 
 /// Bucket index of `nanos` (values past the range clamp to the last bucket).
 const fn bucket_of(nanos: u64) -> usize {
-    let v = if nanos > MAX_TRACKABLE_NANOS { MAX_TRACKABLE_NANOS } else { nanos };
+    let v = if nanos > MAX_TRACKABLE_NANOS {
+        MAX_TRACKABLE_NANOS
+    } else {
+        nanos
+    };
     if v < SUB_BUCKETS {
         return v as usize;
     }
@@ -105,7 +109,11 @@ impl LatencyHistogram {
 
     /// The smallest latency recorded (exact), zero when empty.
     pub fn min(&self) -> Duration {
-        if self.total == 0 { Duration::ZERO } else { Duration::from_nanos(self.min) }
+        if self.total == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(self.min)
+        }
     }
 
     /// The mean latency, zero when empty.
@@ -157,9 +165,17 @@ mod tests {
             h.record_nanos(v);
         }
         assert_eq!(h.count(), 100_000);
-        for (p, expected) in [(50.0, 50_000), (90.0, 90_000), (99.0, 99_000), (99.9, 99_900)] {
+        for (p, expected) in [
+            (50.0, 50_000),
+            (90.0, 90_000),
+            (99.0, 99_000),
+            (99.9, 99_900),
+        ] {
             let got = h.percentile(p);
-            assert!(within_precision(got, expected), "p{p}: {got:?} vs {expected} ns");
+            assert!(
+                within_precision(got, expected),
+                "p{p}: {got:?} vs {expected} ns"
+            );
         }
         assert_eq!(h.percentile(100.0), Duration::from_nanos(100_000));
         assert_eq!(h.percentile(0.0), Duration::from_nanos(1));

@@ -27,6 +27,26 @@ const LOADER_SHUTDOWN: Duration = Duration::from_secs(1);
 /// Runs `clawmesh bench invoke`: prints the figures (a table, or JSON with
 /// `--json`) and exits 1 when a request failed in a measured window.
 pub fn run_bench_invoke(args: BenchInvokeArgs) -> anyhow::Result<ExitCode> {
+    let Some(report) = measure_invoke(&args)? else {
+        eprintln!("bench: interrupted; the throwaway node is stopped and its files removed");
+        return Ok(ExitCode::from(EXIT_INTERRUPTED));
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render(&Ui::from_env()));
+    }
+    Ok(if report.had_errors() {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Does the whole run (raise the open-file limit, start the throwaway node
+/// unless `--node`, load the hello baseline then the skill, stop the node)
+/// and returns the figures; `None` when SIGINT or SIGTERM cut it short.
+pub fn measure_invoke(args: &BenchInvokeArgs) -> anyhow::Result<Option<BenchInvokeReport>> {
     let connections = usize::try_from(args.connections).context("--connections")?;
     let fd_limit = match raise_fd_limit(fds_needed(connections)) {
         Ok(limit) => {
@@ -54,31 +74,23 @@ pub fn run_bench_invoke(args: BenchInvokeArgs) -> anyhow::Result<ExitCode> {
     let outcome = loader.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         // Installed before any child exists, so an interrupt always reaches
-        // the clean-up below instead of killing us mid-run.
-        let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-        let mut terminate = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        // the clean-up (dropping the run stops the node) instead of killing
+        // this process mid-run.
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         tokio::select! {
-            report = bench(&args, connections, cpus) => report.map(Some),
+            report = bench(args, connections, cpus) => report.map(Some),
             _ = interrupt.recv() => Ok(None),
             _ = terminate.recv() => Ok(None),
         }
     });
     loader.shutdown_timeout(LOADER_SHUTDOWN);
-    let Some(mut report) = outcome? else {
-        eprintln!("bench: interrupted; the throwaway node is stopped and its files removed");
-        return Ok(ExitCode::from(EXIT_INTERRUPTED));
-    };
-    report.fd_limit = fd_limit;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.render(&Ui::from_env()));
-    }
-    Ok(if report.had_errors() {
-        ExitCode::from(EXIT_FAILURE)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(outcome?.map(|mut report| {
+        report.fd_limit = fd_limit;
+        report
+    }))
 }
 
 /// Where the skill load goes, and what keeps it alive.
@@ -112,7 +124,10 @@ async fn skill_target(args: &BenchInvokeArgs) -> anyhow::Result<SkillTarget> {
         Some(exe) => exe.clone(),
         None => std::env::current_exe().context("locating the clawmesh binary")?,
     };
-    let skills: PathBuf = args.skills_dir.clone().unwrap_or_else(crate::cli::default_skills_dir);
+    let skills: PathBuf = args
+        .skills_dir
+        .clone()
+        .unwrap_or_else(crate::cli::default_skills_dir);
     eprintln!("bench: starting a throwaway node with {COUNTER_PACKAGE}");
     let node = ThrowawayNode::start(&exe, &skills).await?;
     eprintln!(
@@ -134,7 +149,10 @@ async fn skill_target(args: &BenchInvokeArgs) -> anyhow::Result<SkillTarget> {
 /// The socket address of a node's `http://host:port` URL.
 async fn http_addr(info: &NodeInfo) -> anyhow::Result<std::net::SocketAddr> {
     let Some(host_port) = info.http.strip_prefix("http://") else {
-        bail!("node.json http {:?}: only plain http:// is benchmarked", info.http);
+        bail!(
+            "node.json http {:?}: only plain http:// is benchmarked",
+            info.http
+        );
     };
     let host_port = host_port.trim_end_matches('/');
     tokio::net::lookup_host(host_port)
@@ -144,7 +162,11 @@ async fn http_addr(info: &NodeInfo) -> anyhow::Result<std::net::SocketAddr> {
         .with_context(|| format!("{host_port} resolves to no address"))
 }
 
-async fn bench(args: &BenchInvokeArgs, connections: usize, cpus: usize) -> anyhow::Result<BenchInvokeReport> {
+async fn bench(
+    args: &BenchInvokeArgs,
+    connections: usize,
+    cpus: usize,
+) -> anyhow::Result<BenchInvokeReport> {
     let config = LoadConfig {
         connections,
         warmup: args.warmup,

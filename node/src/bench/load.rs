@@ -80,7 +80,11 @@ impl LoadReport {
     /// Successful requests per second over the window.
     pub fn requests_per_sec(&self) -> f64 {
         let secs = self.window.as_secs_f64();
-        if secs > 0.0 { self.ok as f64 / secs } else { 0.0 }
+        if secs > 0.0 {
+            self.ok as f64 / secs
+        } else {
+            0.0
+        }
     }
 
     fn note_error(&mut self, in_window: bool, message: impl FnOnce() -> String) {
@@ -92,7 +96,10 @@ impl LoadReport {
         if self.error_samples.len() < MAX_ERROR_SAMPLES {
             let mut text = message();
             if text.len() > MAX_ERROR_TEXT {
-                let cut = (0..=MAX_ERROR_TEXT).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+                let cut = (0..=MAX_ERROR_TEXT)
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0);
                 text.truncate(cut);
                 text.push('…');
             }
@@ -169,7 +176,9 @@ async fn one_connection(target: LoadTarget, window: Window) -> LoadReport {
                 }
                 Ok(Err(e)) => {
                     let now = Instant::now();
-                    report.note_error(now >= window.measure_from, || format!("connecting to {}: {e}", target.addr));
+                    report.note_error(now >= window.measure_from, || {
+                        format!("connecting to {}: {e}", target.addr)
+                    });
                     tokio::time::sleep_until((now + RECONNECT_BACKOFF).min(window.end)).await;
                     continue;
                 }
@@ -184,7 +193,9 @@ async fn one_connection(target: LoadTarget, window: Window) -> LoadReport {
             // The run ended with this request in flight: abandoned, uncounted.
             Err(_) if deadline == window.end => break,
             Err(_) => {
-                report.note_error(in_window, || format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()));
+                report.note_error(in_window, || {
+                    format!("no answer within {} s", REQUEST_TIMEOUT.as_secs())
+                });
             }
             Ok(Ok(())) => {
                 if in_window {
@@ -194,7 +205,9 @@ async fn one_connection(target: LoadTarget, window: Window) -> LoadReport {
                 sender = Some(connection);
             }
             Ok(Err(ExchangeError::Status(status, body))) => {
-                report.note_error(in_window, || format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+                report.note_error(in_window, || {
+                    format!("HTTP {status}: {}", String::from_utf8_lossy(&body))
+                });
                 sender = Some(connection);
             }
             Ok(Err(ExchangeError::Io(e))) => report.note_error(in_window, || e),
@@ -214,8 +227,14 @@ async fn connect(addr: SocketAddr) -> std::io::Result<SendRequest<Full<Bytes>>> 
     Ok(sender)
 }
 
-async fn exchange(sender: &mut SendRequest<Full<Bytes>>, target: &LoadTarget) -> Result<(), ExchangeError> {
-    sender.ready().await.map_err(|e| ExchangeError::Io(format!("connection: {e}")))?;
+async fn exchange(
+    sender: &mut SendRequest<Full<Bytes>>,
+    target: &LoadTarget,
+) -> Result<(), ExchangeError> {
+    sender
+        .ready()
+        .await
+        .map_err(|e| ExchangeError::Io(format!("connection: {e}")))?;
     let request = hyper::Request::post(target.path.as_str())
         .header(hyper::header::HOST, "bench")
         .body(Full::new(target.body.clone()))
@@ -243,9 +262,15 @@ mod tests {
 
     #[test]
     fn a_server_that_is_not_there_shows_up_as_errors() {
-        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         // The listener is closed: nothing listens there any more.
-        let loader = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let loader = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         let target = LoadTarget {
             addr,
             path: "/".into(),
@@ -262,7 +287,11 @@ mod tests {
         assert_eq!(report.ok, 0);
         assert!(report.errors > 0);
         assert!(report.error_samples.len() <= MAX_ERROR_SAMPLES);
-        assert!(report.error_samples[0].contains("connecting"), "{:?}", report.error_samples);
+        assert!(
+            report.error_samples[0].contains("connecting"),
+            "{:?}",
+            report.error_samples
+        );
     }
 
     #[test]

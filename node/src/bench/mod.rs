@@ -13,5 +13,5 @@ pub mod throwaway_node;
 
 pub use args::BenchInvokeArgs;
 pub use histogram::LatencyHistogram;
-pub use invoke::run_bench_invoke;
+pub use invoke::{measure_invoke, run_bench_invoke};
 pub use report::BenchInvokeReport;

@@ -119,7 +119,9 @@ impl BenchInvokeReport {
             ratio,
             ratio_met: ratio >= GOAL_MIN_RATIO,
             p99_met: invoke.requests > 0 && invoke.p99_us < micros(GOAL_MAX_P99),
-            zero_errors: [invoke, hello].iter().all(|e| e.errors == 0 && e.warmup_errors == 0),
+            zero_errors: [invoke, hello]
+                .iter()
+                .all(|e| e.errors == 0 && e.warmup_errors == 0),
         }
     }
 
@@ -176,7 +178,10 @@ impl BenchInvokeReport {
         }
         for e in [&self.invoke, &self.hello] {
             if e.warmup_errors > 0 {
-                out.push_str(&format!("{}: {} error(s) during the warmup\n", e.label, e.warmup_errors));
+                out.push_str(&format!(
+                    "{}: {} error(s) during the warmup\n",
+                    e.label, e.warmup_errors
+                ));
             }
             for sample in &e.error_samples {
                 out.push_str(&format!("  {}: {sample}\n", e.label));
@@ -228,7 +233,8 @@ mod tests {
         let met = BenchInvokeReport::check(&figures(600.0, 4_000.0, 0), &figures(1000.0, 100.0, 0));
         assert!(met.ratio_met && met.p99_met && met.zero_errors);
         assert!((met.ratio - 0.6).abs() < 1e-9);
-        let missed = BenchInvokeReport::check(&figures(400.0, 5_000.0, 1), &figures(1000.0, 100.0, 0));
+        let missed =
+            BenchInvokeReport::check(&figures(400.0, 5_000.0, 1), &figures(1000.0, 100.0, 0));
         assert!(!missed.ratio_met && !missed.p99_met && !missed.zero_errors);
         let no_baseline = BenchInvokeReport::check(&figures(400.0, 1.0, 0), &figures(0.0, 0.0, 0));
         assert_eq!(no_baseline.ratio, 0.0);

@@ -101,7 +101,9 @@ impl ThrowawayNode {
         let deployed = tokio::task::spawn_blocking(move || admin_call(&socket, &request))
             .await
             .context("deploy task")?
-            .with_context(|| format!("deploying {COUNTER_PACKAGE}@{COUNTER_VERSION} on the throwaway node"))?;
+            .with_context(|| {
+                format!("deploying {COUNTER_PACKAGE}@{COUNTER_VERSION} on the throwaway node")
+            })?;
         Ok(Self {
             info,
             deploy_millis: deployed["millis"].as_f64().unwrap_or_default(),
@@ -124,7 +126,10 @@ struct NodeProcess {
 }
 
 impl NodeProcess {
-    async fn wait_until_serving(&mut self, mut lines: mpsc::Receiver<String>) -> anyhow::Result<()> {
+    async fn wait_until_serving(
+        &mut self,
+        mut lines: mpsc::Receiver<String>,
+    ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + NODE_START_TIMEOUT;
         let mut seen: Vec<String> = Vec::new();
         loop {
@@ -137,8 +142,13 @@ impl NodeProcess {
                     seen.push(line);
                 }
                 Ok(None) => {
-                    let status = self.stop().map_or_else(|| "unknown status".to_string(), |s| s.to_string());
-                    bail!("the throwaway node exited before serving ({status}):\n{}", seen.join("\n"));
+                    let status = self
+                        .stop()
+                        .map_or_else(|| "unknown status".to_string(), |s| s.to_string());
+                    bail!(
+                        "the throwaway node exited before serving ({status}):\n{}",
+                        seen.join("\n")
+                    );
                 }
                 Err(_) => bail!(
                     "the throwaway node did not start serving within {} s:\n{}",
@@ -171,7 +181,10 @@ impl NodeProcess {
                     NODE_STOP_TIMEOUT.as_secs()
                 );
                 let _ = kill(pid, Signal::SIGKILL);
-                done_rx.recv_timeout(NODE_STOP_TIMEOUT).ok().and_then(Result::ok)
+                done_rx
+                    .recv_timeout(NODE_STOP_TIMEOUT)
+                    .ok()
+                    .and_then(Result::ok)
             }
         };
         if status.is_some() {
@@ -194,7 +207,11 @@ fn forward_stderr(stderr: impl Read, lines: mpsc::Sender<String>) {
     let mut listening = true;
     loop {
         let mut raw = Vec::new();
-        match reader.by_ref().take(MAX_STDERR_LINE).read_until(b'\n', &mut raw) {
+        match reader
+            .by_ref()
+            .take(MAX_STDERR_LINE)
+            .read_until(b'\n', &mut raw)
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
@@ -217,8 +234,15 @@ fn publish_counter(work: &Path, data: &DataDir, skills_dir: &Path) -> anyhow::Re
         )
     })?;
     let key = PublisherKey::generate().context("generating the run's publisher key")?;
-    let trust = TrustRoot::new(1, [TrustedPublisher::new("bench publisher", key.verifying_key())])?;
-    fs::create_dir_all(data.root()).with_context(|| format!("creating {}", data.root().display()))?;
+    let trust = TrustRoot::new(
+        1,
+        [TrustedPublisher::new(
+            "bench publisher",
+            key.verifying_key(),
+        )],
+    )?;
+    fs::create_dir_all(data.root())
+        .with_context(|| format!("creating {}", data.root().display()))?;
     write_file_atomically(&data.trust_file(), trust.to_toml().as_bytes(), 0o644)
         .with_context(|| format!("writing {}", data.trust_file().display()))?;
     let manifest = Manifest::for_blob(
@@ -234,7 +258,13 @@ fn publish_counter(work: &Path, data: &DataDir, skills_dir: &Path) -> anyhow::Re
     let package_file = work.join("counter.pkg");
     write_file_atomically(&package_file, &encode_package(signed.envelope, blob), 0o644)
         .with_context(|| format!("writing {}", package_file.display()))?;
-    publish_file(&package_file, None, &trust, &data.blob_store()?, &data.package_store()?)
-        .context("publishing the counter on the throwaway node")?;
+    publish_file(
+        &package_file,
+        None,
+        &trust,
+        &data.blob_store()?,
+        &data.package_store()?,
+    )
+    .context("publishing the counter on the throwaway node")?;
     Ok(())
 }

@@ -51,29 +51,25 @@ fn cgroups() -> Check {
             format!("unavailable: skills run without kernel memory/pids/cpu limits ({reason})"),
         );
     }
-    match manager.create("probe", &CgroupLimits::default()) {
-        Ok(Some(cg)) => {
-            let removed = cg.remove();
-            manager.remove_node_dirs();
-            match removed {
-                Ok(()) => check(
-                    "cgroups",
-                    Verdict::Ok,
-                    format!("{}: a probe cgroup with memory, pids and cpu limits was made and removed", support.label()),
-                ),
-                Err(e) => check("cgroups", Verdict::Degraded, format!("{}: probe made but not removed: {e}", support.label())),
-            }
-        }
-        Ok(None) => check("cgroups", Verdict::Degraded, "no cgroup could be made"),
-        Err(e) => {
-            manager.remove_node_dirs();
-            check(
+    let verdict = match manager.create("probe", &CgroupLimits::default()) {
+        Ok(Some(cg)) => match cg.remove() {
+            Ok(()) => check(
                 "cgroups",
-                Verdict::Degraded,
-                format!("{} detected but a probe cgroup failed: {e}", support.label()),
-            )
-        }
-    }
+                Verdict::Ok,
+                format!("{}: a probe cgroup with memory, pids and cpu limits was made and removed", support.label()),
+            ),
+            Err(e) => check("cgroups", Verdict::Degraded, format!("{}: probe made but not removed: {e}", support.label())),
+        },
+        Ok(None) => check("cgroups", Verdict::Degraded, "no cgroup could be made"),
+        Err(e) => check(
+            "cgroups",
+            Verdict::Degraded,
+            format!("{} detected but a probe cgroup failed: {e}", support.label()),
+        ),
+    };
+    // `detect` made this probe's node directories; leave nothing behind.
+    manager.remove_node_dirs();
+    verdict
 }
 
 fn state_segment() -> Check {

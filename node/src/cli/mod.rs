@@ -5,6 +5,7 @@ mod demo;
 mod doctor;
 
 mod keys;
+mod mesh_cmds;
 mod node_cmds;
 mod pack;
 mod publish;
@@ -53,9 +54,9 @@ pub enum Command {
     /// Deploy a published package on a local node (admin socket).
     Deploy(DeployArgs),
     /// Sign and submit a release intent.
-    Release(PassthroughArgs),
+    Release(ReleaseArgs),
     /// Sign and submit a rollback intent.
-    Rollback(PassthroughArgs),
+    Rollback(RollbackArgs),
     /// Show what the mesh runs: nodes × packages.
     Status(StatusArgs),
     /// Call a skill on a node.
@@ -208,6 +209,45 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Refresh every second until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+/// `clawmesh release ...`
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// What every node should run, `PKG@VERSION`.
+    pub target: String,
+    /// Publisher key that signs the intent.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The node.
+    #[command(flatten)]
+    pub node: NodeDir,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `clawmesh rollback ...`
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// Package to roll back.
+    pub package: String,
+    /// Version to go back to (default: the highest published version below
+    /// the current target that is not quarantined).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Publisher key that signs the intent.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// The node.
+    #[command(flatten)]
+    pub node: NodeDir,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `clawmesh invoke ...`
@@ -343,9 +383,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Deploy(args) => node_cmds::deploy(&args),
-        Command::Release(_) => not_yet("release"),
-        Command::Rollback(_) => not_yet("rollback"),
-        Command::Status(args) => node_cmds::status(&args),
+        Command::Release(args) => mesh_cmds::release(&args),
+        Command::Rollback(args) => mesh_cmds::rollback(&args),
+        Command::Status(args) => mesh_cmds::status(&args),
         Command::Invoke(args) => node_cmds::invoke(&args),
         Command::Fetch(_) => not_yet("fetch"),
         Command::Dev(_) => not_yet("dev"),

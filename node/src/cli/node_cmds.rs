@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 
 use super::ui::Ui;
-use super::{DeployArgs, InvokeArgs, StatusArgs};
+use super::{DeployArgs, InvokeArgs};
 use crate::daemon::{AdminRequest, NodeInfo, admin_call};
 use crate::data_dir::DataDir;
 
@@ -41,34 +41,31 @@ pub fn deploy(args: &DeployArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `clawmesh status` against one node.
-pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
-    let dir = DataDir::new(&args.node.node);
-    let status = admin_call(&dir.admin_socket(), &AdminRequest::Status)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let ui = Ui::from_env();
-    println!(
-        "node {}  cgroups: {}",
+/// Renders one node's local runtime status (its workers).
+pub fn render_local_status(status: &serde_json::Value, ui: &Ui) -> String {
+    let mut out = format!(
+        "node {}  cgroups: {}\n",
         status["node"].as_str().unwrap_or("?"),
-        status["cgroups"]
+        status["cgroups"]["version"].as_str().unwrap_or("?")
     );
-    println!("{:<32} {:<10} {:<8} {:<10} {:>8} {:>9} {:>12}", "PACKAGE", "VERSION", "ROLE", "STATE", "PID", "RESTARTS", "MEMORY");
+    out.push_str(&format!(
+        "{:<32} {:<10} {:<8} {:<10} {:>8} {:>9} {:>12}\n",
+        "PACKAGE", "VERSION", "ROLE", "STATE", "PID", "RESTARTS", "MEMORY"
+    ));
     for s in status["skills"].as_array().into_iter().flatten() {
-        println!(
-            "{:<32} {:<10} {:<8} {:<10} {:>8} {:>9} {:>12}",
+        let state = s["state"].as_str().map(str::to_string).unwrap_or_else(|| s["state"].to_string());
+        out.push_str(&format!(
+            "{:<32} {:<10} {:<8} {} {:>8} {:>9} {:>12}\n",
             s["package"].as_str().unwrap_or("?"),
             s["version"].as_str().unwrap_or("?"),
             s["role"].as_str().unwrap_or("?"),
-            ui.ok(&s["state"].as_str().map(str::to_string).unwrap_or_else(|| s["state"].to_string())),
+            ui.ok(&format!("{state:<10}")),
             s["pid"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
             s["restarts"].as_u64().unwrap_or(0),
             s["memory_bytes"].as_u64().map(|m| format!("{} KiB", m / 1024)).unwrap_or_else(|| "-".into()),
-        );
+        ));
     }
-    Ok(ExitCode::SUCCESS)
+    out
 }
 
 fn read_data(spec: Option<&str>) -> anyhow::Result<Vec<u8>> {

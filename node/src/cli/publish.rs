@@ -33,8 +33,23 @@ pub fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
     let dir = DataDir::new(&args.node.node);
     let published = publish_file(&args.file, expected, &trust, &dir.blob_store()?, &dir.package_store()?)
         .with_context(|| format!("publishing {}", args.file.display()))?;
+    // A running node also puts it into the mesh catalog.
+    let announce = crate::daemon::admin_call(
+        &dir.admin_socket(),
+        &crate::daemon::AdminRequest::Mesh(crate::daemon::mesh_admin::MeshRequest::Announce {
+            package: published.package.clone(),
+            version: published.version.clone(),
+        }),
+    );
+    let announced = match &announce {
+        Ok(_) => "announced to the mesh".to_string(),
+        Err(crate::daemon::AdminClientError::Connect { .. }) => "node not running: stored only".to_string(),
+        Err(e) => format!("not announced: {e}"),
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&published)?);
+        let mut v = serde_json::to_value(&published)?;
+        v["mesh"] = serde_json::Value::String(announced);
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let ui = Ui::from_env();
         let verb = if published.newly_stored { "published" } else { "already published" };
@@ -48,6 +63,7 @@ pub fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
             published.chunks,
             published.signers.join(",")
         );
+        println!("{}", ui.dim(&announced));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -31,8 +31,48 @@ pub enum AdminRequest {
         /// Package name.
         package: String,
     },
-    /// What this node runs.
+    /// What this node runs, with each package's swap state (checkpoint
+    /// age, journal, warm window, last swap and failure).
     Status,
+    /// Run a raw component file as a new version of `package` (the sidecar
+    /// path): a swap when it runs already. The socket is owner-only, so the
+    /// path is the owner's.
+    DeployWasm {
+        /// Package name.
+        package: String,
+        /// The component file.
+        path: String,
+        /// Version (default `0.0.0-dev+<sha256 prefix>`).
+        #[serde(default)]
+        version: Option<String>,
+    },
+    /// Roll `package` back to the version it ran before its last swap.
+    Rollback {
+        /// Package name.
+        package: String,
+    },
+    /// Take a checkpoint of `package` now (into its segment and to disk).
+    Checkpoint {
+        /// Package name.
+        package: String,
+    },
+    /// Test-only: inject faults at swap steps (`step:action,...`, see
+    /// `crate::swap::fault`); `None` clears them.
+    InjectFault {
+        /// The faults.
+        #[serde(default)]
+        spec: Option<String>,
+    },
+    /// Keep the connection open and write one JSON line per swap event
+    /// (all packages, or one).
+    Events {
+        /// Only this package's events.
+        #[serde(default)]
+        package: Option<String>,
+    },
+    /// Mesh requests (catalog, intents, mesh status): `mesh_admin.rs`.
+    #[serde(untagged)]
+    Mesh(super::mesh_admin::MeshRequest),
 }
 
 /// A failure, with a stable code scripts can match on.
@@ -75,6 +115,39 @@ pub enum AdminClientError {
     /// The node refused the request.
     #[error("{}: {}", .0.code, .0.message)]
     Refused(AdminError),
+}
+
+/// Sends an `Events` request and calls `each` with every event line until
+/// it returns `false` or the node closes the connection (no read timeout:
+/// events come when swaps happen).
+pub fn admin_events(
+    socket: &Path,
+    package: Option<String>,
+    mut each: impl FnMut(serde_json::Value) -> bool,
+) -> Result<(), AdminClientError> {
+    let stream = UnixStream::connect(socket).map_err(|source| AdminClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    let mut line = serde_json::to_vec(&AdminRequest::Events { package })
+        .map_err(|e| AdminClientError::Protocol(e.to_string()))?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut answer = String::new();
+        if reader.read_line(&mut answer)? == 0 || answer.len() > MAX_ADMIN_LINE {
+            return Ok(());
+        }
+        match serde_json::from_str::<AdminResponse>(&answer).map_err(|e| AdminClientError::Protocol(e.to_string()))? {
+            AdminResponse::Ok(v) => {
+                if !each(v) {
+                    return Ok(());
+                }
+            }
+            AdminResponse::Error(e) => return Err(AdminClientError::Refused(e)),
+        }
+    }
 }
 
 /// Sends one request and waits for its answer.

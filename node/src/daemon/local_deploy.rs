@@ -1,14 +1,24 @@
 //! Deploying a package this node holds: the path shared by the admin socket
-//! (`clawmesh deploy`, the sidecar) and the mesh's release controller.
+//! (`clawmesh deploy`, the sidecar) and the mesh's release controller. The
+//! first deploy of a package starts it (from its durable checkpoint if the
+//! node ran it before); a deploy of a running package is a hot swap that
+//! keeps its state (`crate::swap`).
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use clawmesh_crdt::manifest::{PackageName, SignedManifest};
 use serde::Serialize;
 
 use super::NodeContext;
-use crate::blob_store::{BlobId, GetError};
+use crate::blob_store::{BlobId, GetError, PutError};
 use crate::runtime::{DeployError, SkillLimits, SkillSpec};
+use crate::swap::{DeployedEntry, SwapConfig, SwapError, SwapEvent, durable};
+
+/// Overrides the warm window (seconds) of swaps made through the node.
+pub const WARM_WINDOW_ENV: &str = "CLAWMESH_WARM_WINDOW_SECS";
+/// Overrides the periodic checkpoint interval (milliseconds).
+pub const CHECKPOINT_INTERVAL_ENV: &str = "CLAWMESH_CHECKPOINT_INTERVAL_MS";
 
 /// Why a local deploy did not happen. The running version, if any, keeps
 /// serving in every case.
@@ -34,6 +44,17 @@ pub enum LocalDeployError {
     /// The runtime refused it.
     #[error("{0}")]
     Runtime(#[from] DeployError),
+    /// The swap (or rollback) aborted; the previous version keeps serving.
+    #[error("{0}")]
+    Swap(#[from] SwapError),
+    /// A raw component could not be read or stored.
+    #[error("component {path}: {why}")]
+    Wasm {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
 }
 
 impl LocalDeployError {
@@ -48,6 +69,8 @@ impl LocalDeployError {
             Self::Manifest(_) => "invalid_manifest",
             Self::Blob(_) => "blob_unavailable",
             Self::Runtime(e) => e.code(),
+            Self::Swap(e) => e.code(),
+            Self::Wasm { .. } => "bad_wasm",
         }
     }
 }
@@ -63,6 +86,166 @@ pub struct Deployed {
     pub sha256: String,
     /// Time from request to serving, ms.
     pub millis: f64,
+    /// The swap (or first start) with its step timings.
+    pub swap: SwapEvent,
+}
+
+/// The swap settings of this node: checkpoints in the data dir, the
+/// defaults otherwise (the two environment overrides aside).
+pub fn swap_config(ctx: &NodeContext) -> SwapConfig {
+    let mut config = SwapConfig {
+        checkpoints_dir: Some(ctx.data.checkpoints_dir()),
+        ..SwapConfig::default()
+    };
+    if let Some(secs) = std::env::var(WARM_WINDOW_ENV).ok().and_then(|v| v.parse().ok()) {
+        config.warm_window = Duration::from_secs(secs);
+    }
+    if let Some(ms) = std::env::var(CHECKPOINT_INTERVAL_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
+        config.checkpoint_interval = Duration::from_millis(ms.max(1));
+    }
+    config
+}
+
+/// Records what the node runs, so a restarted node brings it back.
+pub fn remember_deployed(ctx: &NodeContext, package: &str, entry: Option<DeployedEntry>) {
+    let dir = ctx.data.checkpoints_dir();
+    let result = durable::read_deployed(&dir).and_then(|mut set| {
+        match entry {
+            Some(entry) => set.insert(package.to_string(), entry),
+            None => set.remove(package),
+        };
+        durable::write_deployed(&dir, &set)
+    });
+    if let Err(error) = result {
+        tracing::warn!(%error, "deployed set not written");
+    }
+}
+
+/// Runs a raw component file as `package` (the sidecar's path): stores it
+/// as a blob and deploys or swaps to it with default limits. The version is
+/// `version` or `0.0.0-dev+<first 12 hex of its sha256>`.
+pub async fn deploy_wasm(
+    ctx: &NodeContext,
+    package: &str,
+    path: &Path,
+    version: Option<&str>,
+) -> Result<Deployed, LocalDeployError> {
+    let start = Instant::now();
+    let _: PackageName = package
+        .parse()
+        .map_err(|e| LocalDeployError::BadRequest(format!("package {package:?}: {e}")))?;
+    let wasm_error = |why: String| LocalDeployError::Wasm {
+        path: path.display().to_string(),
+        why,
+    };
+    let size = std::fs::metadata(path).map_err(|e| wasm_error(e.to_string()))?.len();
+    if size > clawmesh_wasm_abi::MAX_COMPONENT_BYTES as u64 {
+        return Err(wasm_error(format!(
+            "{size} bytes, over the {}-byte component limit",
+            clawmesh_wasm_abi::MAX_COMPONENT_BYTES
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| wasm_error(e.to_string()))?;
+    let id = ctx
+        .blobs
+        .put(&bytes, None, clawmesh_crdt::manifest::DEFAULT_CHUNK_SIZE)
+        .map_err(|e: PutError| wasm_error(e.to_string()))?;
+    let version = match version {
+        Some(v) => semver::Version::parse(v)
+            .map_err(|e| LocalDeployError::BadRequest(format!("version {v:?}: {e}")))?
+            .to_string(),
+        None => format!("0.0.0-dev+{}", &id.to_hex()[..12]),
+    };
+    run_blob(ctx, package, &version, id, SkillLimits::default(), "wasm", start).await
+}
+
+async fn run_blob(
+    ctx: &NodeContext,
+    package: &str,
+    version: &str,
+    id: BlobId,
+    limits: SkillLimits,
+    source: &str,
+    start: Instant,
+) -> Result<Deployed, LocalDeployError> {
+    ctx.blobs.get(&id)?;
+    let pin = ctx.blobs.pin(id);
+    let spec = SkillSpec {
+        package: package.to_string(),
+        version: version.to_string(),
+        wasm_path: ctx.blobs.path_of(&id),
+        sha256: id.0,
+        limits,
+    };
+    let swap = crate::swap::deploy_or_swap(&ctx.supervisor, spec, &swap_config(ctx)).await?;
+    ctx.pin(package, pin);
+    remember_deployed(
+        ctx,
+        package,
+        Some(DeployedEntry {
+            version: version.to_string(),
+            source: source.to_string(),
+            sha256: id.to_hex(),
+        }),
+    );
+    Ok(Deployed {
+        package: package.to_string(),
+        version: version.to_string(),
+        sha256: id.to_hex(),
+        millis: start.elapsed().as_secs_f64() * 1e3,
+        swap,
+    })
+}
+
+/// Rolls `package` back (a flip within the warm window, a swap after it)
+/// and records the version now running.
+pub async fn rollback_local(ctx: &NodeContext, package: &str) -> Result<SwapEvent, LocalDeployError> {
+    let event = crate::swap::rollback(&ctx.supervisor, package, &swap_config(ctx)).await?;
+    if let Some(route) = ctx.supervisor.route(package) {
+        let spec = route.active().spec().clone();
+        let source = durable::read_deployed(&ctx.data.checkpoints_dir())
+            .ok()
+            .and_then(|set| set.get(package).map(|e| e.source.clone()))
+            .unwrap_or_else(|| "published".into());
+        remember_deployed(
+            ctx,
+            package,
+            Some(DeployedEntry {
+                version: spec.version,
+                source,
+                sha256: hex::encode(spec.sha256),
+            }),
+        );
+    }
+    Ok(event)
+}
+
+/// Starts again every package the node ran before it stopped, each from
+/// its last durable checkpoint. Failures are logged; the rest go on.
+pub async fn restore_deployed(ctx: &NodeContext) {
+    let set = match durable::read_deployed(&ctx.data.checkpoints_dir()) {
+        Ok(set) => set,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read what this node ran before");
+            return;
+        }
+    };
+    for (package, entry) in set {
+        let result = if entry.source == "wasm" {
+            match hex::decode(&entry.sha256).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+                Some(sha) => {
+                    run_blob(ctx, &package, &entry.version, BlobId(sha), SkillLimits::default(), "wasm", Instant::now()).await
+                }
+                None => Err(LocalDeployError::BadRequest(format!("sha256 {:?} in the deployed set", entry.sha256))),
+            }
+        } else {
+            deploy_local(ctx, &package, &entry.version).await
+        };
+        match result {
+            Ok(done) => tracing::info!(%package, version = %done.version, "restarted from its checkpoint"),
+            Err(error) => tracing::warn!(%package, %error, "not restarted"),
+        }
+    }
 }
 
 /// Limits of a skill from its manifest, node defaults where it says 0.
@@ -99,22 +282,6 @@ pub async fn deploy_local(ctx: &NodeContext, package: &str, version: &str) -> Re
             version: version.to_string(),
         })?;
     let id = BlobId(signed.manifest.sha256);
-    // Verify before the worker sees it; the worker checks the hash again.
-    ctx.blobs.get(&id)?;
-    let pin = ctx.blobs.pin(id);
-    let spec = SkillSpec {
-        package: package.to_string(),
-        version: v.to_string(),
-        wasm_path: ctx.blobs.path_of(&id),
-        sha256: id.0,
-        limits: limits_of(&signed),
-    };
-    ctx.supervisor.deploy(spec).await?;
-    ctx.pin(package, pin);
-    Ok(Deployed {
-        package: package.to_string(),
-        version: v.to_string(),
-        sha256: id.to_hex(),
-        millis: start.elapsed().as_secs_f64() * 1e3,
-    })
+    // Verify before the worker sees it (in `run_blob`); the worker checks the hash again.
+    run_blob(ctx, package, &v.to_string(), id, limits_of(&signed), "published", start).await
 }

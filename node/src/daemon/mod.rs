@@ -5,6 +5,9 @@
 pub mod admin_protocol;
 mod admin_server;
 pub mod local_deploy;
+pub mod mesh_admin;
+mod node_mesh;
+pub mod release;
 mod node_info;
 
 use std::net::SocketAddr;
@@ -37,6 +40,18 @@ pub struct NodeArgs {
     /// Name of this node in cgroups and status (default: the data dir's name).
     #[arg(long)]
     pub name: Option<String>,
+    /// libp2p listen address; repeat for several.
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+    pub listen: Vec<libp2p::Multiaddr>,
+    /// A bootstrap peer (`/ip4/.../tcp/.../p2p/<peer id>`); repeat for several.
+    #[arg(long)]
+    pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// Distinct nodes reporting a version Failed that quarantine it mesh-wide.
+    #[arg(long, default_value_t = 3)]
+    pub quarantine_threshold: usize,
+    /// Run without the mesh (local deploys only).
+    #[arg(long)]
+    pub no_mesh: bool,
 }
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -62,6 +77,8 @@ pub struct NodeContext {
     pub packages: crate::package_store::PackageStore,
     /// Skill workers.
     pub supervisor: Supervisor,
+    /// The mesh side, once it is up.
+    pub mesh: Arc<std::sync::OnceLock<mesh_admin::MeshSide>>,
     /// Blobs of running skills, kept from garbage collection.
     pub pins: Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::blob_store::PinGuard>>>,
 }
@@ -126,6 +143,7 @@ async fn serve(args: NodeArgs) -> anyhow::Result<()> {
         data: data.clone(),
         trust: Arc::new(trust),
         supervisor: supervisor.clone(),
+        mesh: Arc::default(),
         pins: Arc::default(),
     };
 
@@ -149,14 +167,19 @@ async fn serve(args: NodeArgs) -> anyhow::Result<()> {
     let admin_path = data.admin_socket();
     let admin_task = admin_server::spawn(&admin_path, ctx.clone(), stop_rx.clone())?;
 
+    let mesh = if args.no_mesh {
+        None
+    } else {
+        Some(node_mesh::start(&args, &ctx, stop_rx.clone(), None).await?)
+    };
     let info = NodeInfo {
         name: name.clone(),
         pid: std::process::id(),
         http: format!("http://{http_addr}"),
         admin_socket: admin_path.display().to_string(),
         cgroups: supervisor.cgroup_support().label().to_string(),
-        peer_id: None,
-        p2p: Vec::new(),
+        peer_id: mesh.as_ref().map(|m| m.peer_id.clone()),
+        p2p: mesh.as_ref().map(|m| m.addrs.clone()).unwrap_or_default(),
     };
     info.write(&data.node_json()).context("writing node.json")?;
     tracing::info!(http = %http_addr, admin = %admin_path.display(), "node serving");
@@ -166,6 +189,9 @@ async fn serve(args: NodeArgs) -> anyhow::Result<()> {
     eprintln!("clawmesh node {name} shutting down");
     serving.store(false, Ordering::SeqCst);
     let _ = stop_tx.send(true);
+    if let Some(mesh) = &mesh {
+        mesh.network.shutdown().await;
+    }
     supervisor.shutdown().await;
     let _ = std::fs::remove_file(data.node_json());
     let _ = std::fs::remove_file(&admin_path);

@@ -168,9 +168,16 @@ pub struct FetchPlan<P> {
 impl<P: Clone + Ord + Debug> FetchPlan<P> {
     /// A plan for `layout`, where `held[i]` says chunk `i` is already held
     /// and verified (resume; missing entries count as not held).
-    pub fn new(layout: ChunkLayout, held: &[bool], peers: impl IntoIterator<Item = P>, config: PlanConfig) -> Self {
+    pub fn new(
+        layout: ChunkLayout,
+        held: &[bool],
+        peers: impl IntoIterator<Item = P>,
+        config: PlanConfig,
+    ) -> Self {
         let count = layout.chunk_count();
-        let held: Vec<bool> = (0..count).map(|i| held.get(i).copied().unwrap_or(false)).collect();
+        let held: Vec<bool> = (0..count)
+            .map(|i| held.get(i).copied().unwrap_or(false))
+            .collect();
         let held_count = held.iter().filter(|h| **h).count();
         let mut plan = Self {
             layout,
@@ -242,7 +249,10 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
 
     /// Live peers.
     pub fn live_peers(&self) -> usize {
-        self.peers.values().filter(|s| s.standing == PeerStanding::Live).count()
+        self.peers
+            .values()
+            .filter(|s| s.standing == PeerStanding::Live)
+            .count()
     }
 
     fn can_serve(&self, peer: &PeerSlot, chunk: u32) -> bool {
@@ -250,7 +260,8 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
     }
 
     fn budget_allows(&self, len: u32) -> bool {
-        self.inflight_bytes == 0 || self.inflight_bytes + u64::from(len) <= self.config.max_inflight_bytes
+        self.inflight_bytes == 0
+            || self.inflight_bytes + u64::from(len) <= self.config.max_inflight_bytes
     }
 
     /// The requests to send now: unasked chunks spread over the live peers
@@ -270,7 +281,10 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
             let Some(peer) = self
                 .peers
                 .iter()
-                .filter(|(_, s)| s.standing == PeerStanding::Live && s.requests < self.config.max_requests_per_peer)
+                .filter(|(_, s)| {
+                    s.standing == PeerStanding::Live
+                        && s.requests < self.config.max_requests_per_peer
+                })
                 .filter(|(_, s)| unasked.iter().any(|c| !s.lacks.contains(c)))
                 .min_by_key(|(_, s)| s.requests)
                 .map(|(p, _)| p.clone())
@@ -310,11 +324,15 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
         let slow: Vec<RequestId> = self
             .requests
             .iter()
-            .filter(|(_, r)| !r.stolen && now.saturating_duration_since(r.started) >= self.config.steal_after)
+            .filter(|(_, r)| {
+                !r.stolen && now.saturating_duration_since(r.started) >= self.config.steal_after
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in slow {
-            let Some(req) = self.requests.get_mut(&id) else { continue };
+            let Some(req) = self.requests.get_mut(&id) else {
+                continue;
+            };
             req.stolen = true;
             let slow_peer = req.peer.clone();
             let pending: Vec<u32> = req.pending.iter().copied().collect();
@@ -325,8 +343,11 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
                 if self.held[i] || self.asked[i].len() >= self.config.max_copies {
                     continue;
                 }
-                let asked_peers: BTreeSet<&P> =
-                    self.asked[i].iter().filter_map(|r| self.requests.get(r)).map(|r| &r.peer).collect();
+                let asked_peers: BTreeSet<&P> = self.asked[i]
+                    .iter()
+                    .filter_map(|r| self.requests.get(r))
+                    .map(|r| &r.peer)
+                    .collect();
                 let candidate = self
                     .peers
                     .iter()
@@ -340,7 +361,9 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
                     .map(|(p, _)| p.clone());
                 let Some(peer) = candidate else { continue };
                 let list = by_peer.entry(peer).or_default();
-                if list.len() < self.config.max_chunks_per_request.max(1) && self.budget_allows(self.layout.chunk_len(c)) {
+                if list.len() < self.config.max_chunks_per_request.max(1)
+                    && self.budget_allows(self.layout.chunk_len(c))
+                {
                     list.push(c);
                     self.inflight_bytes += u64::from(self.layout.chunk_len(c));
                 }
@@ -381,7 +404,9 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
         if let Some(req) = self.requests.get_mut(&id)
             && req.pending.remove(&c)
         {
-            self.inflight_bytes = self.inflight_bytes.saturating_sub(u64::from(self.layout.chunk_len(c)));
+            self.inflight_bytes = self
+                .inflight_bytes
+                .saturating_sub(u64::from(self.layout.chunk_len(c)));
         }
         if let Some(asked) = self.asked.get_mut(c as usize) {
             asked.retain(|r| *r != id);
@@ -390,7 +415,9 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
 
     /// Drops request `id`, re-queueing whatever it had not delivered.
     fn cancel(&mut self, id: RequestId) {
-        let Some(req) = self.requests.get(&id) else { return };
+        let Some(req) = self.requests.get(&id) else {
+            return;
+        };
         let pending: Vec<u32> = req.pending.iter().copied().collect();
         for c in pending {
             self.settle(id, c);
@@ -409,7 +436,12 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
                 slot.standing = standing;
             }
         }
-        let ids: Vec<RequestId> = self.requests.iter().filter(|(_, r)| &r.peer == peer).map(|(id, _)| *id).collect();
+        let ids: Vec<RequestId> = self
+            .requests
+            .iter()
+            .filter(|(_, r)| &r.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
         for id in ids {
             self.cancel(id);
         }
@@ -459,7 +491,9 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
 
     /// The peer of request `id` said it does not hold chunk `index`.
     pub fn on_not_held(&mut self, id: RequestId, index: u32) {
-        let Some(req) = self.requests.get(&id) else { return };
+        let Some(req) = self.requests.get(&id) else {
+            return;
+        };
         if !req.pending.contains(&index) {
             return;
         }
@@ -474,7 +508,9 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
     /// against its peer, which is dropped after `max_peer_failures` in a row;
     /// a clean end that left chunks unanswered counts the same.
     pub fn on_request_end(&mut self, id: RequestId, end: RequestEnd) {
-        let Some(req) = self.requests.get(&id) else { return };
+        let Some(req) = self.requests.get(&id) else {
+            return;
+        };
         let peer = req.peer.clone();
         let incomplete = !req.pending.is_empty();
         self.cancel(id);
@@ -508,7 +544,11 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
             .filter_map(|i| u32::try_from(i).ok())
             .filter(|&c| !self.peers.values().any(|s| self.can_serve(s, c)))
             .collect();
-        if missing.is_empty() { PlanStatus::Running } else { PlanStatus::NoProviders { missing } }
+        if missing.is_empty() {
+            PlanStatus::Running
+        } else {
+            PlanStatus::NoProviders { missing }
+        }
     }
 }
 

@@ -4,7 +4,9 @@ use proptest::prelude::*;
 const CHUNK: u32 = 16;
 
 fn blob(chunks: usize) -> Vec<u8> {
-    (0..chunks * CHUNK as usize - 3).map(|i| (i * 31 % 251) as u8).collect()
+    (0..chunks * CHUNK as usize - 3)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect()
 }
 
 fn chunk_of(bytes: &[u8], c: u32) -> Vec<u8> {
@@ -26,10 +28,18 @@ fn config() -> PlanConfig {
 #[test]
 fn work_spreads_over_peers_within_bounds() {
     let bytes = blob(20);
-    let mut plan = FetchPlan::new(ChunkLayout::of_bytes(&bytes, CHUNK), &[], ['a', 'b', 'c'], config());
+    let mut plan = FetchPlan::new(
+        ChunkLayout::of_bytes(&bytes, CHUNK),
+        &[],
+        ['a', 'b', 'c'],
+        config(),
+    );
     let reqs = plan.next_requests(Instant::now());
     let total: usize = reqs.iter().map(|r| r.chunks.len()).sum();
-    assert_eq!(total, 6, "in-flight bytes bound caps the chunks asked for: {reqs:?}");
+    assert_eq!(
+        total, 6,
+        "in-flight bytes bound caps the chunks asked for: {reqs:?}"
+    );
     let peers: BTreeSet<char> = reqs.iter().map(|r| r.peer).collect();
     assert_eq!(peers.len(), 3);
     assert!(plan.inflight_bytes() <= config().max_inflight_bytes);
@@ -58,17 +68,26 @@ fn liar_is_banned_and_its_chunks_go_elsewhere() {
     let c = liar.chunks[0];
     let mut wrong = chunk_of(&bytes, c);
     wrong[0] ^= 1;
-    assert_eq!(plan.on_chunk(liar.id, c, &wrong), ChunkVerdict::Lied { peer: 'a' });
+    assert_eq!(
+        plan.on_chunk(liar.id, c, &wrong),
+        ChunkVerdict::Lied { peer: 'a' }
+    );
     assert_eq!(plan.liars(), vec![('a', c)]);
     // The honest peer finishes its own request, then gets the liar's chunk.
     let honest = reqs.iter().find(|r| r.peer == 'b').unwrap().clone();
     let h = honest.chunks[0];
-    assert_eq!(plan.on_chunk(honest.id, h, &chunk_of(&bytes, h)), ChunkVerdict::Accept);
+    assert_eq!(
+        plan.on_chunk(honest.id, h, &chunk_of(&bytes, h)),
+        ChunkVerdict::Accept
+    );
     plan.on_request_end(honest.id, RequestEnd::Finished);
     let again = plan.next_requests(now);
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].peer, again[0].chunks.clone()), ('b', vec![c]));
-    assert_eq!(plan.on_chunk(again[0].id, c, &chunk_of(&bytes, c)), ChunkVerdict::Accept);
+    assert_eq!(
+        plan.on_chunk(again[0].id, c, &chunk_of(&bytes, c)),
+        ChunkVerdict::Accept
+    );
     assert_eq!(plan.status(), PlanStatus::Done);
     assert_eq!(plan.peers_used(), vec![('b', 2)]);
 }
@@ -80,14 +99,22 @@ fn oversized_chunk_is_a_lie() {
     let req = plan.next_requests(Instant::now()).remove(0);
     let mut long = chunk_of(&bytes, 0);
     long.push(0);
-    assert_eq!(plan.on_chunk(req.id, 0, &long), ChunkVerdict::Lied { peer: 'a' });
+    assert_eq!(
+        plan.on_chunk(req.id, 0, &long),
+        ChunkVerdict::Lied { peer: 'a' }
+    );
     assert_eq!(plan.status(), PlanStatus::NoProviders { missing: vec![0] });
 }
 
 #[test]
 fn vanished_peer_is_requeued_and_no_providers_is_reported() {
     let bytes = blob(3);
-    let mut plan = FetchPlan::new(ChunkLayout::of_bytes(&bytes, CHUNK), &[], ['a', 'b'], config());
+    let mut plan = FetchPlan::new(
+        ChunkLayout::of_bytes(&bytes, CHUNK),
+        &[],
+        ['a', 'b'],
+        config(),
+    );
     let reqs = plan.next_requests(Instant::now());
     assert!(reqs.iter().any(|r| r.peer == 'a') && reqs.iter().any(|r| r.peer == 'b'));
     plan.on_peer_gone(&'a');
@@ -95,7 +122,12 @@ fn vanished_peer_is_requeued_and_no_providers_is_reported() {
     let more = plan.next_requests(Instant::now());
     assert!(more.iter().all(|r| r.peer == 'b'));
     plan.on_peer_gone(&'b');
-    assert_eq!(plan.status(), PlanStatus::NoProviders { missing: vec![0, 1, 2] });
+    assert_eq!(
+        plan.status(),
+        PlanStatus::NoProviders {
+            missing: vec![0, 1, 2]
+        }
+    );
 }
 
 #[test]
@@ -114,16 +146,30 @@ fn not_held_chunks_are_asked_of_others() {
 #[test]
 fn slow_request_is_stolen_after_the_timeout() {
     let bytes = blob(1);
-    let mut plan = FetchPlan::new(ChunkLayout::of_bytes(&bytes, CHUNK), &[], ['a', 'b'], config());
+    let mut plan = FetchPlan::new(
+        ChunkLayout::of_bytes(&bytes, CHUNK),
+        &[],
+        ['a', 'b'],
+        config(),
+    );
     let t0 = Instant::now();
     let first = plan.next_requests(t0).remove(0);
-    assert!(plan.next_requests(t0 + Duration::from_millis(999)).is_empty());
+    assert!(
+        plan.next_requests(t0 + Duration::from_millis(999))
+            .is_empty()
+    );
     let stolen = plan.next_requests(t0 + Duration::from_secs(1));
     assert_eq!(stolen.len(), 1);
     assert_ne!(stolen[0].peer, first.peer);
-    assert_eq!(plan.on_chunk(stolen[0].id, 0, &chunk_of(&bytes, 0)), ChunkVerdict::Accept);
+    assert_eq!(
+        plan.on_chunk(stolen[0].id, 0, &chunk_of(&bytes, 0)),
+        ChunkVerdict::Accept
+    );
     // The slow copy arrives later and is dropped.
-    assert_eq!(plan.on_chunk(first.id, 0, &chunk_of(&bytes, 0)), ChunkVerdict::Duplicate);
+    assert_eq!(
+        plan.on_chunk(first.id, 0, &chunk_of(&bytes, 0)),
+        ChunkVerdict::Duplicate
+    );
     assert_eq!(plan.status(), PlanStatus::Done);
     // Nothing is stolen twice.
     assert!(plan.next_requests(t0 + Duration::from_secs(9)).is_empty());
@@ -158,8 +204,14 @@ struct SimPeer {
 
 fn sim_peers(chunks: usize) -> impl Strategy<Value = Vec<SimPeer>> {
     let has = prop_oneof![3 => Just(Has::Holds), 1 => Just(Has::Lies), 1 => Just(Has::Lacks)];
-    let peer = (proptest::collection::vec(has, chunks), proptest::option::of(0usize..4))
-        .prop_map(|(chunks, vanish_after)| SimPeer { chunks, vanish_after });
+    let peer = (
+        proptest::collection::vec(has, chunks),
+        proptest::option::of(0usize..4),
+    )
+        .prop_map(|(chunks, vanish_after)| SimPeer {
+            chunks,
+            vanish_after,
+        });
     proptest::collection::vec(peer, 1..5)
 }
 
@@ -167,9 +219,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Whatever order replies and failures arrive in, no unverified chunk
-    /// is accepted, honest peers are never banned, and the fetch finishes
-    /// iff every chunk has an honest holder (always, when that holder never
-    /// vanishes).
+    /// is accepted, honest peers are never banned, the fetch always finishes
+    /// when every chunk has an honest holder that stays, and never when some
+    /// chunk has no holder at all.
     #[test]
     fn planner_accepts_only_verified_chunks_and_finishes_iff_honestly_held(
         chunks in 1usize..7,
@@ -212,7 +264,8 @@ proptest! {
                 match peer.chunks[c as usize] {
                     Has::Holds => {
                         let v = plan.on_chunk(req.id, c, &chunk_of(&bytes, c));
-                        prop_assert!(!matches!(v, ChunkVerdict::Lied { .. } | ChunkVerdict::Unexpected));
+                        let bad = matches!(v, ChunkVerdict::Lied { .. } | ChunkVerdict::Unexpected);
+                        prop_assert!(!bad, "honest chunk refused: {:?}", v);
                         if v == ChunkVerdict::Accept {
                             prop_assert!(!accepted[c as usize], "chunk {} accepted twice", c);
                             accepted[c as usize] = true;
@@ -232,15 +285,15 @@ proptest! {
                 plan.on_request_end(req.id, RequestEnd::Finished);
             }
         }
-        let honest_holder = |c: usize, reliable: bool| {
-            peers.iter().any(|p| p.chunks[c] == Has::Holds && (!reliable || p.vanish_after.is_none()))
-        };
+        // Honest: never serves a wrong chunk (a liar is banned on its first
+        // lie, so what else it holds may never be asked for).
+        let honest = |p: &SimPeer| !p.chunks.contains(&Has::Lies);
         let status = plan.status();
         prop_assert!(status != PlanStatus::Running, "the fetch did not settle");
-        if (0..chunks).all(|c| honest_holder(c, true)) {
+        if (0..chunks).all(|c| peers.iter().any(|p| honest(p) && p.vanish_after.is_none() && p.chunks[c] == Has::Holds)) {
             prop_assert_eq!(&status, &PlanStatus::Done);
         }
-        if !(0..chunks).all(|c| honest_holder(c, false)) {
+        if !(0..chunks).all(|c| peers.iter().any(|p| p.chunks[c] == Has::Holds)) {
             prop_assert!(matches!(status, PlanStatus::NoProviders { .. }), "{:?}", status);
         }
         prop_assert_eq!(status == PlanStatus::Done, accepted.iter().all(|a| *a));

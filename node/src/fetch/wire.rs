@@ -217,7 +217,10 @@ pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> Result<BlobRe
 }
 
 /// Writes a request.
-pub async fn write_request<S: AsyncWrite + Unpin>(stream: &mut S, request: &BlobRequest) -> Result<(), ReadError> {
+pub async fn write_request<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &BlobRequest,
+) -> Result<(), ReadError> {
     let bytes = encode_request(request)?;
     stream.write_all(&bytes).await?;
     stream.flush().await?;
@@ -225,7 +228,9 @@ pub async fn write_request<S: AsyncWrite + Unpin>(stream: &mut S, request: &Blob
 }
 
 /// Reads one answer header.
-pub async fn read_chunk_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<ChunkHeader, ReadError> {
+pub async fn read_chunk_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<ChunkHeader, ReadError> {
     let mut buf = [0u8; CHUNK_HEADER_LEN];
     stream.read_exact(&mut buf).await?;
     Ok(decode_chunk_header(&buf)?)
@@ -249,11 +254,24 @@ mod tests {
 
     #[test]
     fn bad_requests_are_named() {
-        let empty = BlobRequest { blob: BlobId([0; 32]), chunks: vec![] };
+        let empty = BlobRequest {
+            blob: BlobId([0; 32]),
+            chunks: vec![],
+        };
         assert_eq!(encode_request(&empty), Err(WireError::ChunkCount(0)));
-        let many = BlobRequest { blob: BlobId([0; 32]), chunks: vec![1; MAX_CHUNKS_PER_REQUEST + 1] };
-        assert_eq!(encode_request(&many), Err(WireError::ChunkCount(MAX_CHUNKS_PER_REQUEST + 1)));
-        let mut bytes = encode_request(&BlobRequest { blob: BlobId([0; 32]), chunks: vec![1] }).unwrap();
+        let many = BlobRequest {
+            blob: BlobId([0; 32]),
+            chunks: vec![1; MAX_CHUNKS_PER_REQUEST + 1],
+        };
+        assert_eq!(
+            encode_request(&many),
+            Err(WireError::ChunkCount(MAX_CHUNKS_PER_REQUEST + 1))
+        );
+        let mut bytes = encode_request(&BlobRequest {
+            blob: BlobId([0; 32]),
+            chunks: vec![1],
+        })
+        .unwrap();
         bytes.push(0);
         assert_eq!(decode_request(&bytes), Err(WireError::Trailing(1)));
         bytes[0] = 2;
@@ -262,12 +280,21 @@ mod tests {
 
     #[test]
     fn headers_round_trip() {
-        for h in [ChunkHeader::Data { index: 3, len: 65536 }, ChunkHeader::NotHeld { index: 8 }] {
+        for h in [
+            ChunkHeader::Data {
+                index: 3,
+                len: 65536,
+            },
+            ChunkHeader::NotHeld { index: 8 },
+        ] {
             assert_eq!(decode_chunk_header(&encode_chunk_header(h)).unwrap(), h);
         }
         let mut bad = encode_chunk_header(ChunkHeader::NotHeld { index: 1 });
         bad[8] = 1;
-        assert_eq!(decode_chunk_header(&bad), Err(WireError::NotHeldWithBody { index: 1, len: 1 }));
+        assert_eq!(
+            decode_chunk_header(&bad),
+            Err(WireError::NotHeldWithBody { index: 1, len: 1 })
+        );
         bad[4] = 9;
         assert_eq!(decode_chunk_header(&bad), Err(WireError::Status(9)));
     }

@@ -86,7 +86,7 @@ pub enum DriverNotice {
 type Inspect = Box<dyn FnOnce(&mut PeerCore<PeerId>) + Send>;
 
 enum DriverInput {
-    Local(PeerInput<PeerId>),
+    Local(Box<PeerInput<PeerId>>),
     Inspect(Inspect),
 }
 
@@ -100,7 +100,7 @@ impl DriverHandle {
     /// Feeds a local write (publish, intent, status) to the core.
     pub async fn submit(&self, input: PeerInput<PeerId>) -> Result<(), DriverStopped> {
         self.inputs
-            .send(DriverInput::Local(input))
+            .send(DriverInput::Local(Box::new(input)))
             .await
             .map_err(|_| DriverStopped)
     }
@@ -199,7 +199,7 @@ impl Driver {
                     None => break,
                 },
                 input = inputs.recv() => match input {
-                    Some(DriverInput::Local(input)) => self.feed(input).await,
+                    Some(DriverInput::Local(input)) => self.feed(*input).await,
                     Some(DriverInput::Inspect(job)) => job(&mut self.core),
                     None => break,
                 },
@@ -266,7 +266,7 @@ impl Driver {
                     // A frame is lost: the sync with this peer must restart.
                     self.restart.insert(to);
                 }
-                Err(error) => debug!(peer = %to, %error, "sync frame not sent"),
+                Err(error) => warn!(peer = %to, %error, "sync frame not sent"),
             },
             PeerAction::AnnounceHeads { bytes } => {
                 if let Err(error) = self.mesh.publish_heads(bytes).await {

@@ -4,12 +4,13 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::errors::InvokeError;
 use super::metrics::SkillMetrics;
+use crate::swap::Journal;
 
 /// Bounds on calls that arrive while a route is paused.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +44,31 @@ pub struct Route<W> {
     slots: RwLock<Slots<W>>,
     gate: RouteGate,
     metrics: SkillMetrics,
+    /// Calls between [`Route::enter`] and the end of their answer.
+    calls: AtomicUsize,
+    /// Woken when `calls` drops to zero.
+    idle: Notify,
+    journal: Journal,
+}
+
+/// A call admitted through an open route; the route counts it until dropped
+/// so [`Route::drain`] can wait for it.
+#[derive(Debug)]
+pub struct CallGuard<'a> {
+    calls: &'a AtomicUsize,
+    idle: &'a Notify,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        leave(self.calls, self.idle);
+    }
+}
+
+fn leave(calls: &AtomicUsize, idle: &Notify) {
+    if calls.fetch_sub(1, Ordering::SeqCst) == 1 {
+        idle.notify_waiters();
+    }
 }
 
 impl<W> Route<W> {
@@ -61,6 +87,56 @@ impl<W> Route<W> {
             }),
             gate: RouteGate::new(limits),
             metrics,
+            calls: AtomicUsize::new(0),
+            idle: Notify::new(),
+            journal: Journal::new(),
+        }
+    }
+
+    /// Calls acknowledged since the package's last checkpoint.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Admits a call: at once when the route is open, after a bounded wait
+    /// when it is paused. The call counts as in progress until the guard
+    /// is dropped.
+    pub async fn enter(&self) -> Result<CallGuard<'_>, InvokeError> {
+        loop {
+            // Count first, then check the gate (both SeqCst): a pauser that
+            // sets the gate and then sees zero calls cannot miss this one.
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            if !self.gate.paused.load(Ordering::SeqCst) {
+                return Ok(CallGuard {
+                    calls: &self.calls,
+                    idle: &self.idle,
+                });
+            }
+            leave(&self.calls, &self.idle);
+            self.gate.wait(&self.package).await?;
+        }
+    }
+
+    /// Calls admitted and not yet answered.
+    pub fn calls_in_progress(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// After [`Route::pause`]: waits until every admitted call finished;
+    /// `false` when some are still running after `timeout`.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.calls.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, idle).await.is_err() {
+                return self.calls.load(Ordering::SeqCst) == 0;
+            }
         }
     }
 
@@ -181,7 +257,7 @@ impl RouteGate {
     }
 
     fn set_paused(&self, paused: bool) {
-        self.paused.store(paused, Ordering::Release);
+        self.paused.store(paused, Ordering::SeqCst);
         self.changes.send_replace(paused);
     }
 
@@ -265,6 +341,26 @@ mod tests {
         route.resume();
         assert_eq!(waiter.await.unwrap(), Ok(()));
         assert_eq!(route.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_admitted_calls_and_pause_holds_new_ones() {
+        let route = route(PauseLimits::default());
+        let guard = route.enter().await.unwrap();
+        route.pause();
+        assert!(!route.drain(Duration::ZERO).await, "one call is still running");
+        let late = {
+            let route = route.clone();
+            tokio::spawn(async move { route.enter().await.map(|_| ()) })
+        };
+        while route.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(guard);
+        assert!(route.drain(Duration::from_secs(60)).await);
+        assert_eq!(route.calls_in_progress(), 0, "the late call waits outside");
+        route.resume();
+        assert_eq!(late.await.unwrap(), Ok(()));
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use axum::body::Bytes;
 use serde::Serialize;
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use super::cgroup::{self, CgroupLimits, CgroupManager, CgroupSupport, WorkerCgroup};
 use super::connection::{ConnectionLimits, WorkerConnection, read_frame};
@@ -352,9 +352,16 @@ struct Inner {
     routes: RwLock<HashMap<String, Arc<Route<SupervisedWorker>>>>,
     metrics: Arc<RuntimeMetrics>,
     next_worker: AtomicU64,
-    /// Serialises deploy/stop so two of them never race on one route.
+    /// Serialises deploy/stop/swap/checkpoint so two of them never race on one route.
     control: tokio::sync::Mutex<()>,
+    /// Per package: its state segment, checkpoints and swap history.
+    packages: RwLock<HashMap<String, Arc<crate::swap::PackageState>>>,
+    /// Swap, rollback, checkpoint and recovery events.
+    events: broadcast::Sender<crate::swap::SwapEvent>,
 }
+
+/// Swap events kept for a slow subscriber before it starts missing some.
+pub const EVENT_BACKLOG: usize = 1024;
 
 /// The runtime's supervisor; cheap to clone.
 #[derive(Debug, Clone)]
@@ -375,6 +382,8 @@ impl Supervisor {
                 metrics: Arc::new(RuntimeMetrics::new()),
                 next_worker: AtomicU64::new(1),
                 control: tokio::sync::Mutex::new(()),
+                packages: RwLock::default(),
+                events: broadcast::Sender::new(EVENT_BACKLOG),
             }),
         })
     }
@@ -398,11 +407,38 @@ impl Supervisor {
     /// then routes `spec.package` to it. A worker already serving the
     /// package is stopped after the route moved.
     pub async fn deploy(&self, spec: SkillSpec) -> Result<(), DeployError> {
-        let _control = self.inner.control.lock().await;
+        let control = self.inner.control.lock().await;
+        self.deploy_locked(&control, spec).await
+    }
+
+    /// Holds the lock that serialises deploy, stop, swap and checkpoints.
+    pub async fn lock_control(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.control.lock().await
+    }
+
+    /// [`Supervisor::deploy`] for a caller already holding [`Supervisor::lock_control`].
+    pub async fn deploy_locked(
+        &self,
+        control: &tokio::sync::MutexGuard<'_, ()>,
+        spec: SkillSpec,
+    ) -> Result<(), DeployError> {
         let worker = self.start_worker(spec).await?;
+        if let Some(previous) = self.install(control, worker) {
+            self.stop_worker(&previous).await;
+        }
+        Ok(())
+    }
+
+    /// Routes `worker`'s package to it (a started, healthy worker), making
+    /// the route if needed; returns the active worker it replaced, which the
+    /// caller stops.
+    pub fn install(
+        &self,
+        _control: &tokio::sync::MutexGuard<'_, ()>,
+        worker: Arc<SupervisedWorker>,
+    ) -> Option<Arc<SupervisedWorker>> {
         let package = worker.spec.package.clone();
-        let existing = self.route(&package);
-        let previous = match existing {
+        match self.route(&package) {
             Some(route) => Some(route.replace_active(worker)),
             None => {
                 let metrics = self.inner.metrics.skill(&package);
@@ -419,11 +455,7 @@ impl Supervisor {
                     .insert(package, route);
                 None
             }
-        };
-        if let Some(previous) = previous {
-            self.stop_worker(&previous).await;
         }
-        Ok(())
     }
 
     /// Starts and supervises a worker without routing to it (the swap's
@@ -480,8 +512,15 @@ impl Supervisor {
             });
         };
         let started = Instant::now();
-        let result = match route.wait_open().await {
-            Ok(()) => route.active().invoke(op, input).await,
+        let result = match route.enter().await {
+            Ok(call) => {
+                let result = route.active().invoke(op.clone(), input.clone()).await;
+                if result.is_ok() {
+                    route.journal().record(&op, &input);
+                }
+                drop(call);
+                result
+            }
             Err(error) => Err(error),
         };
         route.metrics().observe(started.elapsed());
@@ -491,9 +530,69 @@ impl Supervisor {
         result
     }
 
+    /// The swap state of `package` (created on first use).
+    pub fn package_state(&self, package: &str) -> Arc<crate::swap::PackageState> {
+        if let Some(state) = self
+            .inner
+            .packages
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(package)
+        {
+            return state.clone();
+        }
+        self.inner
+            .packages
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(package.to_string())
+            .or_insert_with(|| Arc::new(crate::swap::PackageState::new(package.to_string())))
+            .clone()
+    }
+
+    /// The swap state of `package` if it has one.
+    pub fn existing_package_state(&self, package: &str) -> Option<Arc<crate::swap::PackageState>> {
+        self.inner
+            .packages
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(package)
+            .cloned()
+    }
+
+    /// Publishes a swap event to every subscriber.
+    pub fn emit(&self, event: crate::swap::SwapEvent) {
+        tracing::info!(?event, "swap event");
+        let _ = self.inner.events.send(event);
+    }
+
+    /// Follows swap events from now on.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<crate::swap::SwapEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Packages with a route.
+    pub fn packages(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .inner
+            .routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Stops `package`'s workers and removes its route; `false` if it had none.
     pub async fn stop(&self, package: &str) -> bool {
         let _control = self.inner.control.lock().await;
+        self.inner
+            .packages
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(package);
         let Some(route) = self
             .inner
             .routes
@@ -848,6 +947,11 @@ async fn supervise(inner: Arc<Inner>, worker: Arc<SupervisedWorker>, mut child: 
             match spawn_process(&inner, &worker).await {
                 Ok((new_child, process)) => {
                     child = new_child;
+                    let supervisor = Supervisor {
+                        inner: inner.clone(),
+                    };
+                    crate::swap::recover_restarted(&supervisor, &worker, &process.connection)
+                        .await;
                     worker.set_process(Some(process));
                     worker.set_state(WorkerState::Ready);
                     tracing::info!(worker = %worker.name, restarts = worker.restarts(), "worker restarted");

@@ -1,0 +1,276 @@
+//! `clawmesh bench fetch`: a blob fetched from several in-process peers on
+//! loopback with the blob protocol, against a raw libp2p stream copy of the
+//! same size over the same transport stack (TCP, noise, yamux), in one run.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
+use libp2p::{PeerId, StreamProtocol};
+use rand::RngCore as _;
+
+use super::client::{FetchConfig, fetch_blob};
+use super::layout::ChunkLayout;
+use super::loopback::{LoopbackNode, spawn_loopback_node};
+use super::metrics::FetchMetrics;
+use super::progress::FetchProgress;
+use super::server::{ServeConfig, spawn_blob_server};
+use super::source::Libp2pSource;
+use crate::blob_store::{BlobStore, BlobStoreLimits};
+
+/// The baseline's protocol: the client sends a u64 length, the server
+/// writes that many bytes and closes.
+pub const RAW_COPY_PROTOCOL: StreamProtocol = StreamProtocol::new("/clawmesh/bench-raw/1");
+/// Largest blob the benchmark makes (the manifest's own bound).
+pub const MAX_BENCH_MIB: u64 = clawmesh_crdt::manifest::MAX_BLOB_SIZE >> 20;
+/// Buffer of the raw copy's writes and reads.
+const RAW_BUF: usize = 1 << 20;
+
+/// `clawmesh bench fetch` options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchFetchArgs {
+    /// Blob size, MiB.
+    #[arg(long, default_value_t = 100)]
+    pub size_mib: u64,
+    /// Chunk size, KiB (a power of two; the blob may have at most 1024 chunks).
+    #[arg(long, default_value_t = 1024)]
+    pub chunk_kib: u32,
+    /// Peers holding the blob.
+    #[arg(long, default_value_t = 3)]
+    pub holders: usize,
+    /// Print the figures as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Throughputs measured by one run.
+#[derive(Clone, Copy, Debug)]
+pub struct BenchFetchFigures {
+    /// Bytes moved by each side.
+    pub bytes: u64,
+    /// Blob fetch, from request to verified blob in the store.
+    pub fetch: Duration,
+    /// Raw copy over one stream.
+    pub raw: Duration,
+}
+
+impl BenchFetchFigures {
+    fn mib_per_sec(&self, d: Duration) -> f64 {
+        self.bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64().max(f64::EPSILON)
+    }
+
+    /// Fetch throughput, MiB/s.
+    pub fn fetch_mib_s(&self) -> f64 {
+        self.mib_per_sec(self.fetch)
+    }
+
+    /// Raw copy throughput, MiB/s.
+    pub fn raw_mib_s(&self) -> f64 {
+        self.mib_per_sec(self.raw)
+    }
+
+    /// Fetch over raw (goal: at least 0.8).
+    pub fn ratio(&self) -> f64 {
+        self.fetch_mib_s() / self.raw_mib_s().max(f64::EPSILON)
+    }
+}
+
+/// Runs `clawmesh bench fetch`.
+pub fn run_bench_fetch(args: BenchFetchArgs) -> anyhow::Result<ExitCode> {
+    if args.size_mib == 0 || args.size_mib > MAX_BENCH_MIB {
+        bail!("--size-mib must be 1..={MAX_BENCH_MIB}");
+    }
+    if args.holders == 0 || args.holders > 16 {
+        bail!("--holders must be 1..=16");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let figures = runtime.block_on(bench(&args))?;
+    if args.json {
+        let out = serde_json::json!({
+            "bytes": figures.bytes,
+            "holders": args.holders,
+            "chunk_kib": args.chunk_kib,
+            "fetch_mib_s": figures.fetch_mib_s(),
+            "raw_stream_mib_s": figures.raw_mib_s(),
+            "ratio": figures.ratio(),
+        });
+        println!("{out}");
+    } else {
+        println!(
+            "blob fetch:  {} MiB from {} peers, {} KiB chunks: {:.2?} = {:.1} MiB/s",
+            args.size_mib,
+            args.holders,
+            args.chunk_kib,
+            figures.fetch,
+            figures.fetch_mib_s()
+        );
+        println!(
+            "raw stream:  {} MiB over one libp2p stream: {:.2?} = {:.1} MiB/s",
+            args.size_mib,
+            figures.raw,
+            figures.raw_mib_s()
+        );
+        println!("ratio fetch/raw: {:.2} (goal >= 0.8)", figures.ratio());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Measures one run: holders start, a fresh node fetches the blob, then the
+/// same node reads as many raw bytes from one holder over one stream.
+pub async fn bench(args: &BenchFetchArgs) -> anyhow::Result<BenchFetchFigures> {
+    let size = usize::try_from(args.size_mib << 20).context("blob size")?;
+    let chunk_size = args.chunk_kib.checked_mul(1024).context("chunk size")?;
+    let mut blob = vec![0u8; size];
+    rand::rng().fill_bytes(&mut blob);
+    let layout = ChunkLayout::of_bytes(&blob, chunk_size);
+    if layout.chunk_count() > clawmesh_crdt::manifest::MAX_CHUNKS {
+        bail!("{} chunks; use a larger --chunk-kib", layout.chunk_count());
+    }
+    let dirs = tempfile::tempdir().context("temp dir")?;
+    let metrics = FetchMetrics::default();
+    let mut holders: Vec<LoopbackNode> = Vec::new();
+    let mut servers = Vec::new();
+    for i in 0..args.holders {
+        let store = BlobStore::open(
+            dirs.path().join(format!("holder{i}")),
+            BlobStoreLimits::default(),
+        )?;
+        store.put(&blob, Some(&layout.blob), chunk_size)?;
+        let node = spawn_loopback_node(Vec::new()).await?;
+        servers.push(spawn_blob_server(
+            &node.mesh,
+            Arc::new(store),
+            ServeConfig::default(),
+            metrics.clone(),
+        )?);
+        let mut control = node.mesh.stream_control();
+        let incoming = control
+            .accept(RAW_COPY_PROTOCOL)
+            .context("raw copy protocol")?;
+        servers.push(tokio::spawn(serve_raw(incoming)));
+        holders.push(node);
+    }
+    drop(blob);
+    let fetcher = spawn_loopback_node(holders.iter().map(|h| h.addr.clone()).collect()).await?;
+    let peers: Vec<PeerId> = holders.iter().map(LoopbackNode::peer_id).collect();
+    // Connections first, so neither figure includes dialling.
+    for &peer in &peers {
+        raw_copy(&fetcher, peer, 1).await?;
+    }
+    let store = BlobStore::open(dirs.path().join("fetcher"), BlobStoreLimits::default())?;
+    let config = FetchConfig::default();
+    let source = Arc::new(Libp2pSource::new(
+        fetcher.mesh.stream_control(),
+        config.chunk_timeout,
+    ));
+    let started = Instant::now();
+    let report = fetch_blob(
+        &store,
+        layout,
+        peers.clone(),
+        source,
+        &config,
+        &metrics,
+        &FetchProgress::hidden(),
+    )
+    .await?;
+    let fetch = started.elapsed();
+    tracing::info!(peers_used = ?report.peers_used, "bench fetch done");
+    let started = Instant::now();
+    raw_copy(&fetcher, peers[0], size as u64).await?;
+    let raw = started.elapsed();
+    for s in servers {
+        s.abort();
+    }
+    fetcher.mesh.shutdown().await;
+    for h in holders {
+        h.mesh.shutdown().await;
+    }
+    Ok(BenchFetchFigures {
+        bytes: size as u64,
+        fetch,
+        raw,
+    })
+}
+
+async fn raw_copy(node: &LoopbackNode, peer: PeerId, bytes: u64) -> anyhow::Result<()> {
+    let mut control = node.mesh.stream_control();
+    let mut stream = control
+        .open_stream(peer, RAW_COPY_PROTOCOL)
+        .await
+        .context("opening raw stream")?;
+    stream.write_all(&bytes.to_be_bytes()).await?;
+    stream.flush().await?;
+    let mut buf = vec![0u8; RAW_BUF];
+    let mut left = bytes;
+    while left > 0 {
+        let want = usize::try_from(left.min(RAW_BUF as u64)).unwrap_or(RAW_BUF);
+        let n = stream.read(&mut buf[..want]).await?;
+        if n == 0 {
+            bail!("raw stream ended with {left} bytes to go");
+        }
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+async fn serve_raw(mut incoming: libp2p_stream::IncomingStreams) {
+    while let Some((_, mut stream)) = incoming.next().await {
+        tokio::spawn(async move {
+            let mut len = [0u8; 8];
+            if stream.read_exact(&mut len).await.is_err() {
+                return;
+            }
+            let mut left = u64::from_be_bytes(len).min(clawmesh_crdt::manifest::MAX_BLOB_SIZE);
+            let buf = vec![0x5au8; RAW_BUF];
+            while left > 0 {
+                let n = usize::try_from(left.min(RAW_BUF as u64)).unwrap_or(RAW_BUF);
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+            let _ = stream.close().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The full benchmark: run with
+    /// `cargo test --release -p clawmesh-node --lib fetch::bench -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "benchmark: 100 MiB, run in release mode"]
+    fn bench_fetch_100_mib() {
+        let code = run_bench_fetch(BenchFetchArgs {
+            size_mib: 100,
+            chunk_kib: 1024,
+            holders: 3,
+            json: false,
+        })
+        .unwrap();
+        assert_eq!(code, ExitCode::SUCCESS);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_run_moves_the_bytes_both_ways() {
+        let figures = bench(&BenchFetchArgs {
+            size_mib: 2,
+            chunk_kib: 64,
+            holders: 2,
+            json: false,
+        })
+        .await
+        .unwrap();
+        assert_eq!(figures.bytes, 2 << 20);
+        assert!(figures.fetch > Duration::ZERO && figures.raw > Duration::ZERO);
+    }
+}

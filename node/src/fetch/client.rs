@@ -1,0 +1,305 @@
+//! The fetch driver: runs a `FetchPlan` against a `ChunkSource`, writes the
+//! chunks the plan accepts into a `PartialBlob`, and installs the blob once
+//! every chunk is in and the whole file verifies.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clawmesh_crdt::manifest::Manifest;
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tracing::{debug, info, warn};
+
+use super::layout::ChunkLayout;
+use super::metrics::{ChunkFailure, FetchMetrics};
+use super::partial::{PartialBlob, PartialError};
+use super::plan::{ChunkVerdict, FetchPlan, PlanConfig, PlanStatus, RequestEnd, RequestId};
+use super::progress::FetchProgress;
+use super::source::{
+    ChunkSource, DEFAULT_CHUNK_TIMEOUT, DriverMsg, Libp2pSource, ReplySink, SourceError,
+    SourceReply, WantedChunk,
+};
+use crate::blob_store::{BlobId, BlobStore};
+use crate::mesh::MeshHandle;
+
+/// Answers queued from source tasks to the driver; with one chunk per
+/// answer this bounds buffered bytes to `REPLY_QUEUE × chunk size`.
+pub const REPLY_QUEUE: usize = 16;
+/// Default `FetchConfig::tick`.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(250);
+
+/// How a fetch runs.
+#[derive(Clone, Copy, Debug)]
+pub struct FetchConfig {
+    /// The planner's bounds (concurrency, memory, stealing, failures).
+    pub plan: PlanConfig,
+    /// Time to open a stream and to receive each chunk (libp2p source).
+    pub chunk_timeout: Duration,
+    /// How often the plan is looked at with nothing arriving (to steal slow chunks).
+    pub tick: Duration,
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        Self {
+            plan: PlanConfig::default(),
+            chunk_timeout: DEFAULT_CHUNK_TIMEOUT,
+            tick: DEFAULT_TICK,
+        }
+    }
+}
+
+/// What a completed fetch did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchReport {
+    /// The blob, now in the store.
+    pub blob: BlobId,
+    /// Its size.
+    pub size: u64,
+    /// Bytes fetched in this run (less than `size` when resumed or already held).
+    pub fetched_bytes: u64,
+    /// Peers that delivered chunks, with how many.
+    pub peers_used: Vec<(PeerId, u64)>,
+    /// Peers banned for serving wrong bytes, with the first chunk each lied about.
+    pub liars: Vec<(PeerId, u32)>,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// Why a fetch ended without the blob. Chunks already verified stay in the
+/// fetch's temp file, so the next attempt resumes.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No live peer is left that might hold these chunks (the release stays
+    /// Pending with this as its status).
+    #[error("blob {blob}: no provider left for {} of its chunks (first: {}); liars banned: {}", missing.len(), missing.first().copied().unwrap_or(0), fmt_liars(liars))]
+    NoProviders {
+        /// The blob.
+        blob: BlobId,
+        /// Chunks nobody can serve.
+        missing: Vec<u32>,
+        /// Peers banned for serving wrong bytes.
+        liars: Vec<(PeerId, u32)>,
+    },
+    /// The temp file or the store failed (or the whole blob did not verify).
+    #[error(transparent)]
+    Partial(#[from] PartialError),
+}
+
+fn fmt_liars(liars: &[(PeerId, u32)]) -> String {
+    if liars.is_empty() {
+        return "none".to_owned();
+    }
+    liars
+        .iter()
+        .map(|(p, c)| format!("{p} (chunk {c})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Fetches the blob `manifest` names from `providers` over `mesh`, into `store`.
+pub async fn fetch(
+    mesh: &MeshHandle,
+    store: &BlobStore,
+    manifest: &Manifest,
+    providers: Vec<PeerId>,
+    config: &FetchConfig,
+    metrics: &FetchMetrics,
+    progress: &FetchProgress,
+) -> Result<FetchReport, FetchError> {
+    let source = Arc::new(Libp2pSource::new(
+        mesh.stream_control(),
+        config.chunk_timeout,
+    ));
+    fetch_blob(
+        store,
+        ChunkLayout::from_manifest(manifest),
+        providers,
+        source,
+        config,
+        metrics,
+        progress,
+    )
+    .await
+}
+
+/// Fetches the blob `layout` describes from `providers` through `source`.
+#[tracing::instrument(skip_all, fields(blob = %layout.blob))]
+pub async fn fetch_blob(
+    store: &BlobStore,
+    layout: ChunkLayout,
+    providers: Vec<PeerId>,
+    source: Arc<dyn ChunkSource>,
+    config: &FetchConfig,
+    metrics: &FetchMetrics,
+    progress: &FetchProgress,
+) -> Result<FetchReport, FetchError> {
+    let started = Instant::now();
+    let blob = layout.blob;
+    if store.contains(&blob) && store.get(&blob).is_ok() {
+        debug!("blob already held");
+        return Ok(FetchReport {
+            blob,
+            size: layout.size,
+            fetched_bytes: 0,
+            peers_used: Vec::new(),
+            liars: Vec::new(),
+            elapsed: started.elapsed(),
+        });
+    }
+    let mut partial = PartialBlob::open(store, layout.clone())?;
+    let mut plan = FetchPlan::new(layout.clone(), partial.held(), providers, config.plan);
+    let resumed: u64 = (0..layout.chunk_count())
+        .filter(|&i| partial.held()[i])
+        .map(|i| u64::from(layout.chunk_len(u32::try_from(i).unwrap_or(u32::MAX))))
+        .sum();
+    progress.start(layout.size, resumed);
+    info!(
+        size = layout.size,
+        chunks = layout.chunk_count(),
+        resumed,
+        peers = plan.live_peers(),
+        "fetching"
+    );
+
+    let (tx, mut rx) = mpsc::channel(REPLY_QUEUE);
+    let mut running: HashMap<RequestId, (PeerId, AbortHandle)> = HashMap::new();
+    let mut ticker = tokio::time::interval(config.tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut fetched = 0u64;
+    let abort_all = |running: &mut HashMap<RequestId, (PeerId, AbortHandle)>| {
+        for (_, (_, task)) in running.drain() {
+            task.abort();
+        }
+    };
+
+    let outcome = loop {
+        match plan.status() {
+            PlanStatus::Done => break Ok(()),
+            PlanStatus::NoProviders { missing } => break Err(missing),
+            PlanStatus::Running => {}
+        }
+        for req in plan.next_requests(Instant::now()) {
+            let wanted = req
+                .chunks
+                .iter()
+                .map(|&index| WantedChunk {
+                    index,
+                    len: layout.chunk_len(index),
+                })
+                .collect();
+            debug!(peer = %req.peer, chunks = ?req.chunks, id = req.id, "asking");
+            let sink = ReplySink::new(req.id, tx.clone());
+            let work = source.fetch_chunks(req.peer, blob, wanted, sink.clone());
+            let task = tokio::spawn(async move {
+                let result = work.await;
+                sink.end(result).await;
+            });
+            running.insert(req.id, (req.peer, task.abort_handle()));
+        }
+        progress.peers(plan.live_peers(), plan.peers_used().len());
+        let msg = tokio::select! {
+            msg = rx.recv() => msg,
+            _ = ticker.tick() => continue,
+        };
+        // The driver holds a sender, so the channel never closes under it.
+        let Some(msg) = msg else { continue };
+        match msg {
+            DriverMsg::Reply(id, SourceReply::Chunk { index, bytes }) => {
+                match plan.on_chunk(id, index, &bytes) {
+                    ChunkVerdict::Accept => {
+                        partial.write_chunk(index, &bytes)?;
+                        let len = bytes.len() as u64;
+                        fetched += len;
+                        metrics.bytes_in.inc_by(len);
+                        progress.advance(len);
+                    }
+                    ChunkVerdict::Duplicate | ChunkVerdict::Stale => {}
+                    ChunkVerdict::Unexpected => {
+                        metrics.chunk_failed(ChunkFailure::Stream);
+                        if let Some((_, task)) = running.remove(&id) {
+                            task.abort();
+                        }
+                        plan.on_request_end(id, RequestEnd::Failed);
+                    }
+                    ChunkVerdict::Lied { peer } => {
+                        metrics.chunk_failed(ChunkFailure::HashMismatch);
+                        warn!(%peer, chunk = index, "peer served a chunk that does not match the manifest; banned for this blob");
+                        running.retain(|_, (p, task)| {
+                            let keep = *p != peer;
+                            if !keep {
+                                task.abort();
+                            }
+                            keep
+                        });
+                    }
+                }
+            }
+            DriverMsg::Reply(id, SourceReply::NotHeld { index }) => {
+                metrics.chunk_failed(ChunkFailure::NotHeld);
+                plan.on_not_held(id, index);
+            }
+            DriverMsg::End(id, result) => {
+                let Some((peer, _)) = running.remove(&id) else {
+                    continue;
+                };
+                match result {
+                    Ok(()) => plan.on_request_end(id, RequestEnd::Finished),
+                    Err(error @ SourceError::Unreachable { .. }) => {
+                        metrics.chunk_failed(ChunkFailure::Unreachable);
+                        warn!(%peer, %error, "peer unreachable; its chunks go elsewhere");
+                        plan.on_peer_gone(&peer);
+                        running.retain(|_, (p, task)| {
+                            let keep = *p != peer;
+                            if !keep {
+                                task.abort();
+                            }
+                            keep
+                        });
+                    }
+                    Err(error) => {
+                        metrics.chunk_failed(ChunkFailure::Stream);
+                        warn!(%peer, %error, "blob request failed; its chunks are asked again");
+                        plan.on_request_end(id, RequestEnd::Failed);
+                    }
+                }
+            }
+        }
+    };
+    abort_all(&mut running);
+    progress.finish();
+    let liars = plan.liars();
+    match outcome {
+        Err(missing) => {
+            metrics.fetches_failed.inc();
+            warn!(missing = missing.len(), liars = %fmt_liars(&liars), "no provider left for the blob");
+            Err(FetchError::NoProviders {
+                blob,
+                missing,
+                liars,
+            })
+        }
+        Ok(()) => {
+            let installed = partial.finish();
+            if installed.is_err() {
+                metrics.fetches_failed.inc();
+            }
+            installed?;
+            let peers_used = plan.peers_used();
+            metrics.fetches_completed.inc();
+            metrics.peers_used.inc_by(peers_used.len() as u64);
+            let elapsed = started.elapsed();
+            info!(fetched, peers = peers_used.len(), liars = %fmt_liars(&liars), ?elapsed, "blob fetched and verified");
+            Ok(FetchReport {
+                blob,
+                size: layout.size,
+                fetched_bytes: fetched,
+                peers_used,
+                liars,
+                elapsed,
+            })
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The serving side of `/clawmesh/blob/1`: answers chunk requests from the
+//! node's blob store with verified reads, a bounded number of streams at a
+//! time, each bounded in time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncWriteExt as _, StreamExt as _};
+use libp2p::Stream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::timeout;
+use tracing::{Instrument as _, debug, warn};
+
+use super::metrics::FetchMetrics;
+use super::wire::{BLOB_PROTOCOL, ChunkHeader, encode_chunk_header, read_request};
+use crate::blob_store::{BlobId, BlobStore, GetError};
+use crate::mesh::MeshHandle;
+
+/// Default `ServeConfig::max_streams`.
+pub const DEFAULT_MAX_SERVE_STREAMS: usize = 64;
+/// Default `ServeConfig::request_timeout`.
+pub const DEFAULT_SERVE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `ServeConfig::chunk_timeout`.
+pub const DEFAULT_SERVE_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bounds of the blob server.
+#[derive(Clone, Copy, Debug)]
+pub struct ServeConfig {
+    /// Inbound streams served at once; more are closed unanswered.
+    pub max_streams: usize,
+    /// Time a peer has to send its request once the stream is open.
+    pub request_timeout: Duration,
+    /// Time to write one chunk to a peer.
+    pub chunk_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            max_streams: DEFAULT_MAX_SERVE_STREAMS,
+            request_timeout: DEFAULT_SERVE_REQUEST_TIMEOUT,
+            chunk_timeout: DEFAULT_SERVE_CHUNK_TIMEOUT,
+        }
+    }
+}
+
+/// What the server serves chunks from. Reads block (disk), so they run on
+/// tokio's blocking pool.
+pub trait ChunkServe: Send + Sync + 'static {
+    /// Chunk `index` of `blob`, verified; `None` if it is not held.
+    fn chunk(&self, blob: &BlobId, index: u32) -> Option<Vec<u8>>;
+}
+
+impl ChunkServe for BlobStore {
+    fn chunk(&self, blob: &BlobId, index: u32) -> Option<Vec<u8>> {
+        match self.read_chunk(blob, index) {
+            Ok(bytes) => Some(bytes),
+            Err(GetError::NotFound(_) | GetError::NoSuchChunk { .. }) => None,
+            Err(error) => {
+                warn!(%blob, index, %error, "not serving a chunk the store cannot read intact");
+                None
+            }
+        }
+    }
+}
+
+/// The blob protocol is already accepted on this swarm.
+#[derive(Debug, thiserror::Error)]
+#[error("stream protocol {BLOB_PROTOCOL} is already being served on this swarm")]
+pub struct AlreadyServing;
+
+/// Starts serving `/clawmesh/blob/1` on `mesh` from `source`. The server runs
+/// until the returned task is aborted.
+pub fn spawn_blob_server(
+    mesh: &MeshHandle,
+    source: Arc<dyn ChunkServe>,
+    config: ServeConfig,
+    metrics: FetchMetrics,
+) -> Result<tokio::task::JoinHandle<()>, AlreadyServing> {
+    let incoming = mesh
+        .stream_control()
+        .accept(BLOB_PROTOCOL)
+        .map_err(|_| AlreadyServing)?;
+    Ok(tokio::spawn(serve(incoming, source, config, metrics)))
+}
+
+/// Answers inbound streams until `incoming` ends.
+pub async fn serve(
+    mut incoming: libp2p_stream::IncomingStreams,
+    source: Arc<dyn ChunkServe>,
+    config: ServeConfig,
+    metrics: FetchMetrics,
+) {
+    let permits = Arc::new(Semaphore::new(config.max_streams.max(1)));
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = incoming.next() => {
+                let Some((peer, stream)) = next else { break };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    metrics.streams_refused.inc();
+                    warn!(%peer, limit = config.max_streams, "too many blob streams; refusing one");
+                    continue;
+                };
+                let source = Arc::clone(&source);
+                let metrics = metrics.clone();
+                streams.spawn(async move {
+                    answer(stream, source, config, metrics).await;
+                    drop(permit);
+                }.instrument(tracing::debug_span!("blob_out", %peer)));
+            }
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+}
+
+async fn answer(
+    mut stream: Stream,
+    source: Arc<dyn ChunkServe>,
+    config: ServeConfig,
+    metrics: FetchMetrics,
+) {
+    let request = match timeout(config.request_timeout, read_request(&mut stream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(error)) => {
+            debug!(%error, "bad blob request");
+            return;
+        }
+        Err(_) => {
+            debug!("no blob request in time");
+            return;
+        }
+    };
+    debug!(blob = %request.blob, chunks = request.chunks.len(), "serving");
+    for index in request.chunks {
+        let src = Arc::clone(&source);
+        let blob = request.blob;
+        let chunk = tokio::task::spawn_blocking(move || src.chunk(&blob, index))
+            .await
+            .ok()
+            .flatten();
+        let (header, body) = match chunk {
+            Some(bytes) => match u32::try_from(bytes.len()) {
+                Ok(len) => (ChunkHeader::Data { index, len }, bytes),
+                Err(_) => (ChunkHeader::NotHeld { index }, Vec::new()),
+            },
+            None => (ChunkHeader::NotHeld { index }, Vec::new()),
+        };
+        let write = async {
+            stream.write_all(&encode_chunk_header(header)).await?;
+            stream.write_all(&body).await
+        };
+        match timeout(config.chunk_timeout, write).await {
+            Ok(Ok(())) => {
+                metrics.bytes_out.inc_by(body.len() as u64);
+            }
+            Ok(Err(error)) => {
+                debug!(%error, index, "blob stream failed");
+                return;
+            }
+            Err(_) => {
+                debug!(index, "peer too slow to take a chunk; closing");
+                return;
+            }
+        }
+    }
+    let _ = timeout(config.chunk_timeout, stream.close()).await;
+}

@@ -1,0 +1,645 @@
+//! The swap itself (issue 5's six steps), rollback, checkpoints and the
+//! recovery of a restarted worker. Every step is timed and bounded; any
+//! failure before the flip aborts: the old worker resumes with its state
+//! and the route's queue drains into it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+
+use super::durable::{self, CheckpointMeta};
+use super::events::{SwapEvent, unix_ms};
+use super::fault;
+use super::journal::JournalEntry;
+use super::package_state::{PackageState, WarmWindow};
+use crate::runtime::connection::WorkerConnection;
+use crate::runtime::frame::{self, Request};
+use crate::runtime::{DeployError, Route, SkillSpec, SupervisedWorker, Supervisor, WorkerState};
+
+/// Timeouts of the steps and the windows of the swap machinery.
+#[derive(Debug, Clone)]
+pub struct SwapConfig {
+    /// Start, load and warm the new worker (outside the pause).
+    pub prewarm_timeout: Duration,
+    /// Wait for admitted calls to finish once paused.
+    pub drain_timeout: Duration,
+    /// The old worker's snapshot.
+    pub snapshot_timeout: Duration,
+    /// The new worker's restore (its migration included).
+    pub restore_timeout: Duration,
+    /// The new worker's `health`.
+    pub health_timeout: Duration,
+    /// How long after a swap a rollback is a flip.
+    pub warm_window: Duration,
+    /// How often a package with journaled calls is checkpointed.
+    pub checkpoint_interval: Duration,
+    /// Where durable checkpoints go (none: memory only).
+    pub checkpoints_dir: Option<PathBuf>,
+}
+
+impl Default for SwapConfig {
+    /// Paused steps add up to 4 s, below the route's default 5 s bound on a
+    /// held call, so no queued call times out when a swap aborts late.
+    fn default() -> Self {
+        Self {
+            prewarm_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(1),
+            snapshot_timeout: Duration::from_secs(1),
+            restore_timeout: Duration::from_secs(1),
+            health_timeout: Duration::from_secs(1),
+            warm_window: Duration::from_secs(300),
+            checkpoint_interval: Duration::from_secs(1),
+            checkpoints_dir: None,
+        }
+    }
+}
+
+/// Why a swap, rollback or checkpoint did not happen. The old version keeps
+/// serving with its state in every case.
+#[derive(Debug, thiserror::Error)]
+pub enum SwapError {
+    /// The new version could not start.
+    #[error("{0}")]
+    Deploy(#[from] DeployError),
+    /// A step failed or passed its timeout; the swap was aborted.
+    #[error("{step} failed: {why} (aborted; {package} keeps serving its previous version)")]
+    Step {
+        /// Package.
+        package: String,
+        /// The step (`prewarm`, `pause`, `snapshot`, `restore`, `health`, `flip`).
+        step: &'static str,
+        /// What went wrong.
+        why: String,
+    },
+    /// The package does not run here.
+    #[error("{package} is not running on this node")]
+    NotRunning {
+        /// Package.
+        package: String,
+    },
+    /// Nothing to roll back to.
+    #[error("{package} has no previous version to roll back to")]
+    NothingToRollBack {
+        /// Package.
+        package: String,
+    },
+}
+
+impl SwapError {
+    /// Stable code for the admin protocol.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Deploy(e) => e.code(),
+            Self::Step { .. } => "swap_aborted",
+            Self::NotRunning { .. } => "not_running",
+            Self::NothingToRollBack { .. } => "nothing_to_roll_back",
+        }
+    }
+}
+
+fn us(since: Instant) -> u64 {
+    since.elapsed().as_micros() as u64
+}
+
+async fn bounded<T>(
+    package: &str,
+    step: &'static str,
+    timeout: Duration,
+    work: impl Future<Output = Result<T, String>>,
+) -> Result<T, SwapError> {
+    let error = |why: String| SwapError::Step {
+        package: package.to_string(),
+        step,
+        why,
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(why)) => Err(error(why)),
+        Err(_) => Err(error(format!("timed out after {timeout:?}"))),
+    }
+}
+
+fn step_fault(package: &str, step: &'static str, old: Option<u32>, new: Option<u32>) -> Result<(), SwapError> {
+    fault::inject(step, old, new).map_err(|why| SwapError::Step {
+        package: package.to_string(),
+        step,
+        why,
+    })
+}
+
+/// Snapshots `worker`, publishes the state into the segment and empties the
+/// journal (the route must be paused and drained); returns the state's size.
+async fn snapshot_into_segment(
+    state: &PackageState,
+    route: &Route<SupervisedWorker>,
+    worker: &SupervisedWorker,
+    timeout: Duration,
+) -> Result<(u32, u64, Vec<JournalEntry>), SwapError> {
+    let package = state.package();
+    let payload = bounded(package, "snapshot", timeout, async {
+        worker.request(&Request::Snapshot).await.map_err(|e| e.to_string())
+    })
+    .await?;
+    let (schema, data) = frame::decode_state(&payload).map_err(|e| SwapError::Step {
+        package: package.to_string(),
+        step: "snapshot",
+        why: e.to_string(),
+    })?;
+    state.publish(schema, data).map_err(|e| SwapError::Step {
+        package: package.to_string(),
+        step: "snapshot",
+        why: e.to_string(),
+    })?;
+    Ok((schema, data.len() as u64, route.journal().take()))
+}
+
+async fn restore_from(
+    package: &str,
+    worker: &SupervisedWorker,
+    schema: u32,
+    data: &[u8],
+    timeout: Duration,
+) -> Result<(), SwapError> {
+    bounded(package, "restore", timeout, async {
+        worker
+            .request(&Request::Restore { schema, data })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await
+}
+
+async fn replay(package: &str, worker: &SupervisedWorker, entries: &[JournalEntry]) -> Result<(), SwapError> {
+    for entry in entries {
+        worker
+            .invoke(entry.op.clone(), entry.input.clone())
+            .await
+            .map_err(|e| SwapError::Step {
+                package: package.to_string(),
+                step: "replay",
+                why: e.to_string(),
+            })?;
+    }
+    Ok(())
+}
+
+/// Writes the segment's current state to disk (outside any pause).
+fn write_durable(state: &PackageState, version: &str) {
+    let Some(dir) = state.checkpoints_dir() else {
+        return;
+    };
+    let Ok(current) = state.current() else {
+        return;
+    };
+    let meta = CheckpointMeta {
+        package: state.package().to_string(),
+        version: version.to_string(),
+        schema: current.schema,
+        len: current.payload.len() as u64,
+        crc32: clawmesh_shm::checksum(&current.payload),
+        taken_unix_ms: unix_ms(),
+    };
+    match durable::write_checkpoint(&dir, &meta, &current.payload) {
+        Ok(()) => state.set_durable(meta.taken_unix_ms),
+        Err(error) => tracing::warn!(%error, "durable checkpoint not written"),
+    }
+}
+
+/// Runs `spec`: the first deploy of a package starts it (from its durable
+/// checkpoint if one exists); a deploy of a running package is a swap.
+pub async fn deploy_or_swap(supervisor: &Supervisor, spec: SkillSpec, config: &SwapConfig) -> Result<SwapEvent, SwapError> {
+    if supervisor.route(&spec.package).is_some() {
+        return swap(supervisor, spec, config).await;
+    }
+    let package = spec.package.clone();
+    let control = supervisor.lock_control().await;
+    let state = supervisor.package_state(&package);
+    state.set_checkpoints_dir(config.checkpoints_dir.clone());
+    let started = Instant::now();
+    let worker = supervisor.start_worker(spec.clone()).await?;
+    let mut event = SwapEvent::new(&package, "deployed");
+    event.to_version = Some(spec.version.clone());
+    event.timings.prewarm_us = us(started);
+    // A checkpoint on disk: the node restarted, or the package was stopped
+    // by a crash. Bring its state back before routing any call.
+    let on_disk = config
+        .checkpoints_dir
+        .as_deref()
+        .and_then(|dir| match durable::read_checkpoint(dir, &package) {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::warn!(%error, "checkpoint on disk is unusable; starting empty");
+                None
+            }
+        });
+    if let Some(checkpoint) = on_disk {
+        let restored = restore_from(&package, &worker, checkpoint.meta.schema, &checkpoint.state, config.restore_timeout).await;
+        if let Err(error) = restored {
+            supervisor.stop_worker(&worker).await;
+            return Err(error);
+        }
+        let _ = state.publish(checkpoint.meta.schema, &checkpoint.state);
+        state.set_loaded_checkpoint_age(checkpoint.meta.taken_unix_ms);
+        event.state_path = Some("durable_checkpoint");
+        event.state_bytes = checkpoint.state.len() as u64;
+    }
+    supervisor.install(&control, worker.clone());
+    if let Some(route) = supervisor.route(&package) {
+        // Start the journal from this state: a first checkpoint.
+        route.pause();
+        let _ = route.drain(config.drain_timeout).await;
+        let first = snapshot_into_segment(&state, &route, &worker, config.snapshot_timeout).await;
+        route.resume();
+        if first.is_ok() {
+            write_durable(&state, &spec.version);
+        }
+    }
+    drop(control);
+    start_checkpoint_task(supervisor, &state, config);
+    state.record(&event);
+    supervisor.emit(event.clone());
+    Ok(event)
+}
+
+/// Swaps `spec.package` to `spec` with its state (issue 5's six steps).
+pub async fn swap(supervisor: &Supervisor, spec: SkillSpec, config: &SwapConfig) -> Result<SwapEvent, SwapError> {
+    let package = spec.package.clone();
+    let route = supervisor.route(&package).ok_or_else(|| SwapError::NotRunning { package: package.clone() })?;
+    let state = supervisor.package_state(&package);
+    let old = route.active();
+    let mut event = SwapEvent::new(&package, "swap");
+    event.from_version = Some(old.spec().version.clone());
+    event.to_version = Some(spec.version.clone());
+    let result = run_swap(supervisor, &route, &state, &old, spec, config, &mut event).await;
+    match result {
+        Ok(()) => {
+            state.record(&event);
+            supervisor.emit(event.clone());
+            Ok(event)
+        }
+        Err(error) => {
+            event.kind = "swap_failed";
+            event.error = Some(error.to_string());
+            state.record(&event);
+            supervisor.emit(event);
+            Err(error)
+        }
+    }
+}
+
+async fn run_swap(
+    supervisor: &Supervisor,
+    route: &Arc<Route<SupervisedWorker>>,
+    state: &PackageState,
+    old: &Arc<SupervisedWorker>,
+    spec: SkillSpec,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+) -> Result<(), SwapError> {
+    let package = spec.package.clone();
+    let control = supervisor.lock_control().await;
+    // 1. Prewarm, while the old worker serves.
+    step_fault(&package, "prewarm", old.pid(), None)?;
+    let started = Instant::now();
+    let new = match tokio::time::timeout(config.prewarm_timeout, supervisor.start_worker(spec)).await {
+        Ok(Ok(worker)) => worker,
+        Ok(Err(error)) => return Err(error.into()),
+        Err(_) => {
+            return Err(SwapError::Step {
+                package,
+                step: "prewarm",
+                why: format!("timed out after {:?}", config.prewarm_timeout),
+            });
+        }
+    };
+    event.timings.prewarm_us = us(started);
+    let paused_at = Instant::now();
+    let outcome = paused_steps(route, state, old, &new, config, event).await;
+    match outcome {
+        Ok(()) => {
+            event.timings.pause_us = us(paused_at);
+            let replaced = route.set_standby(Some(old.clone()));
+            let flip_start = Instant::now();
+            route.flip();
+            // The queue drains into the new worker from here.
+            route.resume();
+            event.timings.flip_us = us(flip_start);
+            event.timings.pause_us = us(paused_at);
+            drop(control);
+            if let Some(replaced) = replaced.filter(|r| !Arc::ptr_eq(r, old)) {
+                supervisor.stop_worker(&replaced).await;
+            }
+            state.open_window(WarmWindow {
+                until: Instant::now() + config.warm_window,
+                from: old.spec().clone(),
+            });
+            write_durable(state, &new.spec().version);
+            Ok(())
+        }
+        Err(error) => {
+            // Abort: the old worker was never touched beyond a snapshot;
+            // held calls go to it.
+            route.resume();
+            event.timings.pause_us = us(paused_at);
+            drop(control);
+            supervisor.stop_worker(&new).await;
+            Err(error)
+        }
+    }
+}
+
+/// Steps 2–4 under the pause; the caller flips or aborts.
+async fn paused_steps(
+    route: &Route<SupervisedWorker>,
+    state: &PackageState,
+    old: &SupervisedWorker,
+    new: &SupervisedWorker,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+) -> Result<(), SwapError> {
+    let package = state.package();
+    // 2. Pause and let admitted calls finish.
+    step_fault(package, "pause", old.pid(), new.pid())?;
+    let start = Instant::now();
+    route.pause();
+    if !route.drain(config.drain_timeout).await {
+        return Err(SwapError::Step {
+            package: package.to_string(),
+            step: "pause",
+            why: format!("{} calls still running after {:?}", route.calls_in_progress(), config.drain_timeout),
+        });
+    }
+    event.timings.drain_us = us(start);
+    // 3. Old worker snapshots into the segment (a checkpoint: the journal empties).
+    step_fault(package, "snapshot", old.pid(), new.pid())?;
+    let start = Instant::now();
+    let (_, bytes, _) = snapshot_into_segment(state, route, old, config.snapshot_timeout).await?;
+    event.state_bytes = bytes;
+    event.timings.snapshot_us = us(start);
+    // 4. New worker restores (migrating) and passes health.
+    step_fault(package, "restore", old.pid(), new.pid())?;
+    let start = Instant::now();
+    let current = state.current().map_err(|e| SwapError::Step {
+        package: package.to_string(),
+        step: "restore",
+        why: e.to_string(),
+    })?;
+    restore_from(package, new, current.schema, &current.payload, config.restore_timeout).await?;
+    event.timings.restore_us = us(start);
+    event.state_path = Some("migration");
+    step_fault(package, "health", old.pid(), new.pid())?;
+    let start = Instant::now();
+    bounded(package, "health", config.health_timeout, async {
+        new.request(&Request::Health).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await?;
+    event.timings.health_us = us(start);
+    // 5. Flip (done by the caller right after this returns).
+    step_fault(package, "flip", old.pid(), new.pid())?;
+    Ok(())
+}
+
+/// Rolls `package` back: a flip with the state brought forward while the
+/// warm window is open, a swap to the previous version after it.
+pub async fn rollback(supervisor: &Supervisor, package: &str, config: &SwapConfig) -> Result<SwapEvent, SwapError> {
+    let route = supervisor.route(package).ok_or_else(|| SwapError::NotRunning { package: package.to_string() })?;
+    let state = supervisor.package_state(package);
+    let standby = route.standby();
+    let window = state.window();
+    let (Some(old), Some(_)) = (standby, window) else {
+        // After the window: a swap to the previous version.
+        let previous = state
+            .previous_spec()
+            .ok_or_else(|| SwapError::NothingToRollBack { package: package.to_string() })?;
+        let mut event = swap(supervisor, previous, config).await?;
+        event.kind = "rollback";
+        return Ok(event);
+    };
+    let new = route.active();
+    // A worker being restarted after a crash comes back with its state;
+    // wait for it (outside the pause) rather than fail the rollback.
+    for worker in [&new, &old] {
+        if !wait_ready(worker, config.prewarm_timeout).await {
+            return Err(SwapError::Step {
+                package: package.to_string(),
+                step: "rollback",
+                why: format!("{} is {:?}, not ready", worker.spec().version, worker.state()),
+            });
+        }
+    }
+    let mut event = SwapEvent::new(package, "rollback");
+    event.from_version = Some(new.spec().version.clone());
+    event.to_version = Some(old.spec().version.clone());
+    let control = supervisor.lock_control().await;
+    let paused_at = Instant::now();
+    let outcome = rollback_paused(&route, &state, &new, &old, config, &mut event).await;
+    match outcome {
+        Ok(()) => {
+            route.flip();
+            route.resume();
+            event.timings.pause_us = us(paused_at);
+            let left = route.set_standby(None);
+            drop(control);
+            state.close_window();
+            state.set_previous_spec(Some(new.spec().clone()));
+            write_durable(&state, &old.spec().version);
+            if let Some(left) = left {
+                supervisor.stop_worker(&left).await;
+            }
+            state.record(&event);
+            supervisor.emit(event.clone());
+            Ok(event)
+        }
+        Err(error) => {
+            route.resume();
+            drop(control);
+            event.kind = "rollback_failed";
+            event.error = Some(error.to_string());
+            state.record(&event);
+            supervisor.emit(event);
+            Err(error)
+        }
+    }
+}
+
+/// Waits (bounded) until `worker` serves; `false` if it does not in time.
+async fn wait_ready(worker: &SupervisedWorker, timeout: Duration) -> bool {
+    let mut lifecycle = worker.lifecycle();
+    matches!(
+        tokio::time::timeout(timeout, lifecycle.wait_for(|l| l.state == WorkerState::Ready)).await,
+        Ok(Ok(_))
+    )
+}
+
+async fn rollback_paused(
+    route: &Route<SupervisedWorker>,
+    state: &PackageState,
+    new: &SupervisedWorker,
+    old: &SupervisedWorker,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+) -> Result<(), SwapError> {
+    let package = state.package();
+    step_fault(package, "rollback", new.pid(), old.pid())?;
+    route.pause();
+    if !route.drain(config.drain_timeout).await {
+        return Err(SwapError::Step {
+            package: package.to_string(),
+            step: "pause",
+            why: format!("calls still running after {:?}", config.drain_timeout),
+        });
+    }
+    // The newer state becomes the checkpoint; the pre-swap one moves to the
+    // other buffer, and the journal since the swap comes with it.
+    let start = Instant::now();
+    let (schema, bytes, since_swap) = snapshot_into_segment(state, route, new, config.snapshot_timeout).await?;
+    event.timings.snapshot_us = us(start);
+    event.state_bytes = bytes;
+    let start = Instant::now();
+    let current = state.current().map_err(|e| SwapError::Step {
+        package: package.to_string(),
+        step: "restore",
+        why: e.to_string(),
+    })?;
+    debug_assert_eq!(current.schema, schema);
+    let down = restore_from(package, old, current.schema, &current.payload, config.restore_timeout).await;
+    if down.is_ok() {
+        event.state_path = Some("down_migration");
+    } else {
+        let pre_swap = state.previous().map_err(|e| SwapError::Step {
+            package: package.to_string(),
+            step: "restore",
+            why: format!("no down-migration and no pre-swap state: {e}"),
+        })?;
+        restore_from(package, old, pre_swap.schema, &pre_swap.payload, config.restore_timeout).await?;
+        replay(package, old, &since_swap).await?;
+        event.replayed = since_swap.len() as u64;
+        event.state_path = Some("replay");
+        // The old version's state is now the checkpoint.
+        snapshot_into_segment(state, route, old, config.snapshot_timeout).await?;
+    }
+    event.timings.restore_us = us(start);
+    let start = Instant::now();
+    bounded(package, "health", config.health_timeout, async {
+        old.request(&Request::Health).await.map(|_| ()).map_err(|e| e.to_string())
+    })
+    .await?;
+    event.timings.health_us = us(start);
+    Ok(())
+}
+
+/// Takes a checkpoint of `package` now (pause, drain, snapshot, resume),
+/// then writes it to disk.
+pub async fn checkpoint(supervisor: &Supervisor, package: &str, config: &SwapConfig) -> Result<SwapEvent, SwapError> {
+    let route = supervisor.route(package).ok_or_else(|| SwapError::NotRunning { package: package.to_string() })?;
+    let state = supervisor.package_state(package);
+    let control = supervisor.lock_control().await;
+    let active = route.active();
+    let mut event = SwapEvent::new(package, "checkpoint");
+    event.to_version = Some(active.spec().version.clone());
+    let paused_at = Instant::now();
+    route.pause();
+    let result = async {
+        step_fault(package, "checkpoint", active.pid(), None)?;
+        if !route.drain(config.drain_timeout).await {
+            return Err(SwapError::Step {
+                package: package.to_string(),
+                step: "pause",
+                why: "calls still running".into(),
+            });
+        }
+        snapshot_into_segment(&state, &route, &active, config.snapshot_timeout).await
+    }
+    .await;
+    route.resume();
+    event.timings.pause_us = us(paused_at);
+    drop(control);
+    let (_, bytes, _) = result?;
+    event.state_bytes = bytes;
+    // A checkpoint replaces the pre-swap state: rollback becomes a swap.
+    state.close_window();
+    write_durable(&state, &active.spec().version);
+    state.record(&event);
+    Ok(event)
+}
+
+fn start_checkpoint_task(supervisor: &Supervisor, state: &Arc<PackageState>, config: &SwapConfig) {
+    if !state.claim_checkpoint_task() {
+        return;
+    }
+    let supervisor = supervisor.clone();
+    let weak = Arc::downgrade(state);
+    let config = config.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(config.checkpoint_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = weak.upgrade() else { return };
+            let current = supervisor.existing_package_state(state.package());
+            if !current.is_some_and(|c| Arc::ptr_eq(&c, &state)) {
+                return;
+            }
+            let Some(route) = supervisor.route(state.package()) else { return };
+            let journal = route.journal();
+            if journal.is_empty() {
+                continue;
+            }
+            // While a warm window is open the pre-swap state must stay in
+            // the other buffer; only a journal near its bound closes it.
+            if state.window().is_some() && !journal.wants_checkpoint() {
+                continue;
+            }
+            if let Err(error) = checkpoint(&supervisor, state.package(), &config).await {
+                tracing::warn!(%error, "periodic checkpoint failed");
+            }
+        }
+    });
+}
+
+/// Called by the supervisor after it restarted a crashed worker, before the
+/// worker serves: when it is the package's active worker, restores the last
+/// checkpoint and replays the journal, so no acknowledged call is lost.
+pub async fn recover_restarted(supervisor: &Supervisor, worker: &SupervisedWorker, connection: &WorkerConnection) {
+    let package = &worker.spec().package;
+    let Some(route) = supervisor.route(package) else { return };
+    if !std::ptr::eq(Arc::as_ptr(&route.active()), worker) {
+        return;
+    }
+    let Some(state) = supervisor.existing_package_state(package) else { return };
+    let mut event = SwapEvent::new(package, "recovered");
+    event.to_version = Some(worker.spec().version.clone());
+    let started = Instant::now();
+    let result: Result<u64, String> = async {
+        if let Ok(current) = state.current() {
+            event.state_bytes = current.payload.len() as u64;
+            connection
+                .request(&Request::Restore { schema: current.schema, data: &current.payload })
+                .await
+                .map_err(|e| format!("restore: {e}"))?;
+        }
+        let entries = route.journal().entries();
+        for entry in &entries {
+            connection
+                .invoke(entry.op.clone(), Bytes::clone(&entry.input))
+                .await
+                .map_err(|e| format!("replay: {e}"))?;
+        }
+        Ok(entries.len() as u64)
+    }
+    .await;
+    event.timings.restore_us = us(started);
+    event.state_path = Some("checkpoint+replay");
+    match result {
+        Ok(replayed) => event.replayed = replayed,
+        Err(why) => {
+            event.kind = "recovery_failed";
+            event.error = Some(why);
+        }
+    }
+    state.record(&event);
+    supervisor.emit(event);
+}

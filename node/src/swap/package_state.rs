@@ -1,0 +1,277 @@
+//! What the node keeps per running package for swaps and crash safety: the
+//! state segment (current checkpoint and the one before it), the warm
+//! window of the last swap, where durable checkpoints go, and what
+//! happened last (for `status`).
+
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use clawmesh_shm::{PublishError, ReadError, StateSegment, StateSnapshot};
+use serde::Serialize;
+
+use super::events::SwapEvent;
+use crate::runtime::SkillSpec;
+
+/// Capacity of a new segment's buffers; it grows when a state outgrows it.
+pub const INITIAL_SEGMENT_CAPACITY: u64 = 64 * 1024;
+
+/// Why a state could not be put into or read from the segment.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentError {
+    /// The segment could not be created or grown.
+    #[error("state segment of {capacity} bytes: {why}")]
+    Create {
+        /// Capacity asked for.
+        capacity: u64,
+        /// What failed.
+        why: String,
+    },
+    /// Publishing failed.
+    #[error("publishing the state: {0}")]
+    Publish(#[from] PublishError),
+    /// Reading failed (nothing published, torn or corrupt).
+    #[error("reading the state: {0}")]
+    Read(#[from] ReadError),
+}
+
+/// The rollback window of the last swap.
+#[derive(Debug, Clone)]
+pub struct WarmWindow {
+    /// Until when a rollback is a flip.
+    pub until: Instant,
+    /// The version swapped away from (now standby).
+    pub from: SkillSpec,
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    checkpoints_dir: Option<PathBuf>,
+    window: Option<WarmWindow>,
+    /// The spec swapped away from last (rollback target after the window).
+    previous: Option<SkillSpec>,
+    checkpoint_unix_ms: Option<u64>,
+    durable_unix_ms: Option<u64>,
+    last_event: Option<SwapEvent>,
+    last_failure: Option<SwapEvent>,
+    checkpoint_task: bool,
+}
+
+/// A package's swap and checkpoint state; shared by the supervisor's tasks.
+#[derive(Debug)]
+pub struct PackageState {
+    package: String,
+    segment: Mutex<Option<StateSegment>>,
+    tracked: Mutex<Tracked>,
+}
+
+/// `status` view of a package's swap state.
+#[derive(Debug, Clone, Serialize)]
+pub struct PackageSwapStatus {
+    /// Package.
+    pub package: String,
+    /// Segment generation of the last checkpoint (0: none).
+    pub checkpoint_generation: u64,
+    /// Age of the last checkpoint in the segment, ms.
+    pub checkpoint_age_ms: Option<u64>,
+    /// Age of the last checkpoint written to disk, ms.
+    pub durable_checkpoint_age_ms: Option<u64>,
+    /// Calls journaled since the last checkpoint.
+    pub journal_entries: usize,
+    /// Version a rollback flips back to, while the warm window is open.
+    pub rollback_to: Option<String>,
+    /// Milliseconds the warm window stays open.
+    pub warm_window_left_ms: Option<u64>,
+    /// Version a rollback swaps back to after the window.
+    pub previous_version: Option<String>,
+    /// The last swap, rollback, checkpoint or recovery.
+    pub last_event: Option<SwapEvent>,
+    /// The last failed swap or rollback.
+    pub last_failure: Option<SwapEvent>,
+}
+
+impl PackageState {
+    /// Nothing published, no window.
+    pub fn new(package: String) -> Self {
+        Self {
+            package,
+            segment: Mutex::new(None),
+            tracked: Mutex::default(),
+        }
+    }
+
+    /// The package.
+    pub fn package(&self) -> &str {
+        &self.package
+    }
+
+    fn tracked(&self) -> MutexGuard<'_, Tracked> {
+        self.tracked.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn segment(&self) -> MutexGuard<'_, Option<StateSegment>> {
+        self.segment.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Publishes a state into the segment (made or grown as needed); returns its generation.
+    pub fn publish(&self, schema: u32, data: &[u8]) -> Result<u64, SegmentError> {
+        let mut segment = self.segment();
+        let needed = data.len() as u64;
+        let replace = match segment.as_ref() {
+            None => Some(
+                StateSegment::create(needed.max(INITIAL_SEGMENT_CAPACITY)).map_err(|e| {
+                    SegmentError::Create {
+                        capacity: needed,
+                        why: e.to_string(),
+                    }
+                })?,
+            ),
+            Some(old) if old.capacity() < needed => {
+                // Double, so a growing state is not copied at every checkpoint.
+                let capacity = needed.max(old.capacity().saturating_mul(2));
+                Some(old.grown(capacity).map_err(|e| SegmentError::Create {
+                    capacity,
+                    why: e.to_string(),
+                })?)
+            }
+            Some(_) => None,
+        };
+        if let Some(new) = replace {
+            *segment = Some(new);
+        }
+        let Some(segment) = segment.as_mut() else {
+            return Err(SegmentError::Read(ReadError::Empty));
+        };
+        let generation = segment.publish(schema, data)?;
+        self.tracked().checkpoint_unix_ms = Some(super::events::unix_ms());
+        Ok(generation)
+    }
+
+    /// The current checkpoint.
+    pub fn current(&self) -> Result<StateSnapshot, SegmentError> {
+        match self.segment().as_ref() {
+            Some(segment) => Ok(segment.read()?),
+            None => Err(SegmentError::Read(ReadError::Empty)),
+        }
+    }
+
+    /// The checkpoint before the current one (the other buffer).
+    pub fn previous(&self) -> Result<StateSnapshot, SegmentError> {
+        match self.segment().as_ref() {
+            Some(segment) => Ok(segment.read_previous()?),
+            None => Err(SegmentError::Read(ReadError::Empty)),
+        }
+    }
+
+    /// Whether anything was published.
+    pub fn has_checkpoint(&self) -> bool {
+        self.segment().as_ref().is_some_and(|s| s.generation() > 0)
+    }
+
+    /// Where durable checkpoints of this package go.
+    pub fn checkpoints_dir(&self) -> Option<PathBuf> {
+        self.tracked().checkpoints_dir.clone()
+    }
+
+    /// Sets where durable checkpoints go.
+    pub fn set_checkpoints_dir(&self, dir: Option<PathBuf>) {
+        self.tracked().checkpoints_dir = dir;
+    }
+
+    /// Records a durable checkpoint written at `unix_ms`.
+    pub fn set_durable(&self, unix_ms: u64) {
+        self.tracked().durable_unix_ms = Some(unix_ms);
+    }
+
+    /// Marks a checkpoint loaded from disk: its age is the file's.
+    pub fn set_loaded_checkpoint_age(&self, taken_unix_ms: u64) {
+        let mut tracked = self.tracked();
+        tracked.checkpoint_unix_ms = Some(taken_unix_ms);
+        tracked.durable_unix_ms = Some(taken_unix_ms);
+    }
+
+    /// The open warm window, if any (an expired one is closed here).
+    pub fn window(&self) -> Option<WarmWindow> {
+        let mut tracked = self.tracked();
+        if tracked.window.as_ref().is_some_and(|w| w.until <= Instant::now()) {
+            tracked.window = None;
+        }
+        tracked.window.clone()
+    }
+
+    /// Opens a warm window after a swap away from `from`.
+    pub fn open_window(&self, window: WarmWindow) {
+        let mut tracked = self.tracked();
+        tracked.previous = Some(window.from.clone());
+        tracked.window = Some(window);
+    }
+
+    /// Closes the warm window (rollback becomes a swap).
+    pub fn close_window(&self) {
+        self.tracked().window = None;
+    }
+
+    /// The version swapped away from last.
+    pub fn previous_spec(&self) -> Option<SkillSpec> {
+        self.tracked().previous.clone()
+    }
+
+    /// Sets the rollback target after a rollback (the version left).
+    pub fn set_previous_spec(&self, spec: Option<SkillSpec>) {
+        self.tracked().previous = spec;
+    }
+
+    /// Records an event for `status`.
+    pub fn record(&self, event: &SwapEvent) {
+        let mut tracked = self.tracked();
+        if event.error.is_some() {
+            tracked.last_failure = Some(event.clone());
+        } else {
+            tracked.last_event = Some(event.clone());
+        }
+    }
+
+    /// Claims the right to run the periodic checkpoint task (once).
+    pub fn claim_checkpoint_task(&self) -> bool {
+        !std::mem::replace(&mut self.tracked().checkpoint_task, true)
+    }
+
+    /// `status` view; `journal_entries` comes from the route.
+    pub fn status(&self, journal_entries: usize) -> PackageSwapStatus {
+        let generation = self.segment().as_ref().map_or(0, StateSegment::generation);
+        let window = self.window();
+        let tracked = self.tracked();
+        let now = super::events::unix_ms();
+        PackageSwapStatus {
+            package: self.package.clone(),
+            checkpoint_generation: generation,
+            checkpoint_age_ms: tracked.checkpoint_unix_ms.map(|t| now.saturating_sub(t)),
+            durable_checkpoint_age_ms: tracked.durable_unix_ms.map(|t| now.saturating_sub(t)),
+            journal_entries,
+            rollback_to: window.as_ref().map(|w| w.from.version.clone()),
+            warm_window_left_ms: window
+                .as_ref()
+                .map(|w| w.until.saturating_duration_since(Instant::now()).as_millis() as u64),
+            previous_version: tracked.previous.as_ref().map(|s| s.version.clone()),
+            last_event: tracked.last_event.clone(),
+            last_failure: tracked.last_failure.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publishing_keeps_the_previous_state_and_grows_for_big_ones() {
+        let state = PackageState::new("p".into());
+        assert!(!state.has_checkpoint());
+        state.publish(1, b"small").unwrap();
+        let big = vec![7u8; INITIAL_SEGMENT_CAPACITY as usize * 3];
+        state.publish(2, &big).unwrap();
+        assert_eq!(state.current().unwrap().payload, big);
+        let previous = state.previous().unwrap();
+        assert_eq!((previous.schema, previous.payload.as_slice()), (1, b"small".as_slice()));
+    }
+}

@@ -1,0 +1,257 @@
+//! Peer-to-peer blob fetch over real libp2p on 127.0.0.1, in one process:
+//! a lying holder is banned and named, a holder killed mid-transfer is
+//! replaced by the others, and a corrupt chunk never lands in the store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+
+use clawmesh_node::blob_store::{BlobId, BlobStore, BlobStoreLimits};
+use clawmesh_node::fetch::{
+    ChunkFailure, ChunkLayout, ChunkServe, FetchConfig, FetchError, FetchMetrics, FetchProgress,
+    LoopbackNode, ServeConfig, fetch_blob, spawn_blob_server, spawn_loopback_node,
+};
+use clawmesh_node::fetch::{Libp2pSource, PartialBlob};
+
+const CHUNK: u32 = 64 * 1024;
+const SIZE: usize = 4 * 1024 * 1024;
+
+fn blob() -> Vec<u8> {
+    // Not constant: a chunk swapped for another would not verify.
+    (0..SIZE as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+fn store_with(dir: &std::path::Path, name: &str, bytes: Option<&[u8]>) -> BlobStore {
+    let store = BlobStore::open(dir.join(name), BlobStoreLimits::default()).unwrap();
+    if let Some(bytes) = bytes {
+        store.put(bytes, None, CHUNK).unwrap();
+    }
+    store
+}
+
+/// Serves wrong bytes for every even chunk.
+struct Liar(BlobStore);
+
+impl ChunkServe for Liar {
+    fn chunk(&self, blob: &BlobId, index: u32) -> Option<Vec<u8>> {
+        let mut bytes = self.0.chunk(blob, index)?;
+        if index % 2 == 0 {
+            bytes[0] ^= 0xff;
+        }
+        Some(bytes)
+    }
+}
+
+/// Serves `before` chunks, says so on `served`, then stalls until `gate` is dropped.
+struct Staller {
+    store: BlobStore,
+    before: usize,
+    count: Mutex<usize>,
+    served: Mutex<Option<std_mpsc::Sender<()>>>,
+    gate: Mutex<std_mpsc::Receiver<()>>,
+}
+
+impl ChunkServe for Staller {
+    fn chunk(&self, blob: &BlobId, index: u32) -> Option<Vec<u8>> {
+        let mut count = self.count.lock().unwrap();
+        if *count < self.before {
+            *count += 1;
+            return self.store.chunk(blob, index);
+        }
+        drop(count);
+        if let Some(tx) = self.served.lock().unwrap().take() {
+            tx.send(()).unwrap();
+        }
+        // Blocks until the test drops the gate's sender.
+        let _ = self.gate.lock().unwrap().recv();
+        None
+    }
+}
+
+async fn holder(source: Arc<dyn ChunkServe>) -> (LoopbackNode, tokio::task::JoinHandle<()>) {
+    let node = spawn_loopback_node(Vec::new()).await.unwrap();
+    let server = spawn_blob_server(
+        &node.mesh,
+        source,
+        ServeConfig::default(),
+        FetchMetrics::default(),
+    )
+    .unwrap();
+    (node, server)
+}
+
+fn test_config() -> FetchConfig {
+    let mut config = FetchConfig::default();
+    config.chunk_timeout = std::time::Duration::from_secs(20);
+    config
+}
+
+async fn fetch_from(
+    holders: &[&LoopbackNode],
+    store: &BlobStore,
+    layout: ChunkLayout,
+    metrics: &FetchMetrics,
+) -> (
+    LoopbackNode,
+    Result<clawmesh_node::fetch::FetchReport, FetchError>,
+) {
+    let fetcher = spawn_loopback_node(holders.iter().map(|h| h.addr.clone()).collect())
+        .await
+        .unwrap();
+    let source = Arc::new(Libp2pSource::new(
+        fetcher.mesh.stream_control(),
+        test_config().chunk_timeout,
+    ));
+    let providers = holders.iter().map(|h| h.peer_id()).collect();
+    let result = fetch_blob(
+        store,
+        layout,
+        providers,
+        source,
+        &test_config(),
+        metrics,
+        &FetchProgress::hidden(),
+    )
+    .await;
+    (fetcher, result)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_holders_one_liar_gives_the_right_blob_and_names_the_liar() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = blob();
+    let layout = ChunkLayout::of_bytes(&bytes, CHUNK);
+    let (a, _sa) = holder(Arc::new(store_with(dir.path(), "a", Some(&bytes)))).await;
+    let (b, _sb) = holder(Arc::new(store_with(dir.path(), "b", Some(&bytes)))).await;
+    let (liar, _sl) = holder(Arc::new(Liar(store_with(dir.path(), "liar", Some(&bytes))))).await;
+    let store = store_with(dir.path(), "fetcher", None);
+    let metrics = FetchMetrics::default();
+    let (_fetcher, result) = fetch_from(&[&a, &liar, &b], &store, layout.clone(), &metrics).await;
+    let report = result.unwrap();
+    assert_eq!(store.get(&layout.blob).unwrap(), bytes);
+    assert_eq!(report.liars.len(), 1, "{report:?}");
+    assert_eq!(report.liars[0].0, liar.peer_id());
+    assert_eq!(
+        report.liars[0].1 % 2,
+        0,
+        "the liar lies on even chunks only"
+    );
+    assert!(
+        report.peers_used.iter().all(|(p, _)| *p != liar.peer_id()),
+        "{report:?}"
+    );
+    assert!(metrics.failures(ChunkFailure::HashMismatch) >= 1);
+    assert_eq!(metrics.bytes_in.get(), report.fetched_bytes);
+    assert_eq!(report.fetched_bytes, SIZE as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_killed_mid_transfer_is_replaced_by_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = blob();
+    let layout = ChunkLayout::of_bytes(&bytes, CHUNK);
+    let (served_tx, served_rx) = std_mpsc::channel();
+    let (gate_tx, gate_rx) = std_mpsc::channel::<()>();
+    let staller = Staller {
+        store: store_with(dir.path(), "victim", Some(&bytes)),
+        before: 2,
+        count: Mutex::new(0),
+        served: Mutex::new(Some(served_tx)),
+        gate: Mutex::new(gate_rx),
+    };
+    let (victim, victim_server) = holder(Arc::new(staller)).await;
+    let (a, _sa) = holder(Arc::new(store_with(dir.path(), "a", Some(&bytes)))).await;
+    let (b, _sb) = holder(Arc::new(store_with(dir.path(), "b", Some(&bytes)))).await;
+    let store = store_with(dir.path(), "fetcher", None);
+    let metrics = FetchMetrics::default();
+    let victim_peer = victim.peer_id();
+    let fetch = {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        let addrs = [victim.addr.clone(), a.addr.clone(), b.addr.clone()];
+        let peers = vec![victim_peer, a.peer_id(), b.peer_id()];
+        let layout = layout.clone();
+        tokio::spawn(async move {
+            let fetcher = spawn_loopback_node(addrs.to_vec()).await.unwrap();
+            let source = Arc::new(Libp2pSource::new(
+                fetcher.mesh.stream_control(),
+                test_config().chunk_timeout,
+            ));
+            let r = fetch_blob(
+                &store,
+                layout,
+                peers,
+                source,
+                &test_config(),
+                &metrics,
+                &FetchProgress::hidden(),
+            )
+            .await;
+            (fetcher, r)
+        })
+    };
+    // The victim has served its chunks and is now stuck inside a request: kill it.
+    tokio::task::spawn_blocking(move || served_rx.recv().unwrap())
+        .await
+        .unwrap();
+    victim.mesh.shutdown().await;
+    victim_server.abort();
+    let (_fetcher, result) = fetch.await.unwrap();
+    drop(gate_tx);
+    let report = result.unwrap();
+    assert_eq!(store.get(&layout.blob).unwrap(), bytes);
+    assert!(report.liars.is_empty());
+    let others: u64 = report
+        .peers_used
+        .iter()
+        .filter(|(p, _)| *p != victim_peer)
+        .map(|(_, n)| n)
+        .sum();
+    assert!(others >= layout.chunk_count() as u64 - 2, "{report:?}");
+    assert!(
+        metrics.failures(ChunkFailure::Stream) + metrics.failures(ChunkFailure::Unreachable) >= 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_chunks_never_land_and_no_providers_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = blob();
+    let layout = ChunkLayout::of_bytes(&bytes, CHUNK);
+    // One liar, and one honest node that does not hold the blob at all.
+    let (liar, _sl) = holder(Arc::new(Liar(store_with(dir.path(), "liar", Some(&bytes))))).await;
+    let (empty, _se) = holder(Arc::new(store_with(dir.path(), "empty", None))).await;
+    let store = store_with(dir.path(), "fetcher", None);
+    let metrics = FetchMetrics::default();
+    let (_fetcher, result) = fetch_from(&[&liar, &empty], &store, layout.clone(), &metrics).await;
+    match result {
+        Err(FetchError::NoProviders {
+            blob,
+            missing,
+            liars,
+        }) => {
+            assert_eq!(blob, layout.blob);
+            assert!(!missing.is_empty());
+            assert_eq!(liars.len(), 1);
+            assert_eq!(liars[0].0, liar.peer_id());
+        }
+        other => panic!("expected NoProviders, got {other:?}"),
+    }
+    assert!(!store.contains(&layout.blob));
+    assert!(store.list().unwrap().is_empty());
+    assert!(metrics.failures(ChunkFailure::NotHeld) >= 1);
+    // Whatever the temp file holds is verified chunk by chunk on resume:
+    // none of the liar's wrong chunks is counted as held.
+    let partial = PartialBlob::open(&store, layout.clone()).unwrap();
+    for (i, held) in partial.held().iter().enumerate() {
+        if *held {
+            assert_eq!(
+                i % 2,
+                1,
+                "chunk {i} held, but the liar never served it right"
+            );
+        }
+    }
+}

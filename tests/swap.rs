@@ -1,0 +1,359 @@
+//! End-to-end hot swap on real processes (issue 5): a swap under load
+//! fails no request and keeps the state; a version whose restore traps is
+//! refused while the old one keeps serving; rollback keeps every
+//! acknowledged increment; killing a worker or the node at each swap step
+//! loses no acknowledged state (node kills: none beyond the last durable
+//! checkpoint, which the test takes explicitly).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clawmesh_e2e::{Publisher, clawmesh_bin, http_post};
+
+/// A `clawmesh node` child with extra environment (the shared helper has
+/// none), killed on drop.
+struct NodeProcess {
+    child: std::process::Child,
+    http: String,
+}
+
+impl NodeProcess {
+    fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+        use std::process::{Command, Stdio};
+        let _ = std::fs::remove_file(data_dir.join("node.json"));
+        let mut child = Command::new(clawmesh_bin())
+            .arg("node")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .envs(env.iter().copied())
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn clawmesh node");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut announced = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[node] {line}");
+                if !announced && line.contains(" serving on ") {
+                    announced = true;
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("node did not start");
+        }
+        let info: serde_json::Value = serde_json::from_slice(&std::fs::read(data_dir.join("node.json")).unwrap()).unwrap();
+        Self {
+            child,
+            http: info["http"].as_str().unwrap().to_string(),
+        }
+    }
+
+    fn http(&self) -> &str {
+        &self.http
+    }
+
+    /// Waits for a node that killed itself (fault injection) to be gone.
+    fn wait_killed(mut self) {
+        let status = self.child.wait().unwrap();
+        assert!(!status.success(), "the node was expected to die by SIGKILL");
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const COUNTER: &str = "dev.clawmesh.counter";
+
+/// One admin request; returns Ok(value) or Err((code, message)).
+fn admin(node_dir: &Path, request: serde_json::Value) -> Result<serde_json::Value, (String, String)> {
+    let stream = UnixStream::connect(node_dir.join("admin.sock")).expect("admin socket");
+    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let mut line = serde_json::to_vec(&request).unwrap();
+    line.push(b'\n');
+    (&stream).write_all(&line).unwrap();
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).unwrap();
+    if answer.is_empty() {
+        return Err(("closed".into(), "the node closed the connection".into()));
+    }
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    match (v.get("ok"), v.get("error")) {
+        (Some(ok), _) => Ok(ok.clone()),
+        (_, Some(e)) => Err((e["code"].as_str().unwrap().into(), e["message"].as_str().unwrap().into())),
+        _ => panic!("not a response: {v}"),
+    }
+}
+
+fn deploy(node_dir: &Path, version: &str) -> Result<serde_json::Value, (String, String)> {
+    admin(node_dir, serde_json::json!({"op": "deploy", "package": COUNTER, "version": version}))
+}
+
+fn invoke(node: &NodeProcess, op: &str, body: &[u8]) -> (u16, String) {
+    let (status, body) = http_post(&format!("{}/v1/skills/{COUNTER}/{op}", node.http()), body);
+    (status, String::from_utf8_lossy(&body).trim().to_string())
+}
+
+fn get(node: &NodeProcess) -> u64 {
+    let (status, body) = invoke(node, "get", b"");
+    assert_eq!(status, 200, "get: {body}");
+    body.parse().unwrap()
+}
+
+/// `get` once the skill answers again (a killed worker is being restarted),
+/// within a bounded wait.
+fn get_when_serving(node: &NodeProcess) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = invoke(node, "get", b"");
+        if status == 200 {
+            return body.parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "counter never served again: {status} {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn add(node: &NodeProcess, n: u64) {
+    for _ in 0..n {
+        let (status, body) = invoke(node, "add", b"1");
+        assert_eq!(status, 200, "add: {body}");
+    }
+}
+
+fn swap_status(node_dir: &Path) -> serde_json::Value {
+    let status = admin(node_dir, serde_json::json!({"op": "status"})).unwrap();
+    status["swap"].as_array().unwrap().iter().find(|s| s["package"] == COUNTER).cloned().unwrap()
+}
+
+fn active_version(node_dir: &Path) -> String {
+    let status = admin(node_dir, serde_json::json!({"op": "status"})).unwrap();
+    status["skills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["package"] == COUNTER && s["role"] == "active")
+        .map(|s| s["version"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+/// Closed-loop `add 1` load on `threads` connections; returns (acknowledged, failed).
+struct Load {
+    stop: Arc<AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl Load {
+    fn start(node: &NodeProcess, threads: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let url = format!("{}/v1/skills/{COUNTER}/add", node.http());
+        let handles = (0..threads)
+            .map(|_| {
+                let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let (status, body) = http_post(&url, b"1");
+                        if status == 200 {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            eprintln!("failed call: {status} {}", String::from_utf8_lossy(&body));
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, handles, ok, failed }
+    }
+
+    /// Waits until at least `n` more calls were acknowledged.
+    fn wait_for(&self, n: u64) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.ok.load(Ordering::Relaxed) < target {
+            assert!(Instant::now() < deadline, "load made no progress");
+            std::thread::yield_now();
+        }
+    }
+
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            h.join().unwrap();
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
+fn setup(dir: &Path, extra: &[(&str, &str, &str)]) -> std::path::PathBuf {
+    let node_dir = dir.join("node");
+    let publisher = Publisher::new(dir, &[&node_dir]);
+    publisher.publish(&node_dir, "counter.wasm", COUNTER, "1.0.0", &[]);
+    publisher.publish(&node_dir, "counter_v2.wasm", COUNTER, "2.0.0", &[]);
+    for (file, name, version) in extra {
+        publisher.publish(&node_dir, file, name, version, &[]);
+    }
+    node_dir
+}
+
+#[test]
+fn swap_under_load_fails_no_request_and_keeps_every_increment() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = setup(dir.path(), &[]);
+    let node = NodeProcess::start(&node_dir, &[]);
+    deploy(&node_dir, "1.0.0").unwrap();
+    add(&node, 5);
+
+    let load = Load::start(&node, 8);
+    load.wait_for(50);
+    let swapped = deploy(&node_dir, "2.0.0").unwrap();
+    load.wait_for(50);
+    let back = deploy(&node_dir, "1.0.0");
+    // v1 cannot restore schema 2: that swap is refused, v2 keeps serving.
+    assert_eq!(back.unwrap_err().0, "swap_aborted");
+    load.wait_for(50);
+    let (acknowledged, failed) = load.finish();
+
+    assert_eq!(failed, 0, "no request may fail during a swap");
+    assert_eq!(get(&node), 5 + acknowledged, "every acknowledged increment is kept");
+    assert_eq!(active_version(&node_dir), "2.0.0");
+    let timings = &swapped["swap"]["timings"];
+    assert!(timings["pause_us"].as_u64().is_some(), "{swapped}");
+    assert_eq!(swapped["swap"]["state_path"], "migration");
+    // v2 counts adds since its state came across (the migration starts it at 0).
+    let (status, _) = invoke(&node, "adds", b"");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn a_version_whose_restore_traps_is_refused_and_the_old_one_keeps_its_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = setup(dir.path(), &[("fixture_trap_restore.wasm", COUNTER, "3.0.0")]);
+    let node = NodeProcess::start(&node_dir, &[]);
+    deploy(&node_dir, "1.0.0").unwrap();
+    add(&node, 7);
+    let (code, message) = deploy(&node_dir, "3.0.0").unwrap_err();
+    assert_eq!(code, "swap_aborted", "{message}");
+    assert!(message.contains("restore"), "{message}");
+    assert_eq!(get(&node), 7);
+    assert_eq!(active_version(&node_dir), "1.0.0");
+    let status = swap_status(&node_dir);
+    assert_eq!(status["last_failure"]["kind"], "swap_failed", "{status}");
+    add(&node, 1);
+    assert_eq!(get(&node), 8);
+}
+
+#[test]
+fn rollback_keeps_every_acknowledged_increment() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = setup(dir.path(), &[]);
+    let node = NodeProcess::start(&node_dir, &[]);
+    deploy(&node_dir, "1.0.0").unwrap();
+    add(&node, 3);
+    deploy(&node_dir, "2.0.0").unwrap();
+    assert_eq!(swap_status(&node_dir)["rollback_to"], "1.0.0");
+
+    let load = Load::start(&node, 8);
+    load.wait_for(100);
+    let rolled = admin(&node_dir, serde_json::json!({"op": "rollback", "package": COUNTER})).unwrap();
+    load.wait_for(50);
+    let (acknowledged, failed) = load.finish();
+
+    assert_eq!(failed, 0);
+    assert_eq!(rolled["state_path"], "replay", "v1 has no down-migration: {rolled}");
+    assert!(rolled["replayed"].as_u64().unwrap() > 0, "{rolled}");
+    assert_eq!(active_version(&node_dir), "1.0.0");
+    assert_eq!(get(&node), 3 + acknowledged);
+    // No window any more: a second rollback is a swap forward to 2.0.0.
+    let again = admin(&node_dir, serde_json::json!({"op": "rollback", "package": COUNTER})).unwrap();
+    assert_eq!(again["kind"], "rollback", "{again}");
+    assert_eq!(active_version(&node_dir), "2.0.0");
+    assert_eq!(get(&node), 3 + acknowledged);
+}
+
+#[test]
+fn a_worker_killed_at_any_swap_step_loses_no_acknowledged_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = setup(dir.path(), &[]);
+    let node = NodeProcess::start(&node_dir, &[]);
+    deploy(&node_dir, "1.0.0").unwrap();
+    let mut expected = 0;
+    // A plain SIGKILL of the serving worker first.
+    add(&node, 4);
+    expected += 4;
+    let status = admin(&node_dir, serde_json::json!({"op": "status"})).unwrap();
+    let pid = status["skills"][0]["pid"].as_u64().unwrap() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    assert_eq!(get_when_serving(&node), expected);
+
+    let mut version = "1.0.0";
+    for step in ["prewarm", "pause", "snapshot", "restore", "health", "flip"] {
+        for who in ["kill-old", "kill-new"] {
+            add(&node, 3);
+            expected += 3;
+            let fault = format!("{step}:{who}");
+            admin(&node_dir, serde_json::json!({"op": "inject_fault", "spec": fault})).unwrap();
+            let target = if version == "1.0.0" { "2.0.0" } else { "1.0.0" };
+            let outcome = deploy(&node_dir, target);
+            admin(&node_dir, serde_json::json!({"op": "inject_fault"})).unwrap();
+            if outcome.is_ok() {
+                version = target;
+            }
+            assert_eq!(get_when_serving(&node), expected, "after {fault} ({outcome:?})");
+            // v1 cannot read v2's state: go back through a rollback instead.
+            if version == "2.0.0" {
+                let back = admin(&node_dir, serde_json::json!({"op": "rollback", "package": COUNTER}));
+                assert!(back.is_ok(), "rollback after {fault}: {back:?}");
+                version = "1.0.0";
+                assert_eq!(get_when_serving(&node), expected, "after {fault} and a rollback");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_node_killed_at_any_swap_step_comes_back_from_its_last_durable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = setup(dir.path(), &[]);
+    let mut durable = 0;
+    // Periodic checkpoints off: the test decides what is durable.
+    let interval = ("CLAWMESH_CHECKPOINT_INTERVAL_MS", "3600000");
+    for step in ["prewarm", "pause", "snapshot", "restore", "health", "flip"] {
+        let node = NodeProcess::start(&node_dir, &[interval]);
+        if step == "prewarm" {
+            deploy(&node_dir, "1.0.0").unwrap();
+        }
+        assert_eq!(get_when_serving(&node), durable, "restarted before {step}");
+        assert_eq!(active_version(&node_dir), "1.0.0");
+        add(&node, 5);
+        admin(&node_dir, serde_json::json!({"op": "checkpoint", "package": COUNTER})).unwrap();
+        durable += 5;
+        assert!(swap_status(&node_dir)["durable_checkpoint_age_ms"].as_u64().is_some());
+        add(&node, 2); // acknowledged, journaled, not durable
+        admin(&node_dir, serde_json::json!({"op": "inject_fault", "spec": format!("{step}:kill-node")})).unwrap();
+        let outcome = deploy(&node_dir, "2.0.0");
+        assert!(outcome.is_err(), "the node died at {step}: {outcome:?}");
+        node.wait_killed();
+    }
+    let node = NodeProcess::start(&node_dir, &[interval]);
+    assert_eq!(get_when_serving(&node), durable);
+    let age = swap_status(&node_dir)["checkpoint_age_ms"].as_u64();
+    assert!(age.is_some(), "status says how old the checkpoint is");
+}

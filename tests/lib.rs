@@ -286,3 +286,116 @@ impl Publisher {
         pkg
     }
 }
+
+/// Polls `probe` until it returns `Some`, or panics after `timeout` with
+/// `what` and the last value seen. This waits on an observable condition;
+/// the interval only paces the polling.
+pub fn wait_for<T>(what: &str, timeout: std::time::Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(v) => return v,
+            Err(last) if std::time::Instant::now() >= deadline => panic!("timed out waiting for {what}: {last}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
+/// `clawmesh status --json` of a node.
+pub fn status_json(node_dir: &Path) -> serde_json::Value {
+    serde_json::from_str(&clawmesh_ok(&["status", "--json", "--node", s(node_dir)])).expect("status JSON")
+}
+
+/// Sends one raw admin request line and returns the parsed answer.
+pub fn admin_raw(node_dir: &Path, line: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(node_dir.join("admin.sock")).expect("admin socket");
+    stream.write_all(line.as_bytes()).unwrap();
+    stream.write_all(b"\n").unwrap();
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).unwrap();
+    serde_json::from_str(&answer).expect("admin answer is JSON")
+}
+
+/// A mesh of `n` nodes on loopback: node 0 is the bootstrap peer, the others
+/// know only its address. All trust one publisher.
+pub struct Mesh {
+    /// Scratch directory.
+    pub dir: tempfile::TempDir,
+    /// The publisher.
+    pub publisher: Publisher,
+    /// The nodes (None while stopped).
+    pub nodes: Vec<Option<NodeProcess>>,
+    /// Data directories.
+    pub dirs: Vec<PathBuf>,
+    /// Node 0's p2p address.
+    pub bootstrap: String,
+}
+
+impl Mesh {
+    /// Starts `n` nodes.
+    pub fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs: Vec<PathBuf> = (0..n).map(|i| dir.path().join(format!("node{i}"))).collect();
+        let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+        let publisher = Publisher::new(dir.path(), &refs);
+        let first = NodeProcess::start(&dirs[0], &[]);
+        let bootstrap = first.info["p2p"][0].as_str().expect("p2p address").to_string();
+        let mut nodes = vec![Some(first)];
+        for d in &dirs[1..] {
+            nodes.push(Some(NodeProcess::start(d, &["--bootstrap", &bootstrap])));
+        }
+        Self { dir, publisher, nodes, dirs, bootstrap }
+    }
+
+    /// Stops node `i` (SIGTERM).
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut node) = self.nodes[i].take() {
+            node.stop();
+        }
+    }
+
+    /// Restarts node `i` on its data dir.
+    pub fn restart(&mut self, i: usize) {
+        let extra: Vec<&str> = if i == 0 { vec![] } else { vec!["--bootstrap", &self.bootstrap] };
+        self.nodes[i] = Some(NodeProcess::start(&self.dirs[i], &extra));
+    }
+
+    /// Data dir of node `i` as &str.
+    pub fn node(&self, i: usize) -> &str {
+        s(&self.dirs[i])
+    }
+
+    /// Waits until every live node sees `package` targeted at `version`.
+    pub fn wait_target(&self, package: &str, version: &str, timeout: std::time::Duration) {
+        for (i, d) in self.dirs.iter().enumerate() {
+            if self.nodes[i].is_none() {
+                continue;
+            }
+            wait_for(&format!("node{i} to target {package}@{version}"), timeout, || {
+                let st = status_json(d);
+                let got = st["mesh"]["targets"][package]["version"].clone();
+                if got == version { Ok(()) } else { Err(format!("target {got}")) }
+            });
+        }
+    }
+
+    /// Waits until every live node reports `package` Active at `version`
+    /// for itself.
+    pub fn wait_active(&self, package: &str, version: &str, timeout: std::time::Duration) {
+        for (i, d) in self.dirs.iter().enumerate() {
+            if self.nodes[i].is_none() {
+                continue;
+            }
+            wait_for(&format!("node{i} to run {package}@{version}"), timeout, || {
+                let st = status_json(d);
+                let local = &st["mesh"]["local"][package];
+                if local["state"] == "active" && local["running"] == version {
+                    Ok(())
+                } else {
+                    Err(format!("{local}"))
+                }
+            });
+        }
+    }
+}

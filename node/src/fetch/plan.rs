@@ -259,6 +259,13 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
         peer.standing == PeerStanding::Live && !peer.lacks.contains(&chunk)
     }
 
+    /// `max_chunks_per_request`, within what the wire carries.
+    fn chunks_per_request(&self) -> usize {
+        self.config
+            .max_chunks_per_request
+            .clamp(1, super::wire::MAX_CHUNKS_PER_REQUEST)
+    }
+
     fn budget_allows(&self, len: u32) -> bool {
         self.inflight_bytes == 0
             || self.inflight_bytes + u64::from(len) <= self.config.max_inflight_bytes
@@ -269,7 +276,7 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
     /// request is older than `steal_after`, to another peer.
     pub fn next_requests(&mut self, now: Instant) -> Vec<ChunkRequest<P>> {
         let mut out = Vec::new();
-        let per_request = self.config.max_chunks_per_request.max(1);
+        let per_request = self.chunks_per_request();
         let unasked: Vec<u32> = (0..self.held.len())
             .filter(|&i| !self.held[i] && self.asked[i].is_empty())
             .filter_map(|i| u32::try_from(i).ok())
@@ -361,7 +368,7 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
                     .map(|(p, _)| p.clone());
                 let Some(peer) = candidate else { continue };
                 let list = by_peer.entry(peer).or_default();
-                if list.len() < self.config.max_chunks_per_request.max(1)
+                if list.len() < self.chunks_per_request()
                     && self.budget_allows(self.layout.chunk_len(c))
                 {
                     list.push(c);

@@ -26,7 +26,10 @@ pub fn sweep(config: SimConfig, seeds: Range<u64>) -> SweepReport {
     };
     for seed in seeds {
         report.runs += 1;
-        let run_config = SimConfig { seed, ..config.clone() };
+        let run_config = SimConfig {
+            seed,
+            ..config.clone()
+        };
         match run(run_config) {
             Ok(run) => {
                 if let Some(ms) = run.convergence_ms {

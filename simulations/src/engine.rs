@@ -106,7 +106,8 @@ impl<'s, P: SimPeer> Engine<'s, P> {
         let mut peers = Vec::with_capacity(nodes);
         for node in 0..nodes {
             peers.push(Some(
-                P::start(setup, node, 0, None).map_err(|reason| SimError::PeerStart { node, reason })?,
+                P::start(setup, node, 0, None)
+                    .map_err(|reason| SimError::PeerStart { node, reason })?,
             ));
         }
         let mut engine = Engine {
@@ -147,7 +148,8 @@ impl<'s, P: SimPeer> Engine<'s, P> {
     fn schedule_first_tick(&mut self, node: NodeIndex) {
         let phase = self.rng.below(self.config.scenario.tick_ms);
         let life = self.lives[node];
-        self.queue.push(self.now + phase, Event::Tick { node, life });
+        self.queue
+            .push(self.now + phase, Event::Tick { node, life });
     }
 
     fn node_clock(&self, node: NodeIndex) -> u64 {
@@ -162,7 +164,9 @@ impl<'s, P: SimPeer> Engine<'s, P> {
             if at > end {
                 break;
             }
-            let Some((at, event)) = self.queue.pop() else { break };
+            let Some((at, event)) = self.queue.pop() else {
+                break;
+            };
             self.now = at;
             self.events += 1;
             self.dispatch(event);
@@ -186,12 +190,28 @@ impl<'s, P: SimPeer> Engine<'s, P> {
             } => {
                 if self.net.connection(from, to) != Some(epoch) || !self.net.is_alive(to) {
                     self.traffic[to].messages_dropped += 1;
-                    self.trace.record(self.now, TraceEntry::Dropped { from, to, channel, why: "connection closed" });
+                    self.trace.record(
+                        self.now,
+                        TraceEntry::Dropped {
+                            from,
+                            to,
+                            channel,
+                            why: "connection closed",
+                        },
+                    );
                     return;
                 }
                 self.traffic[to].messages_received += 1;
                 self.traffic[to].bytes_received += bytes.len() as u64;
-                self.trace.record(self.now, TraceEntry::Delivered { from, to, channel, bytes: bytes.len() });
+                self.trace.record(
+                    self.now,
+                    TraceEntry::Delivered {
+                        from,
+                        to,
+                        channel,
+                        bytes: bytes.len(),
+                    },
+                );
                 let event = match channel {
                     Channel::Sync => PeerEvent::Message { from, bytes },
                     Channel::Heads => PeerEvent::Heads { from, bytes },
@@ -221,7 +241,8 @@ impl<'s, P: SimPeer> Engine<'s, P> {
     }
 
     fn perform(&mut self, action: Action) {
-        self.trace.record(self.now, TraceEntry::Step(action.clone()));
+        self.trace
+            .record(self.now, TraceEntry::Step(action.clone()));
         match action {
             Action::Partition(groups) => {
                 self.net.partition(&groups);
@@ -248,7 +269,13 @@ impl<'s, P: SimPeer> Engine<'s, P> {
                 if self.net.is_alive(node) {
                     self.feed(node, PeerEvent::Command(command));
                 } else {
-                    self.trace.record(self.now, TraceEntry::Note { node, text: "down: command not performed".into() });
+                    self.trace.record(
+                        self.now,
+                        TraceEntry::Note {
+                            node,
+                            text: "down: command not performed".into(),
+                        },
+                    );
                 }
             }
         }
@@ -296,7 +323,13 @@ impl<'s, P: SimPeer> Engine<'s, P> {
                         .is_some_and(|view| view.intents.contains(&id))
             });
             if !held {
-                self.trace.record(self.now, TraceEntry::Note { node, text: format!("intent {id} lost with the disk") });
+                self.trace.record(
+                    self.now,
+                    TraceEntry::Note {
+                        node,
+                        text: format!("intent {id} lost with the disk"),
+                    },
+                );
                 self.checker.oracle.lost_with_disk.insert(id);
             }
         }
@@ -312,9 +345,14 @@ impl<'s, P: SimPeer> Engine<'s, P> {
             Err(reason) => {
                 // A node that cannot come back from its own disk is a finding.
                 let trace = &self.trace;
-                self.checker.check(crate::invariants::NO_INTENT_LOST, false, self.now, &[node], || {
-                    format!("node {node} could not restart from its disk: {reason}")
-                }, trace);
+                self.checker.check(
+                    crate::invariants::NO_INTENT_LOST,
+                    false,
+                    self.now,
+                    &[node],
+                    || format!("node {node} could not restart from its disk: {reason}"),
+                    trace,
+                );
                 return;
             }
         }
@@ -323,7 +361,10 @@ impl<'s, P: SimPeer> Engine<'s, P> {
         self.schedule_first_tick(node);
         let faults: Vec<(String, String)> = self.deploy_faults[node].iter().cloned().collect();
         for (package, version) in faults {
-            self.feed(node, PeerEvent::Command(Command::FailDeploys { package, version }));
+            self.feed(
+                node,
+                PeerEvent::Command(Command::FailDeploys { package, version }),
+            );
         }
         self.rewire();
     }
@@ -337,7 +378,11 @@ impl<'s, P: SimPeer> Engine<'s, P> {
             self.trace.record(self.now, TraceEntry::Link { a, b, up });
             for (me, peer) in [(a, b), (b, a)] {
                 if self.net.is_alive(me) {
-                    let event = if up { PeerEvent::Connected(peer) } else { PeerEvent::Disconnected(peer) };
+                    let event = if up {
+                        PeerEvent::Connected(peer)
+                    } else {
+                        PeerEvent::Disconnected(peer)
+                    };
                     self.feed(me, event);
                 }
             }
@@ -346,7 +391,9 @@ impl<'s, P: SimPeer> Engine<'s, P> {
 
     fn feed(&mut self, node: NodeIndex, event: PeerEvent<P::Work>) {
         let clock = self.node_clock(node);
-        let Some(peer) = self.peers[node].as_mut() else { return };
+        let Some(peer) = self.peers[node].as_mut() else {
+            return;
+        };
         let effects = peer.handle(clock, event);
         self.dirty[node] = true;
         for effect in effects {
@@ -369,7 +416,8 @@ impl<'s, P: SimPeer> Engine<'s, P> {
             }
             PeerEffect::Schedule { after_ms, work } => {
                 let life = self.lives[node];
-                self.queue.push(self.now + after_ms, Event::Work { node, life, work });
+                self.queue
+                    .push(self.now + after_ms, Event::Work { node, life, work });
             }
             PeerEffect::Fact(fact) => self.checker.learn(self.now, node, fact, &self.trace),
             PeerEffect::Note(text) => self.trace.record(self.now, TraceEntry::Note { node, text }),
@@ -381,23 +429,53 @@ impl<'s, P: SimPeer> Engine<'s, P> {
         self.traffic[from].messages_sent += 1;
         self.traffic[from].bytes_sent += size as u64;
         self.largest_message = self.largest_message.max(size);
-        self.checker.check_message(self.now, from, size, &self.trace);
+        self.checker
+            .check_message(self.now, from, size, &self.trace);
         let Some(epoch) = self.net.connection(from, to) else {
             self.traffic[from].messages_dropped += 1;
-            self.trace.record(self.now, TraceEntry::Dropped { from, to, channel, why: "not connected" });
+            self.trace.record(
+                self.now,
+                TraceEntry::Dropped {
+                    from,
+                    to,
+                    channel,
+                    why: "not connected",
+                },
+            );
             return;
         };
         match self.net.fate(from, to, &mut self.rng) {
             Fate::Lost => {
                 self.traffic[from].messages_dropped += 1;
-                self.trace.record(self.now, TraceEntry::Dropped { from, to, channel, why: "lost" });
+                self.trace.record(
+                    self.now,
+                    TraceEntry::Dropped {
+                        from,
+                        to,
+                        channel,
+                        why: "lost",
+                    },
+                );
             }
             Fate::Delivered(delays) => {
                 let last = delays.len() - 1;
                 let mut bytes = Some(bytes);
                 for (i, delay) in delays.into_iter().enumerate() {
-                    let copy = if i == last { bytes.take().unwrap_or_default() } else { bytes.clone().unwrap_or_default() };
-                    self.queue.push(self.now + delay, Event::Deliver { from, to, epoch, channel, bytes: copy });
+                    let copy = if i == last {
+                        bytes.take().unwrap_or_default()
+                    } else {
+                        bytes.clone().unwrap_or_default()
+                    };
+                    self.queue.push(
+                        self.now + delay,
+                        Event::Deliver {
+                            from,
+                            to,
+                            epoch,
+                            channel,
+                            bytes: copy,
+                        },
+                    );
                 }
             }
         }
@@ -407,7 +485,9 @@ impl<'s, P: SimPeer> Engine<'s, P> {
         if !self.dirty[node] {
             return;
         }
-        let Some(peer) = self.peers[node].as_mut() else { return };
+        let Some(peer) = self.peers[node].as_mut() else {
+            return;
+        };
         let view = peer.view();
         self.dirty[node] = false;
         self.largest_document = self.largest_document.max(view.largest_document_bytes);
@@ -424,11 +504,16 @@ impl<'s, P: SimPeer> Engine<'s, P> {
                 continue;
             }
             self.refresh_view(node);
-            let Some(view) = self.views[node].as_ref() else { continue };
+            let Some(view) = self.views[node].as_ref() else {
+                continue;
+            };
             live += 1;
             heads.insert(view.heads.clone());
             let next_id = self.target_tables.len();
-            let id = *self.target_tables.entry(view.targets.clone()).or_insert(next_id);
+            let id = *self
+                .target_tables
+                .entry(view.targets.clone())
+                .or_insert(next_id);
             *tables.entry(id).or_default() += 1;
         }
         self.raw_samples.push(RawSample {
@@ -450,7 +535,12 @@ impl<'s, P: SimPeer> Engine<'s, P> {
         }
         let last = self.raw_samples.last();
         // The final table: the one most live nodes hold at the end.
-        let final_id = last.and_then(|s| s.tables.iter().max_by_key(|(id, count)| (**count, std::cmp::Reverse(**id))).map(|(id, _)| *id));
+        let final_id = last.and_then(|s| {
+            s.tables
+                .iter()
+                .max_by_key(|(id, count)| (**count, std::cmp::Reverse(**id)))
+                .map(|(id, _)| *id)
+        });
         let samples: Vec<Sample> = self
             .raw_samples
             .iter()
@@ -480,7 +570,10 @@ impl<'s, P: SimPeer> Engine<'s, P> {
             None
         };
         let final_targets = if converged {
-            live_views.first().map(|(_, v)| v.targets.clone().into_iter().collect()).unwrap_or_default()
+            live_views
+                .first()
+                .map(|(_, v)| v.targets.clone().into_iter().collect())
+                .unwrap_or_default()
         } else {
             Vec::new()
         };

@@ -144,9 +144,14 @@ impl Checker {
                 package,
                 description,
                 legal,
-            } => self.check(LEGAL_TRANSITIONS, legal, at_ms, &[node], || {
-                format!("illegal transition of {package}: {description}")
-            }, trace),
+            } => self.check(
+                LEGAL_TRANSITIONS,
+                legal,
+                at_ms,
+                &[node],
+                || format!("illegal transition of {package}: {description}"),
+                trace,
+            ),
             Fact::OverBound { description } => {
                 self.check(BOUNDED_SIZES, false, at_ms, &[node], || description, trace);
             }
@@ -156,17 +161,32 @@ impl Checker {
     /// Checks one message size.
     pub fn check_message(&mut self, at_ms: u64, node: NodeIndex, bytes: usize, trace: &Trace) {
         let max = self.bounds.max_message_bytes;
-        self.check(BOUNDED_SIZES, bytes <= max, at_ms, &[node], || {
-            format!("node {node} sent a {bytes} B message (bound {max} B)")
-        }, trace);
+        self.check(
+            BOUNDED_SIZES,
+            bytes <= max,
+            at_ms,
+            &[node],
+            || format!("node {node} sent a {bytes} B message (bound {max} B)"),
+            trace,
+        );
     }
 
     /// The invariants checked on every fresh view of a live node.
     pub fn check_view(&mut self, at_ms: u64, node: NodeIndex, view: &PeerView, trace: &Trace) {
         let max = self.bounds.max_document_bytes;
-        self.check(BOUNDED_SIZES, view.largest_document_bytes <= max, at_ms, &[node], || {
-            format!("node {node} holds a {} B document (bound {max} B)", view.largest_document_bytes)
-        }, trace);
+        self.check(
+            BOUNDED_SIZES,
+            view.largest_document_bytes <= max,
+            at_ms,
+            &[node],
+            || {
+                format!(
+                    "node {node} holds a {} B document (bound {max} B)",
+                    view.largest_document_bytes
+                )
+            },
+            trace,
+        );
         for (package, target) in &view.targets {
             let Some(version) = target else { continue };
             let key = (package.clone(), version.clone());
@@ -179,9 +199,19 @@ impl Checker {
             } else {
                 None
             };
-            self.check(TARGETS_VALID, problem.is_none(), at_ms, &[node], || {
-                format!("node {node} targets {package}@{version}: {}", problem.unwrap_or(""))
-            }, trace);
+            self.check(
+                TARGETS_VALID,
+                problem.is_none(),
+                at_ms,
+                &[node],
+                || {
+                    format!(
+                        "node {node} targets {package}@{version}: {}",
+                        problem.unwrap_or("")
+                    )
+                },
+                trace,
+            );
         }
     }
 
@@ -192,9 +222,18 @@ impl Checker {
         };
         for (node, view) in views.iter().skip(1) {
             let nodes = [*first_node, *node];
-            self.check(CONVERGED_HEADS, view.heads == first.heads, at_ms, &nodes, || {
-                format!("nodes {first_node} and {node} hold different document heads at the end")
-            }, trace);
+            self.check(
+                CONVERGED_HEADS,
+                view.heads == first.heads,
+                at_ms,
+                &nodes,
+                || {
+                    format!(
+                        "nodes {first_node} and {node} hold different document heads at the end"
+                    )
+                },
+                trace,
+            );
             self.check(CONVERGED_TARGETS, view.targets == first.targets, at_ms, &nodes, || {
                 format!(
                     "nodes {first_node} and {node} disagree on targets at the end: {:?} vs {:?}",
@@ -207,9 +246,17 @@ impl Checker {
                 .oracle
                 .intents
                 .keys()
-                .filter(|id| !self.oracle.lost_with_disk.contains(*id) && !view.intents.contains(*id))
+                .filter(|id| {
+                    !self.oracle.lost_with_disk.contains(*id) && !view.intents.contains(*id)
+                })
                 .collect();
-            let detail = || format!("node {node} lacks {} valid intents, e.g. {:?}", missing.len(), missing.first());
+            let detail = || {
+                format!(
+                    "node {node} lacks {} valid intents, e.g. {:?}",
+                    missing.len(),
+                    missing.first()
+                )
+            };
             let ok = missing.is_empty();
             let detail = detail();
             self.check(NO_INTENT_LOST, ok, at_ms, &[*node], || detail, trace);
@@ -252,8 +299,27 @@ mod tests {
         let mut view = PeerView::default();
         view.targets.insert("p".into(), Some("1.0.0".into()));
         c.check_view(1, 0, &view, &trace);
-        c.learn(2, 0, Fact::Published { package: "p".into(), version: "1.0.0".into(), trusted: true }, &trace);
-        c.learn(2, 0, Fact::IntentSubmitted { id: "i".into(), package: "p".into(), version: "1.0.0".into(), trusted: true }, &trace);
+        c.learn(
+            2,
+            0,
+            Fact::Published {
+                package: "p".into(),
+                version: "1.0.0".into(),
+                trusted: true,
+            },
+            &trace,
+        );
+        c.learn(
+            2,
+            0,
+            Fact::IntentSubmitted {
+                id: "i".into(),
+                package: "p".into(),
+                version: "1.0.0".into(),
+                trusted: true,
+            },
+            &trace,
+        );
         c.check_view(3, 1, &view, &trace);
         view.quarantined.insert(("p".into(), "1.0.0".into()));
         c.check_view(4, 2, &view, &trace);
@@ -270,10 +336,26 @@ mod tests {
     fn end_check_finds_divergence_and_missing_intents() {
         let trace = Trace::default();
         let mut c = checker();
-        c.learn(0, 3, Fact::IntentSubmitted { id: "i".into(), package: "p".into(), version: "1.0.0".into(), trusted: true }, &trace);
-        let mut a = PeerView { heads: vec![1], ..PeerView::default() };
+        c.learn(
+            0,
+            3,
+            Fact::IntentSubmitted {
+                id: "i".into(),
+                package: "p".into(),
+                version: "1.0.0".into(),
+                trusted: true,
+            },
+            &trace,
+        );
+        let mut a = PeerView {
+            heads: vec![1],
+            ..PeerView::default()
+        };
         a.intents.insert("i".into());
-        let b = PeerView { heads: vec![2], ..PeerView::default() };
+        let b = PeerView {
+            heads: vec![2],
+            ..PeerView::default()
+        };
         c.check_end(9, &[(0, a), (1, b)], &trace);
         let (_, violations) = c.finish();
         let names: Vec<&str> = violations.iter().map(|v| v.invariant.as_str()).collect();
@@ -286,7 +368,16 @@ mod tests {
         let mut c = checker();
         c.check_message(0, 1, 10, &trace);
         c.check_message(0, 1, 11, &trace);
-        c.learn(0, 1, Fact::Transition { package: "p".into(), description: "a -> b".into(), legal: false }, &trace);
+        c.learn(
+            0,
+            1,
+            Fact::Transition {
+                package: "p".into(),
+                description: "a -> b".into(),
+                legal: false,
+            },
+            &trace,
+        );
         let (_, violations) = c.finish();
         assert_eq!(violations.len(), 2);
     }

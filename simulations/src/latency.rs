@@ -71,9 +71,11 @@ impl LatencyDist {
             LatencyDist::Uniform { .. } => None,
             LatencyDist::Normal {
                 mean_ms, stddev_ms, ..
-            } if !(mean_ms.is_finite() && stddev_ms.is_finite() && stddev_ms >= 0.0) => Some(
-                format!("normal latency needs finite mean and stddev >= 0, got {mean_ms}/{stddev_ms}"),
-            ),
+            } if !(mean_ms.is_finite() && stddev_ms.is_finite() && stddev_ms >= 0.0) => {
+                Some(format!(
+                    "normal latency needs finite mean and stddev >= 0, got {mean_ms}/{stddev_ms}"
+                ))
+            }
             LatencyDist::Normal { .. } => None,
         }
     }

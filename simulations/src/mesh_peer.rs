@@ -55,8 +55,14 @@ impl MeshSetup {
         let mut rng = SimRng::new(seed ^ 0x6B65_7973_5F66_6F72);
         let publisher = PublisherKey::from_secret_bytes(&rng.bytes32());
         let outsider = PublisherKey::from_secret_bytes(&rng.bytes32());
-        let trust = TrustRoot::new(1, [TrustedPublisher::new("sim-publisher", publisher.verifying_key())])
-            .map_err(|e| format!("trust root: {e}"))?;
+        let trust = TrustRoot::new(
+            1,
+            [TrustedPublisher::new(
+                "sim-publisher",
+                publisher.verifying_key(),
+            )],
+        )
+        .map_err(|e| format!("trust root: {e}"))?;
         Ok(MeshSetup {
             trust,
             publisher,
@@ -105,14 +111,26 @@ impl SimPeer for MeshPeer {
     type Work = MeshWork;
     type Setup = MeshSetup;
 
-    fn start(setup: &MeshSetup, index: NodeIndex, life: u64, disk: Option<&Disk>) -> Result<Self, String> {
+    fn start(
+        setup: &MeshSetup,
+        index: NodeIndex,
+        life: u64,
+        disk: Option<&Disk>,
+    ) -> Result<Self, String> {
         let mut seeder = SimRng::new(setup.seed ^ (index as u64).rotate_left(32) ^ life);
-        let mut core = PeerCore::new(setup.peer.clone(), node_id(index), setup.trust.clone(), seeder.next_u64());
+        let mut core = PeerCore::new(
+            setup.peer.clone(),
+            node_id(index),
+            setup.trust.clone(),
+            seeder.next_u64(),
+        );
         let mut document_bytes = BTreeMap::new();
         let mut controllers = BTreeMap::new();
         if let Some(disk) = disk {
             for id in DocumentId::all() {
-                let Some(chunks) = disk.get(&id.name()) else { continue };
+                let Some(chunks) = disk.get(&id.name()) else {
+                    continue;
+                };
                 let bytes: Vec<u8> = chunks.concat();
                 core.load_document(id, &bytes)
                     .map_err(|e| format!("loading {id} from disk: {e}"))?;
@@ -124,7 +142,10 @@ impl SimPeer for MeshPeer {
                     if let Some(running) = &status.running {
                         controllers.insert(
                             package.clone(),
-                            ReleaseController::resume_active(setup.release.clone(), running.clone()),
+                            ReleaseController::resume_active(
+                                setup.release.clone(),
+                                running.clone(),
+                            ),
                         );
                     }
                 }
@@ -153,8 +174,12 @@ impl SimPeer for MeshPeer {
         match event {
             PeerEvent::Connected(peer) => run.core.push_back(PeerInput::Connected(peer)),
             PeerEvent::Disconnected(peer) => run.core.push_back(PeerInput::Disconnected(peer)),
-            PeerEvent::Message { from, bytes } => run.core.push_back(PeerInput::Message { from, bytes }),
-            PeerEvent::Heads { from, bytes } => run.core.push_back(PeerInput::HeadsAnnounced { from, bytes }),
+            PeerEvent::Message { from, bytes } => {
+                run.core.push_back(PeerInput::Message { from, bytes })
+            }
+            PeerEvent::Heads { from, bytes } => run
+                .core
+                .push_back(PeerInput::HeadsAnnounced { from, bytes }),
             PeerEvent::Tick => {
                 run.core.push_back(PeerInput::Tick);
                 let packages: Vec<PackageName> = self.controllers.keys().cloned().collect();
@@ -220,7 +245,9 @@ impl MeshPeer {
             run.steps += 1;
             if run.steps > MAX_CASCADE_STEPS {
                 run.effects.push(PeerEffect::Fact(Fact::OverBound {
-                    description: format!("one event cascaded into more than {MAX_CASCADE_STEPS} core inputs"),
+                    description: format!(
+                        "one event cascaded into more than {MAX_CASCADE_STEPS} core inputs"
+                    ),
                 }));
                 return;
             }
@@ -236,37 +263,69 @@ impl MeshPeer {
             PeerAction::AnnounceHeads { bytes } => {
                 if bytes.len() > MAX_ANNOUNCEMENT_BYTES {
                     run.effects.push(PeerEffect::Fact(Fact::OverBound {
-                        description: format!("announcement of {} B (bound {MAX_ANNOUNCEMENT_BYTES} B)", bytes.len()),
+                        description: format!(
+                            "announcement of {} B (bound {MAX_ANNOUNCEMENT_BYTES} B)",
+                            bytes.len()
+                        ),
                     }));
                 }
                 run.effects.push(PeerEffect::Announce { bytes });
             }
             PeerAction::Persist { doc, bytes } => {
                 *self.document_bytes.entry(doc).or_default() += bytes.len();
-                run.effects.push(PeerEffect::Persist(DiskWrite { key: doc.name(), bytes, replace: false }));
+                run.effects.push(PeerEffect::Persist(DiskWrite {
+                    key: doc.name(),
+                    bytes,
+                    replace: false,
+                }));
             }
             PeerAction::PersistCompacted { doc, bytes } => {
                 self.document_bytes.insert(doc, bytes.len());
-                run.effects.push(PeerEffect::Persist(DiskWrite { key: doc.name(), bytes, replace: true }));
+                run.effects.push(PeerEffect::Persist(DiskWrite {
+                    key: doc.name(),
+                    bytes,
+                    replace: true,
+                }));
             }
             PeerAction::TargetsChanged(targets) => {
-                let summary: Vec<String> = targets.iter().map(|(p, t)| format!("{p}@{}{}", t.version, if t.paused { " (paused)" } else { "" })).collect();
-                run.effects.push(PeerEffect::Note(format!("targets {}", summary.join(", "))));
+                let summary: Vec<String> = targets
+                    .iter()
+                    .map(|(p, t)| {
+                        format!(
+                            "{p}@{}{}",
+                            t.version,
+                            if t.paused { " (paused)" } else { "" }
+                        )
+                    })
+                    .collect();
+                run.effects
+                    .push(PeerEffect::Note(format!("targets {}", summary.join(", "))));
                 self.feed_targets(now_ms, &targets, run);
             }
             PeerAction::Rejected(entry) => {
-                run.effects.push(PeerEffect::Note(format!("rejected {}: {}", entry.path, entry.reason)));
+                run.effects.push(PeerEffect::Note(format!(
+                    "rejected {}: {}",
+                    entry.path, entry.reason
+                )));
             }
             PeerAction::Refused { from, reason } => {
-                run.effects.push(PeerEffect::Note(format!("refused from {from}: {reason}")));
+                run.effects
+                    .push(PeerEffect::Note(format!("refused from {from}: {reason}")));
             }
             PeerAction::WriteFailed { what, reason } => {
-                run.effects.push(PeerEffect::Note(format!("write of {what} failed: {reason}")));
+                run.effects.push(PeerEffect::Note(format!(
+                    "write of {what} failed: {reason}"
+                )));
             }
         }
     }
 
-    fn feed_targets(&mut self, now_ms: u64, targets: &BTreeMap<PackageName, Target>, run: &mut Cascade) {
+    fn feed_targets(
+        &mut self,
+        now_ms: u64,
+        targets: &BTreeMap<PackageName, Target>,
+        run: &mut Cascade,
+    ) {
         let mut packages: BTreeSet<PackageName> = self.controllers.keys().cloned().collect();
         packages.extend(targets.keys().cloned());
         for package in packages {
@@ -275,7 +334,13 @@ impl MeshPeer {
         }
     }
 
-    fn feed_controller(&mut self, now_ms: u64, package: &PackageName, input: ReleaseInput, run: &mut Cascade) {
+    fn feed_controller(
+        &mut self,
+        now_ms: u64,
+        package: &PackageName,
+        input: ReleaseInput,
+        run: &mut Cascade,
+    ) {
         let release = self.release.clone();
         let controller = self
             .controllers
@@ -283,14 +348,23 @@ impl MeshPeer {
             .or_insert_with(|| ReleaseController::new(release));
         let actions = controller.handle(now_ms, input);
         // Each transition is reported once; check the newest ones.
-        let reports = actions.iter().filter(|a| matches!(a, ReleaseAction::ReportStatus(_))).count();
+        let reports = actions
+            .iter()
+            .filter(|a| matches!(a, ReleaseAction::ReportStatus(_)))
+            .count();
         let history: Vec<_> = controller.history().collect();
         for record in history.iter().rev().take(reports) {
             let legal = transition(record.from, record.event) == Ok(record.to);
             if !legal || record.at_ms == now_ms {
                 run.effects.push(PeerEffect::Fact(Fact::Transition {
                     package: package.to_string(),
-                    description: format!("{} -> {} ({:?}) for {:?}", record.from, record.to, record.event, record.version.as_ref().map(Version::to_string)),
+                    description: format!(
+                        "{} -> {} ({:?}) for {:?}",
+                        record.from,
+                        record.to,
+                        record.event,
+                        record.version.as_ref().map(Version::to_string)
+                    ),
                     legal,
                 }));
             }
@@ -298,8 +372,12 @@ impl MeshPeer {
         let after = self.work_ms;
         for action in actions {
             let work = match action {
-                ReleaseAction::FetchBlob { version } => MeshWork::BlobFetched(package.clone(), version),
-                ReleaseAction::VerifyBlob { version } => MeshWork::Verified(package.clone(), version),
+                ReleaseAction::FetchBlob { version } => {
+                    MeshWork::BlobFetched(package.clone(), version)
+                }
+                ReleaseAction::VerifyBlob { version } => {
+                    MeshWork::Verified(package.clone(), version)
+                }
                 ReleaseAction::Deploy { version } => MeshWork::Deployed(package.clone(), version),
                 ReleaseAction::RollBack { .. } => MeshWork::RolledBack(package.clone()),
                 ReleaseAction::ReportStatus(status) => {
@@ -314,24 +392,46 @@ impl MeshPeer {
                         known_intent_clock: 0,
                         detail: status.detail,
                     };
-                    run.core.push_back(PeerInput::ReportStatus { package: package.clone(), status });
+                    run.core.push_back(PeerInput::ReportStatus {
+                        package: package.clone(),
+                        status,
+                    });
                     continue;
                 }
             };
-            run.effects.push(PeerEffect::Schedule { after_ms: after, work });
+            run.effects.push(PeerEffect::Schedule {
+                after_ms: after,
+                work,
+            });
         }
     }
 
     fn work_done(&mut self, now_ms: u64, work: MeshWork, run: &mut Cascade) {
         let (package, input) = match work {
-            MeshWork::BlobFetched(package, version) => (package, ReleaseInput::BlobFetched { version }),
-            MeshWork::Verified(package, version) => (package, ReleaseInput::Verified { version, outcome: Ok(()) }),
+            MeshWork::BlobFetched(package, version) => {
+                (package, ReleaseInput::BlobFetched { version })
+            }
+            MeshWork::Verified(package, version) => (
+                package,
+                ReleaseInput::Verified {
+                    version,
+                    outcome: Ok(()),
+                },
+            ),
             MeshWork::Deployed(package, version) => {
-                let fails = self.failing.contains(&(package.to_string(), version.to_string()));
-                let outcome = if fails { Err("health check failed (simulated)".to_string()) } else { Ok(()) };
+                let fails = self
+                    .failing
+                    .contains(&(package.to_string(), version.to_string()));
+                let outcome = if fails {
+                    Err("health check failed (simulated)".to_string())
+                } else {
+                    Ok(())
+                };
                 (package, ReleaseInput::Deployed { version, outcome })
             }
-            MeshWork::RolledBack(package) => (package, ReleaseInput::RolledBack { outcome: Ok(()) }),
+            MeshWork::RolledBack(package) => {
+                (package, ReleaseInput::RolledBack { outcome: Ok(()) })
+            }
         };
         self.feed_controller(now_ms, &package, input, run);
     }
@@ -339,16 +439,31 @@ impl MeshPeer {
     fn command(&mut self, now_ms: u64, command: Command, run: &mut Cascade) {
         let result = match command {
             Command::Publish { package, version } => self.publish(&package, &version, run),
-            Command::Release { package, version } => self.submit(now_ms, &package, &version, IntentAction::Deploy, true, run),
-            Command::Rollback { package, version } => self.submit(now_ms, &package, &version, IntentAction::Rollback, true, run),
-            Command::ForgeRelease { package, version } => self.submit(now_ms, &package, &version, IntentAction::Deploy, false, run),
+            Command::Release { package, version } => {
+                self.submit(now_ms, &package, &version, IntentAction::Deploy, true, run)
+            }
+            Command::Rollback { package, version } => self.submit(
+                now_ms,
+                &package,
+                &version,
+                IntentAction::Rollback,
+                true,
+                run,
+            ),
+            Command::ForgeRelease { package, version } => {
+                self.submit(now_ms, &package, &version, IntentAction::Deploy, false, run)
+            }
             Command::Pause { package } => {
-                let current = package
-                    .parse::<PackageName>()
-                    .ok()
-                    .and_then(|name| self.core.targets().get(&name).map(|t| t.version.to_string()));
+                let current = package.parse::<PackageName>().ok().and_then(|name| {
+                    self.core
+                        .targets()
+                        .get(&name)
+                        .map(|t| t.version.to_string())
+                });
                 match current {
-                    Some(version) => self.submit(now_ms, &package, &version, IntentAction::Pause, true, run),
+                    Some(version) => {
+                        self.submit(now_ms, &package, &version, IntentAction::Pause, true, run)
+                    }
                     None => Err(format!("pause of {package}: it has no target here")),
                 }
             }
@@ -358,28 +473,66 @@ impl MeshPeer {
             }
         };
         if let Err(problem) = result {
-            run.effects.push(PeerEffect::Note(format!("command failed: {problem}")));
+            run.effects
+                .push(PeerEffect::Note(format!("command failed: {problem}")));
         }
     }
 
     fn publish(&mut self, package: &str, version: &str, run: &mut Cascade) -> Result<(), String> {
-        let name: PackageName = package.parse().map_err(|e| format!("package {package:?}: {e}"))?;
+        let name: PackageName = package
+            .parse()
+            .map_err(|e| format!("package {package:?}: {e}"))?;
         let parsed = Version::parse(version).map_err(|e| format!("version {version:?}: {e}"))?;
         let blob = format!("simulated blob of {package}@{version}");
-        let manifest = Manifest::for_blob(name, parsed, Vec::new(), blob.as_bytes(), SIM_ABI_WORLD, 1, Capabilities::default())
-            .map_err(|e| format!("manifest {package}@{version}: {e}"))?;
-        let signed = SignedManifest::sign(manifest, &[&self.publisher]).map_err(|e| format!("signing {package}@{version}: {e}"))?;
-        run.effects.push(PeerEffect::Fact(Fact::Published { package: package.to_string(), version: version.to_string(), trusted: true }));
+        let manifest = Manifest::for_blob(
+            name,
+            parsed,
+            Vec::new(),
+            blob.as_bytes(),
+            SIM_ABI_WORLD,
+            1,
+            Capabilities::default(),
+        )
+        .map_err(|e| format!("manifest {package}@{version}: {e}"))?;
+        let signed = SignedManifest::sign(manifest, &[&self.publisher])
+            .map_err(|e| format!("signing {package}@{version}: {e}"))?;
+        run.effects.push(PeerEffect::Fact(Fact::Published {
+            package: package.to_string(),
+            version: version.to_string(),
+            trusted: true,
+        }));
         run.core.push_back(PeerInput::PublishManifest(signed));
         Ok(())
     }
 
-    fn submit(&mut self, now_ms: u64, package: &str, version: &str, action: IntentAction, trusted: bool, run: &mut Cascade) -> Result<(), String> {
-        let name: PackageName = package.parse().map_err(|e| format!("package {package:?}: {e}"))?;
+    fn submit(
+        &mut self,
+        now_ms: u64,
+        package: &str,
+        version: &str,
+        action: IntentAction,
+        trusted: bool,
+        run: &mut Cascade,
+    ) -> Result<(), String> {
+        let name: PackageName = package
+            .parse()
+            .map_err(|e| format!("package {package:?}: {e}"))?;
         let parsed = Version::parse(version).map_err(|e| format!("version {version:?}: {e}"))?;
         // As `clawmesh release` does: one above the highest clock known here.
-        let clock = self.core.intents().iter().filter(|i| i.intent.package == name).map(|i| i.intent.clock).max().unwrap_or(0) + 1;
-        let key = if trusted { &self.publisher } else { &self.outsider };
+        let clock = self
+            .core
+            .intents()
+            .iter()
+            .filter(|i| i.intent.package == name)
+            .map(|i| i.intent.clock)
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let key = if trusted {
+            &self.publisher
+        } else {
+            &self.outsider
+        };
         let intent = Intent {
             package: name,
             version: parsed,
@@ -389,7 +542,8 @@ impl MeshPeer {
             issued_at_ms: now_ms,
             rollout_max_parallel_percent: 100,
         };
-        let signed = SignedIntent::sign(intent, key).map_err(|e| format!("signing intent for {package}@{version}: {e}"))?;
+        let signed = SignedIntent::sign(intent, key)
+            .map_err(|e| format!("signing intent for {package}@{version}: {e}"))?;
         run.effects.push(PeerEffect::Fact(Fact::IntentSubmitted {
             id: hex::encode(signed.digest),
             package: package.to_string(),

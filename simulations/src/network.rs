@@ -219,7 +219,9 @@ impl Network {
 
     /// Splits the nodes into `groups`; nodes in no group form one more group.
     pub fn partition(&mut self, groups: &[Vec<NodeIndex>]) {
-        let rest = u32::try_from(groups.len()).unwrap_or(u32::MAX).saturating_add(1);
+        let rest = u32::try_from(groups.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1);
         self.group.iter_mut().for_each(|g| *g = rest);
         for (index, members) in groups.iter().enumerate() {
             let id = u32::try_from(index).unwrap_or(u32::MAX).saturating_add(1);
@@ -332,7 +334,12 @@ impl Network {
     /// Connects the connected components of `members` (over open,
     /// reachable connections) into one, with a few bridges between each
     /// consecutive pair of pieces.
-    fn join_pieces(&mut self, members: &[NodeIndex], rng: &mut SimRng, changes: &mut Vec<LinkChange>) {
+    fn join_pieces(
+        &mut self,
+        members: &[NodeIndex],
+        rng: &mut SimRng,
+        changes: &mut Vec<LinkChange>,
+    ) {
         let bridges = (self.params.peers_per_node / 2).max(1);
         // Bounded retries per bridge: a cut link may veto a random pick.
         let attempts = bridges * 8;
@@ -424,7 +431,9 @@ impl Network {
             .and_then(|l| l.latency.as_ref())
             .unwrap_or(&self.params.latency);
         let loss = link.and_then(|l| l.loss).unwrap_or(self.params.loss);
-        let duplicate = link.and_then(|l| l.duplicate).unwrap_or(self.params.duplicate);
+        let duplicate = link
+            .and_then(|l| l.duplicate)
+            .unwrap_or(self.params.duplicate);
         let reorder = link.and_then(|l| l.reorder).unwrap_or(self.params.reorder);
         if rng.chance(loss) {
             return Fate::Lost;

@@ -137,9 +137,16 @@ impl SimReport {
     pub fn to_table(&self) -> String {
         let mut out = String::new();
         let nodes = self.nodes.max(1) as u64;
-        let _ = writeln!(out, "scenario {}  seed {}  nodes {}  duration {} ms", self.scenario, self.seed, self.nodes, self.duration_ms);
+        let _ = writeln!(
+            out,
+            "scenario {}  seed {}  nodes {}  duration {} ms",
+            self.scenario, self.seed, self.nodes, self.duration_ms
+        );
         let convergence = match self.convergence_ms {
-            Some(ms) => format!("{ms} ms after the last step (at {} ms)", self.last_disruption_ms),
+            Some(ms) => format!(
+                "{ms} ms after the last step (at {} ms)",
+                self.last_disruption_ms
+            ),
             None => "NOT CONVERGED".to_string(),
         };
         let _ = writeln!(out, "convergence      {convergence}");
@@ -159,17 +166,41 @@ impl SimReport {
             self.total.bytes_received / nodes,
             self.total.bytes_persisted / nodes
         );
-        let _ = writeln!(out, "largest message  {} B; largest document {} B", self.largest_message_bytes, self.largest_document_bytes);
-        let _ = writeln!(out, "intents          {} submitted, {} lost with a disk", self.intents_submitted, self.intents_lost_with_disk);
+        let _ = writeln!(
+            out,
+            "largest message  {} B; largest document {} B",
+            self.largest_message_bytes, self.largest_document_bytes
+        );
+        let _ = writeln!(
+            out,
+            "intents          {} submitted, {} lost with a disk",
+            self.intents_submitted, self.intents_lost_with_disk
+        );
         for (package, target) in &self.final_targets {
-            let _ = writeln!(out, "target           {package} -> {}", target.as_deref().unwrap_or("(none)"));
+            let _ = writeln!(
+                out,
+                "target           {package} -> {}",
+                target.as_deref().unwrap_or("(none)")
+            );
         }
-        let _ = writeln!(out, "{:<28} {:>10} {:>10}", "invariant", "checks", "violations");
+        let _ = writeln!(
+            out,
+            "{:<28} {:>10} {:>10}",
+            "invariant", "checks", "violations"
+        );
         for inv in &self.invariants {
-            let _ = writeln!(out, "{:<28} {:>10} {:>10}", inv.name, inv.checks, inv.violations);
+            let _ = writeln!(
+                out,
+                "{:<28} {:>10} {:>10}",
+                inv.name, inv.checks, inv.violations
+            );
         }
         for v in &self.violations {
-            let _ = writeln!(out, "VIOLATION {} at {} ms, nodes {:?} (seed {}): {}", v.invariant, v.at_ms, v.nodes, v.seed, v.detail);
+            let _ = writeln!(
+                out,
+                "VIOLATION {} at {} ms, nodes {:?} (seed {}): {}",
+                v.invariant, v.at_ms, v.nodes, v.seed, v.detail
+            );
             for line in &v.trace {
                 let _ = writeln!(out, "    {line}");
             }
@@ -221,7 +252,14 @@ impl SweepReport {
     /// A summary for people, failing seeds first.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "scenario {}: {} runs, {} failing, {} errors", self.scenario, self.runs, self.failing.len(), self.errors.len());
+        let _ = writeln!(
+            out,
+            "scenario {}: {} runs, {} failing, {} errors",
+            self.scenario,
+            self.runs,
+            self.failing.len(),
+            self.errors.len()
+        );
         if let (Some(p50), Some(p99), Some(max)) = (
             self.convergence_quantile(0.5),
             self.convergence_quantile(0.99),
@@ -230,7 +268,11 @@ impl SweepReport {
             let _ = writeln!(out, "convergence p50 {p50} ms, p99 {p99} ms, max {max} ms");
         }
         for f in &self.failing {
-            let _ = writeln!(out, "FAILING SEED {}: {} at {} ms: {}", f.seed, f.first.invariant, f.first.at_ms, f.first.detail);
+            let _ = writeln!(
+                out,
+                "FAILING SEED {}: {} at {} ms: {}",
+                f.seed, f.first.invariant, f.first.at_ms, f.first.detail
+            );
         }
         for (seed, error) in &self.errors {
             let _ = writeln!(out, "ERROR SEED {seed}: {error}");

@@ -412,10 +412,7 @@ impl Scenario {
                 self.duration_ms
             )));
         }
-        for (field, value) in [
-            ("tick_ms", self.tick_ms),
-            ("sample_ms", self.sample_ms),
-        ] {
+        for (field, value) in [("tick_ms", self.tick_ms), ("sample_ms", self.sample_ms)] {
             if value == 0 || value > self.duration_ms {
                 return Err(self.invalid(format!("{field} = {value} is not in 1..=duration_ms")));
             }
@@ -426,12 +423,15 @@ impl Scenario {
         let mut out = Vec::new();
         for (index, event) in self.events.iter().enumerate() {
             let at = event.at_ms;
-            let context = |problem: String| self.invalid(format!("event {index} (at_ms {at}): {problem}"));
+            let context =
+                |problem: String| self.invalid(format!("event {index} (at_ms {at}): {problem}"));
             let node_ok = |node: NodeIndex| {
                 if node < nodes {
                     Ok(node)
                 } else {
-                    Err(context(format!("node {node} does not exist (nodes = {nodes})")))
+                    Err(context(format!(
+                        "node {node} does not exist (nodes = {nodes})"
+                    )))
                 }
             };
             if at > self.duration_ms {
@@ -455,33 +455,152 @@ impl Scenario {
                 Step::Heal => out.push((at, Action::Heal)),
                 Step::Cut { a, b } | Step::Restore { a, b } => {
                     let up = matches!(event.step, Step::Restore { .. });
-                    out.push((at, Action::Link { a: node_ok(*a)?, b: node_ok(*b)?, up }));
+                    out.push((
+                        at,
+                        Action::Link {
+                            a: node_ok(*a)?,
+                            b: node_ok(*b)?,
+                            up,
+                        },
+                    ));
                 }
-                Step::Isolate { node } => out.push((at, Action::Isolation { node: node_ok(*node)?, isolated: true })),
-                Step::Rejoin { node } => out.push((at, Action::Isolation { node: node_ok(*node)?, isolated: false })),
-                Step::Flap { node, period_ms, count } => {
+                Step::Isolate { node } => out.push((
+                    at,
+                    Action::Isolation {
+                        node: node_ok(*node)?,
+                        isolated: true,
+                    },
+                )),
+                Step::Rejoin { node } => out.push((
+                    at,
+                    Action::Isolation {
+                        node: node_ok(*node)?,
+                        isolated: false,
+                    },
+                )),
+                Step::Flap {
+                    node,
+                    period_ms,
+                    count,
+                } => {
                     let node = node_ok(*node)?;
                     if *period_ms < 2 {
                         return Err(context("flap period_ms must be at least 2".into()));
                     }
                     for cycle in 0..u64::from(*count) {
                         let start = at + cycle * period_ms;
-                        out.push((start, Action::Isolation { node, isolated: true }));
-                        out.push((start + period_ms / 2, Action::Isolation { node, isolated: false }));
+                        out.push((
+                            start,
+                            Action::Isolation {
+                                node,
+                                isolated: true,
+                            },
+                        ));
+                        out.push((
+                            start + period_ms / 2,
+                            Action::Isolation {
+                                node,
+                                isolated: false,
+                            },
+                        ));
                     }
                 }
                 Step::Crash { node, keep_disk } => {
-                    out.push((at, Action::Crash { node: node_ok(*node)?, keep_disk: *keep_disk }));
+                    out.push((
+                        at,
+                        Action::Crash {
+                            node: node_ok(*node)?,
+                            keep_disk: *keep_disk,
+                        },
+                    ));
                 }
-                Step::Restart { node } => out.push((at, Action::Restart { node: node_ok(*node)? })),
-                Step::Publish { node, package, version } => out.push((at, command(*node, Command::Publish { package: package.clone(), version: version.clone() })?)),
-                Step::Release { node, package, version } => out.push((at, command(*node, Command::Release { package: package.clone(), version: version.clone() })?)),
-                Step::Rollback { node, package, version } => out.push((at, command(*node, Command::Rollback { package: package.clone(), version: version.clone() })?)),
-                Step::Pause { node, package } => out.push((at, command(*node, Command::Pause { package: package.clone() })?)),
-                Step::ForgeRelease { node, package, version } => out.push((at, command(*node, Command::ForgeRelease { package: package.clone(), version: version.clone() })?)),
-                Step::FailVersion { package, version, nodes: set } => {
+                Step::Restart { node } => out.push((
+                    at,
+                    Action::Restart {
+                        node: node_ok(*node)?,
+                    },
+                )),
+                Step::Publish {
+                    node,
+                    package,
+                    version,
+                } => out.push((
+                    at,
+                    command(
+                        *node,
+                        Command::Publish {
+                            package: package.clone(),
+                            version: version.clone(),
+                        },
+                    )?,
+                )),
+                Step::Release {
+                    node,
+                    package,
+                    version,
+                } => out.push((
+                    at,
+                    command(
+                        *node,
+                        Command::Release {
+                            package: package.clone(),
+                            version: version.clone(),
+                        },
+                    )?,
+                )),
+                Step::Rollback {
+                    node,
+                    package,
+                    version,
+                } => out.push((
+                    at,
+                    command(
+                        *node,
+                        Command::Rollback {
+                            package: package.clone(),
+                            version: version.clone(),
+                        },
+                    )?,
+                )),
+                Step::Pause { node, package } => out.push((
+                    at,
+                    command(
+                        *node,
+                        Command::Pause {
+                            package: package.clone(),
+                        },
+                    )?,
+                )),
+                Step::ForgeRelease {
+                    node,
+                    package,
+                    version,
+                } => out.push((
+                    at,
+                    command(
+                        *node,
+                        Command::ForgeRelease {
+                            package: package.clone(),
+                            version: version.clone(),
+                        },
+                    )?,
+                )),
+                Step::FailVersion {
+                    package,
+                    version,
+                    nodes: set,
+                } => {
                     for node in set.resolve(nodes).map_err(context)? {
-                        out.push((at, command(node, Command::FailDeploys { package: package.clone(), version: version.clone() })?));
+                        out.push((
+                            at,
+                            command(
+                                node,
+                                Command::FailDeploys {
+                                    package: package.clone(),
+                                    version: version.clone(),
+                                },
+                            )?,
+                        ));
                     }
                 }
             }
@@ -490,7 +609,9 @@ impl Scenario {
             }
         }
         if let Some((at, _)) = out.iter().find(|(at, _)| *at > self.duration_ms) {
-            return Err(self.invalid(format!("a flap runs past the end of the run (step at {at} ms)")));
+            return Err(self.invalid(format!(
+                "a flap runs past the end of the run (step at {at} ms)"
+            )));
         }
         out.sort_by_key(|(at, _)| *at);
         Ok(out)
@@ -501,9 +622,18 @@ impl Scenario {
 pub const BUILT_IN: [(&str, &str); 7] = [
     ("steady", include_str!("../scenarios/steady.toml")),
     ("split-brain", include_str!("../scenarios/split-brain.toml")),
-    ("rolling-partition", include_str!("../scenarios/rolling-partition.toml")),
-    ("flapping-link", include_str!("../scenarios/flapping-link.toml")),
-    ("churn-rollout", include_str!("../scenarios/churn-rollout.toml")),
+    (
+        "rolling-partition",
+        include_str!("../scenarios/rolling-partition.toml"),
+    ),
+    (
+        "flapping-link",
+        include_str!("../scenarios/flapping-link.toml"),
+    ),
+    (
+        "churn-rollout",
+        include_str!("../scenarios/churn-rollout.toml"),
+    ),
     ("quarantine", include_str!("../scenarios/quarantine.toml")),
     ("never-heals", include_str!("../scenarios/never-heals.toml")),
 ];
@@ -514,7 +644,11 @@ pub fn scenario_by_name(name: &str) -> Result<Scenario, ScenarioError> {
         Some((_, text)) => Scenario::from_toml(text),
         None => Err(ScenarioError::Unknown {
             name: name.to_string(),
-            known: BUILT_IN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+            known: BUILT_IN
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", "),
         }),
     }
 }
@@ -531,7 +665,10 @@ mod tests {
             scenario.timeline(scenario.nodes).unwrap();
             scenario.timeline(40).unwrap();
         }
-        assert!(matches!(scenario_by_name("nope"), Err(ScenarioError::Unknown { .. })));
+        assert!(matches!(
+            scenario_by_name("nope"),
+            Err(ScenarioError::Unknown { .. })
+        ));
     }
 
     #[test]
@@ -553,20 +690,48 @@ count = 2
 "#;
         let scenario = Scenario::from_toml(text).unwrap();
         let timeline = scenario.timeline(10).unwrap();
-        assert_eq!(timeline[0], (50, Action::Isolation { node: 2, isolated: true }));
-        assert_eq!(timeline[1], (100, Action::Partition(vec![vec![0, 1, 2], vec![5, 6]])));
+        assert_eq!(
+            timeline[0],
+            (
+                50,
+                Action::Isolation {
+                    node: 2,
+                    isolated: true
+                }
+            )
+        );
+        assert_eq!(
+            timeline[1],
+            (100, Action::Partition(vec![vec![0, 1, 2], vec![5, 6]]))
+        );
         assert_eq!(timeline.len(), 5);
-        assert_eq!(timeline[4], (1550, Action::Isolation { node: 2, isolated: false }));
+        assert_eq!(
+            timeline[4],
+            (
+                1550,
+                Action::Isolation {
+                    node: 2,
+                    isolated: false
+                }
+            )
+        );
     }
 
     #[test]
     fn bad_scenarios_name_the_problem() {
         let unknown_field = "name='t'\nnodes=2\nduration_ms=10000\n[[event]]\nat_ms=1\ndo='restart'\nnode=1\nextra=1\n";
-        assert!(matches!(Scenario::from_toml(unknown_field), Err(ScenarioError::Parse(e)) if e.contains("extra")));
+        assert!(
+            matches!(Scenario::from_toml(unknown_field), Err(ScenarioError::Parse(e)) if e.contains("extra"))
+        );
         let missing_at = "name='t'\nnodes=2\nduration_ms=10000\n[[event]]\ndo='heal'\n";
-        assert!(matches!(Scenario::from_toml(missing_at), Err(ScenarioError::Parse(e)) if e.contains("at_ms")));
+        assert!(
+            matches!(Scenario::from_toml(missing_at), Err(ScenarioError::Parse(e)) if e.contains("at_ms"))
+        );
         let bad_node = "name='t'\nnodes=2\nduration_ms=10000\n[[event]]\nat_ms=1\ndo='crash'\nnode=5\nkeep_disk=true\n";
-        let err = Scenario::from_toml(bad_node).unwrap().timeline(2).unwrap_err();
+        let err = Scenario::from_toml(bad_node)
+            .unwrap()
+            .timeline(2)
+            .unwrap_err();
         assert!(err.to_string().contains("node 5"), "{err}");
         let late = "name='t'\nnodes=2\nduration_ms=10000\n[[event]]\nat_ms=10001\ndo='heal'\n";
         assert!(Scenario::from_toml(late).unwrap().timeline(2).is_err());

@@ -23,13 +23,22 @@ pub fn render_svg(report: &SimReport) -> String {
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let duration = report.duration_ms.max(1) as f64;
-    let max_heads = report.samples.iter().map(|s| s.distinct_heads).max().unwrap_or(1).max(1) as f64;
+    let max_heads = report
+        .samples
+        .iter()
+        .map(|s| s.distinct_heads)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
     let x = |ms: u64| LEFT + plot_w * (ms as f64 / duration);
     let y_fraction = |f: f64| TOP + plot_h * (1.0 - f.clamp(0.0, 1.0));
     let y_heads = |n: usize| TOP + plot_h * (1.0 - n as f64 / max_heads);
 
     let mut svg = String::new();
-    let _ = writeln!(svg, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#);
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif" font-size="12">"#
+    );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
     let convergence = match report.convergence_ms {
         Some(ms) => format!("converged {ms} ms after the last step"),
@@ -48,35 +57,98 @@ pub fn render_svg(report: &SimReport) -> String {
     for tick in 0..=4 {
         let f = f64::from(tick) / 4.0;
         let y = y_fraction(f);
-        let _ = writeln!(svg, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e0e0e0"/>"##, LEFT + plot_w);
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="{AGREE_COLOUR}">{f:.2}</text>"#, LEFT - 6.0, y + 4.0);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#e0e0e0"/>"##,
+            LEFT + plot_w
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="{AGREE_COLOUR}">{f:.2}</text>"#,
+            LEFT - 6.0,
+            y + 4.0
+        );
     }
     // Right axis ticks (distinct head-sets).
     let head_ticks = (max_heads as usize).min(5);
     for tick in 0..=head_ticks {
         let n = ((tick as f64) * max_heads / head_ticks.max(1) as f64).round() as usize;
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" fill="{HEADS_COLOUR}">{n}</text>"#, LEFT + plot_w + 6.0, y_heads(n) + 4.0);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" fill="{HEADS_COLOUR}">{n}</text>"#,
+            LEFT + plot_w + 6.0,
+            y_heads(n) + 4.0
+        );
     }
     // Time axis.
     for tick in 0..=10u64 {
         let ms = report.duration_ms * tick / 10;
-        let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{:.1}</text>"#, x(ms), TOP + plot_h + 18.0, ms as f64 / 1000.0);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{:.1}</text>"#,
+            x(ms),
+            TOP + plot_h + 18.0,
+            ms as f64 / 1000.0
+        );
     }
-    let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">virtual time (s)</text>"#, LEFT + plot_w / 2.0, HEIGHT - 14.0);
-    let _ = writeln!(svg, r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle" fill="{AGREE_COLOUR}">fraction agreeing with final targets</text>"#, TOP + plot_h / 2.0);
-    let _ = writeln!(svg, r#"<text transform="translate({:.1} {:.1}) rotate(90)" text-anchor="middle" fill="{HEADS_COLOUR}">distinct head-sets</text>"#, WIDTH - 18.0, TOP + plot_h / 2.0);
-    let _ = writeln!(svg, r#"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="black"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">virtual time (s)</text>"#,
+        LEFT + plot_w / 2.0,
+        HEIGHT - 14.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text transform="translate(18 {:.1}) rotate(-90)" text-anchor="middle" fill="{AGREE_COLOUR}">fraction agreeing with final targets</text>"#,
+        TOP + plot_h / 2.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text transform="translate({:.1} {:.1}) rotate(90)" text-anchor="middle" fill="{HEADS_COLOUR}">distinct head-sets</text>"#,
+        WIDTH - 18.0,
+        TOP + plot_h / 2.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="none" stroke="black"/>"#
+    );
     // Last timeline step.
     let last = x(report.last_disruption_ms);
-    let _ = writeln!(svg, r##"<line x1="{last:.1}" y1="{TOP}" x2="{last:.1}" y2="{:.1}" stroke="#555" stroke-dasharray="4 4"/>"##, TOP + plot_h);
+    let _ = writeln!(
+        svg,
+        r##"<line x1="{last:.1}" y1="{TOP}" x2="{last:.1}" y2="{:.1}" stroke="#555" stroke-dasharray="4 4"/>"##,
+        TOP + plot_h
+    );
     // Series, drawn as steps (a value holds until the next sample).
-    let agree: Vec<(f64, f64)> = report.samples.iter().map(|s| (x(s.at_ms), y_fraction(s.agreeing_fraction))).collect();
-    let heads: Vec<(f64, f64)> = report.samples.iter().map(|s| (x(s.at_ms), y_heads(s.distinct_heads))).collect();
+    let agree: Vec<(f64, f64)> = report
+        .samples
+        .iter()
+        .map(|s| (x(s.at_ms), y_fraction(s.agreeing_fraction)))
+        .collect();
+    let heads: Vec<(f64, f64)> = report
+        .samples
+        .iter()
+        .map(|s| (x(s.at_ms), y_heads(s.distinct_heads)))
+        .collect();
     for (points, colour) in [(&agree, AGREE_COLOUR), (&heads, HEADS_COLOUR)] {
-        let _ = writeln!(svg, r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#, step_points(points));
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{colour}" stroke-width="2" points="{}"/>"#,
+            step_points(points)
+        );
     }
-    let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" fill="{AGREE_COLOUR}">— agreeing fraction</text>"#, LEFT + 8.0, TOP + 16.0);
-    let _ = writeln!(svg, r#"<text x="{:.1}" y="{:.1}" fill="{HEADS_COLOUR}">— distinct head-sets</text>"#, LEFT + 8.0, TOP + 32.0);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" fill="{AGREE_COLOUR}">— agreeing fraction</text>"#,
+        LEFT + 8.0,
+        TOP + 16.0
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" fill="{HEADS_COLOUR}">— distinct head-sets</text>"#,
+        LEFT + 8.0,
+        TOP + 32.0
+    );
     svg.push_str("</svg>\n");
     svg
 }
@@ -95,7 +167,9 @@ fn step_points(points: &[(f64, f64)]) -> String {
 }
 
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -124,8 +198,20 @@ mod tests {
             invariants: vec![],
             violations: vec![],
             samples: vec![
-                Sample { at_ms: 0, live: 4, distinct_heads: 3, distinct_targets: 2, agreeing_fraction: 0.25 },
-                Sample { at_ms: 500, live: 4, distinct_heads: 1, distinct_targets: 1, agreeing_fraction: 1.0 },
+                Sample {
+                    at_ms: 0,
+                    live: 4,
+                    distinct_heads: 3,
+                    distinct_targets: 2,
+                    agreeing_fraction: 0.25,
+                },
+                Sample {
+                    at_ms: 500,
+                    live: 4,
+                    distinct_heads: 1,
+                    distinct_targets: 1,
+                    agreeing_fraction: 1.0,
+                },
             ],
         }
     }
@@ -143,6 +229,9 @@ mod tests {
 
     #[test]
     fn steps_hold_the_previous_value_until_the_next_sample() {
-        assert_eq!(step_points(&[(0.0, 1.0), (2.0, 3.0)]), "0.0,1.0 2.0,1.0 2.0,3.0");
+        assert_eq!(
+            step_points(&[(0.0, 1.0), (2.0, 3.0)]),
+            "0.0,1.0 2.0,1.0 2.0,3.0"
+        );
     }
 }

@@ -170,7 +170,13 @@ mod tests {
                 },
             );
         }
-        trace.record(1, TraceEntry::Note { node: 4, text: "hello".into() });
+        trace.record(
+            1,
+            TraceEntry::Note {
+                node: 4,
+                text: "hello".into(),
+            },
+        );
         let lines = trace.excerpt(&[4]);
         assert_eq!(lines.len(), 1);
         assert!(lines[0].contains("node 4: hello"));
@@ -178,7 +184,14 @@ mod tests {
         assert_eq!(lines.len(), TRACE_DELIVERIES_PER_VIOLATION);
         assert!(lines.iter().all(|l| l.contains(" 0->9 ")));
         assert_eq!(trace.deliveries.len(), TRACE_CAPACITY);
-        trace.record(2, TraceEntry::Link { a: 0, b: 4, up: false });
+        trace.record(
+            2,
+            TraceEntry::Link {
+                a: 0,
+                b: 4,
+                up: false,
+            },
+        );
         let lines = trace.excerpt(&[4]);
         assert_eq!(lines.len(), 2);
         assert!(lines[1].contains("link 0-4 down"), "{lines:?}");

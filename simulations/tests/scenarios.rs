@@ -16,7 +16,11 @@ fn run_seed(name: &str, seed: u64, nodes: Option<usize>) -> SimReport {
 fn assert_clean(report: &SimReport) {
     assert!(report.passed(), "{}", report.to_table());
     assert!(report.converged, "{}", report.to_table());
-    assert!(report.invariants.iter().all(|i| i.checks > 0), "an invariant was never checked: {:?}", report.invariants);
+    assert!(
+        report.invariants.iter().all(|i| i.checks > 0),
+        "an invariant was never checked: {:?}",
+        report.invariants
+    );
 }
 
 fn target(report: &SimReport, package: &str) -> Option<String> {
@@ -41,7 +45,10 @@ fn every_scenario_but_the_self_test_passes_for_a_few_seeds() {
 fn split_brain_settles_on_the_higher_release() {
     let report = run_seed("split-brain", 3, None);
     assert_clean(&report);
-    assert_eq!(target(&report, "com.example.echo").as_deref(), Some("1.2.0"));
+    assert_eq!(
+        target(&report, "com.example.echo").as_deref(),
+        Some("1.2.0")
+    );
     assert_eq!(report.intents_submitted, 3);
 }
 
@@ -51,7 +58,10 @@ fn a_version_failing_on_half_the_nodes_is_quarantined_and_forgery_ignored() {
     assert_clean(&report);
     // 1.1.0 failed on 4 of 8 nodes (threshold 3): back to 1.0.0; the forged
     // 9.9.9 was never a target (targets_valid would have failed).
-    assert_eq!(target(&report, "com.example.echo").as_deref(), Some("1.0.0"));
+    assert_eq!(
+        target(&report, "com.example.echo").as_deref(),
+        Some("1.0.0")
+    );
     // The forged intent is not counted as a valid one.
     assert_eq!(report.intents_submitted, 2);
 }
@@ -61,7 +71,10 @@ fn churn_with_and_without_disks_loses_no_intent() {
     let report = run_seed("churn-rollout", 5, None);
     assert_clean(&report);
     assert_eq!(report.live_nodes, 10);
-    assert_eq!(target(&report, "com.example.echo").as_deref(), Some("1.2.0"));
+    assert_eq!(
+        target(&report, "com.example.echo").as_deref(),
+        Some("1.2.0")
+    );
     assert!(report.total.bytes_persisted > 0);
 }
 
@@ -76,7 +89,11 @@ fn scenarios_scale_to_other_node_counts() {
 fn a_partition_that_never_heals_is_reported_with_its_seed() {
     for seed in [7, 8] {
         let report = run_seed("never-heals", seed, None);
-        assert!(!report.passed(), "the checker missed a split mesh:\n{}", report.to_table());
+        assert!(
+            !report.passed(),
+            "the checker missed a split mesh:\n{}",
+            report.to_table()
+        );
         assert!(!report.converged);
         assert_eq!(report.convergence_ms, None);
         let violation = report

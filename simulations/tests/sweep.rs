@@ -12,7 +12,12 @@ fn sweep_clean(name: &str, nodes: usize) {
     let report = sweep(config, 1000..1000 + SEEDS_PER_SCENARIO);
     assert_eq!(report.runs, SEEDS_PER_SCENARIO);
     assert!(report.passed(), "{}", report.to_table());
-    assert_eq!(report.convergence_ms.len() as u64, SEEDS_PER_SCENARIO, "{}", report.to_table());
+    assert_eq!(
+        report.convergence_ms.len() as u64,
+        SEEDS_PER_SCENARIO,
+        "{}",
+        report.to_table()
+    );
 }
 
 #[test]

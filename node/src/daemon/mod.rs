@@ -6,6 +6,7 @@ pub mod admin_protocol;
 mod admin_server;
 pub mod local_deploy;
 pub mod mesh_admin;
+mod mesh_fetch;
 mod node_mesh;
 pub mod release;
 mod node_info;
@@ -170,7 +171,7 @@ async fn serve(args: NodeArgs) -> anyhow::Result<()> {
     let mesh = if args.no_mesh {
         None
     } else {
-        Some(node_mesh::start(&args, &ctx, stop_rx.clone(), None).await?)
+        Some(node_mesh::start(&args, &ctx, stop_rx.clone()).await?)
     };
     let info = NodeInfo {
         name: name.clone(),

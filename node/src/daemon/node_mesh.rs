@@ -9,6 +9,7 @@ use clawmesh_crdt::PeerConfig;
 use tokio::sync::watch;
 
 use super::mesh_admin::MeshSide;
+use super::mesh_fetch::MeshFetcher;
 use super::release::BlobFetcher;
 use super::{NodeArgs, NodeContext};
 use crate::mesh::{DocStore, DriverConfig, MAX_SYNC_FRAME, MeshConfig, MeshHandle, MeshNetwork, spawn_driver};
@@ -35,7 +36,6 @@ pub async fn start(
     args: &NodeArgs,
     ctx: &NodeContext,
     stop: watch::Receiver<bool>,
-    fetcher: Option<Arc<dyn BlobFetcher>>,
 ) -> anyhow::Result<RunningMesh> {
     let identity = crate::mesh::load_or_create_identity(ctx.data.root()).context("loading the node identity")?;
     let mut config = MeshConfig::new(identity);
@@ -65,7 +65,8 @@ pub async fn start(
         store,
     )
     .context("starting the mesh driver")?;
-    let (releases, _task) = super::release::spawn(ctx.clone(), driver.clone(), notices, fetcher, stop);
+    let fetcher: Arc<dyn BlobFetcher> = MeshFetcher::start(network.clone(), driver.clone(), ctx.blobs.clone())?;
+    let (releases, _task) = super::release::spawn(ctx.clone(), driver.clone(), notices, Some(fetcher), stop);
     let _ = ctx.mesh.set(MeshSide {
         driver,
         releases,

@@ -28,6 +28,12 @@ use crate::publish::check_blob_against_manifest;
 const RELEASE_TICK: Duration = Duration::from_millis(500);
 /// Results of finished actions waiting for the loop.
 const RESULT_QUEUE: usize = 256;
+/// Fetch attempts before a release gives up and stays Pending.
+const FETCH_ATTEMPTS: u32 = 60;
+/// First wait between fetch attempts (doubles up to `FETCH_RETRY_MAX`).
+const FETCH_RETRY_FIRST: Duration = Duration::from_millis(200);
+/// Longest wait between fetch attempts.
+const FETCH_RETRY_MAX: Duration = Duration::from_secs(5);
 /// Rejected entries and refusals kept for `status`.
 const MAX_PROBLEMS: usize = 64;
 
@@ -308,17 +314,26 @@ impl ActionTask {
             tracing::warn!(package = %self.package, %version, error = %e, "storing the manifest failed");
             return None;
         }
-        if !self.ctx.blobs.contains(&BlobId(manifest.manifest.sha256)) {
-            let Some(fetcher) = fetcher else {
+        let mut wait = FETCH_RETRY_FIRST;
+        for attempt in 1..=FETCH_ATTEMPTS {
+            if self.ctx.blobs.contains(&BlobId(manifest.manifest.sha256)) {
+                return Some(ReleaseInput::BlobFetched { version });
+            }
+            let Some(fetcher) = &fetcher else {
                 tracing::warn!(package = %self.package, %version, "blob not held here and this node cannot fetch");
                 return None;
             };
-            if let Err(reason) = fetcher.fetch(&manifest).await {
-                tracing::warn!(package = %self.package, %version, %reason, "blob fetch failed");
-                return None;
+            match fetcher.fetch(&manifest).await {
+                Ok(()) => return Some(ReleaseInput::BlobFetched { version }),
+                Err(reason) => {
+                    tracing::info!(package = %self.package, %version, attempt, %reason, "blob not fetched yet; retrying");
+                }
             }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(FETCH_RETRY_MAX);
         }
-        Some(ReleaseInput::BlobFetched { version })
+        tracing::warn!(package = %self.package, %version, "blob fetch gave up after {FETCH_ATTEMPTS} attempts; stays Pending");
+        None
     }
 
     async fn verify(&self, version: &Version) -> Result<(), String> {

@@ -321,8 +321,9 @@ async fn run_swap(
     match outcome {
         Ok(()) => {
             event.timings.pause_us = us(paused_at);
-            let replaced = route.set_standby(Some(old.clone()));
+            let replaced = route.set_standby(Some(new.clone()));
             let flip_start = Instant::now();
+            // Active becomes the new worker, standby the old one.
             route.flip();
             // The queue drains into the new worker from here.
             route.resume();

@@ -451,7 +451,7 @@ impl DependencyProvider for Provider<'_> {
         };
         // pubgrub cannot express a package depending on itself; the catalog
         // refuses such entries, this keeps a bad entry from reaching it anyway.
-        if std::env::var("NO_SELF_CHECK").is_err() && deps.iter().any(|dep| dep.package == *name) {
+        if deps.iter().any(|dep| dep.package == *name) {
             return Ok(Dependencies::Unavailable(format!(
                 "{name}@{version} depends on itself"
             )));
@@ -1190,7 +1190,6 @@ mod tests {
         Ok(())
     }
 
-
     /// Regression: the shrunk failing input of
     /// `every_chosen_version_satisfies_every_range_on_it` (saved in
     /// `proptest-regressions/resolve.txt`), from before the catalog refused
@@ -1225,7 +1224,8 @@ mod tests {
                 .collect();
             if deps.iter().any(|d| d.package == n(NAMES[*p])) {
                 assert!(matches!(
-                    c.clone().insert(n(NAMES[*p]), v(VERSIONS[*ver]), deps.clone()),
+                    c.clone()
+                        .insert(n(NAMES[*p]), v(VERSIONS[*ver]), deps.clone()),
                     Err(CatalogError::SelfDependency { .. })
                 ));
             }
@@ -1238,17 +1238,17 @@ mod tests {
         assert_eq!(roots, vec![root("com.r.b", "0.1.0")]);
         let lock = resolve(&c, &roots).unwrap();
         check_lock(&c, &lock).unwrap();
-        // com.d.y@2.0.0 needs a com.d.x the catalog lacks, @1.2.0 depends on
-        // itself: @1.0.0 it is, with its shared com.d.x (not @1.2.0, which
-        // depends on itself too).
+        // com.d.y@2.0.0 needs a com.d.x the catalog lacks and @1.2.0 depends
+        // on itself, so com.d.y@1.0.0 it is, with the shared com.d.x it
+        // requires: @1.0.0, as com.d.x@1.2.0 depends on itself too.
         assert_eq!(
             lock,
             Lock {
                 roots: BTreeMap::from([root("com.r.b", "0.1.0")]),
-                shared: BTreeMap::from([root("com.d.x", "1.0.0")]),
+                shared: BTreeMap::from([(n("com.d.x"), v("1.0.0"))]),
                 private: BTreeMap::from([(
                     n("com.r.b"),
-                    BTreeMap::from([root("com.d.y", "1.0.0")])
+                    BTreeMap::from([(n("com.d.y"), v("1.0.0"))])
                 )]),
                 shared_private: BTreeMap::new(),
             }
@@ -1262,8 +1262,21 @@ mod tests {
         let c = build(&entries);
         let lock = resolve(&c, &roots).unwrap();
         check_lock(&c, &lock).unwrap();
-        assert_eq!(lock.private[&n("com.r.b")][&n("com.d.y")], v("2.0.0").max(v("1.2.0")).min(v("1.2.0")));
+        // com.d.y@1.2.0 now depends on nothing, so it beats @1.0.0.
+        assert_eq!(
+            lock,
+            Lock {
+                roots: BTreeMap::from([root("com.r.b", "0.1.0")]),
+                shared: BTreeMap::new(),
+                private: BTreeMap::from([(
+                    n("com.r.b"),
+                    BTreeMap::from([(n("com.d.y"), v("1.2.0"))])
+                )]),
+                shared_private: BTreeMap::new(),
+            }
+        );
     }
+
     proptest! {
         #[test]
         fn insertion_order_does_not_change_the_result(

@@ -8,9 +8,11 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod bench;
+pub mod bench_release;
 pub mod blob_store;
 pub mod cli;
 pub mod daemon;
+pub mod dev;
 pub mod fetch;
 pub mod data_dir;
 pub mod mesh;

@@ -9,7 +9,10 @@ mod mesh_cmds;
 mod node_cmds;
 mod pack;
 mod publish;
+mod sim;
 pub mod ui;
+
+pub use pack::DEFAULT_ABI_WORLD;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,8 +21,6 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Exit code of a command that failed.
 pub const EXIT_FAILURE: u8 = 1;
-/// Exit code of a command that is part of the contract but not built yet.
-pub const EXIT_NOT_YET_AVAILABLE: u8 = 3;
 
 /// clawmesh: a leaderless peer-to-peer release mesh for WebAssembly skills.
 #[derive(Debug, Parser)]
@@ -62,13 +63,14 @@ pub enum Command {
     /// Call a skill on a node.
     Invoke(InvokeArgs),
     /// Fetch a package's blob from peers.
-    Fetch(PassthroughArgs),
+    Fetch(crate::fetch::cli::FetchArgs),
     /// Sidecar: hot-swap a skill on every rebuild.
-    Dev(PassthroughArgs),
+    Dev(crate::dev::DevArgs),
     /// Run partition simulations.
-    Sim(PassthroughArgs),
+    Sim(sim::SimArgs),
     /// Benchmarks that print figures against a baseline.
-    Bench(PassthroughArgs),
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Resolve the dependencies of packages in a node's store.
     Resolve(ResolveArgs),
     /// Delete blobs no stored manifest references.
@@ -84,12 +86,15 @@ pub enum Command {
     },
 }
 
-/// Arguments of a command not built yet (kept so `--help` lists it).
-#[derive(Debug, Args)]
-pub struct PassthroughArgs {
-    /// Arguments (not interpreted yet).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+/// `clawmesh bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Invoke throughput and latency against plain hyper.
+    Invoke(crate::bench::BenchInvokeArgs),
+    /// Release intent → Active on every node of a local mesh.
+    Release(crate::bench_release::BenchReleaseArgs),
+    /// Peer-to-peer blob fetch against a raw libp2p stream copy.
+    Fetch(crate::fetch::bench::BenchFetchArgs),
 }
 
 /// `clawmesh key ...`
@@ -336,11 +341,6 @@ pub fn default_skills_dir() -> PathBuf {
     ))
 }
 
-fn not_yet(name: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("clawmesh {name}: not yet available in this build");
-    Ok(ExitCode::from(EXIT_NOT_YET_AVAILABLE))
-}
-
 /// Parses the command line, runs the command, and maps errors to exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -387,10 +387,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback(args) => mesh_cmds::rollback(&args),
         Command::Status(args) => mesh_cmds::status(&args),
         Command::Invoke(args) => node_cmds::invoke(&args),
-        Command::Fetch(_) => not_yet("fetch"),
-        Command::Dev(_) => not_yet("dev"),
-        Command::Sim(_) => not_yet("sim"),
-        Command::Bench(_) => not_yet("bench"),
+        Command::Fetch(args) => crate::fetch::cli::run_fetch_command(args),
+        Command::Dev(args) => crate::dev::run_dev(args),
+        Command::Sim(args) => sim::sim(&args),
+        Command::Bench(BenchCommand::Invoke(args)) => crate::bench::run_bench_invoke(args),
+        Command::Bench(BenchCommand::Release(args)) => crate::bench_release::run_bench_release(args),
+        Command::Bench(BenchCommand::Fetch(args)) => crate::fetch::bench::run_bench_fetch(args),
     }
 }
 

@@ -106,6 +106,11 @@ impl Loop {
         mut results: mpsc::Receiver<(PackageName, ReleaseInput)>,
         mut stop: watch::Receiver<bool>,
     ) {
+        // Targets decided from documents loaded at start-up were never
+        // announced as a change: start from them.
+        if let Ok(targets) = self.driver.inspect(|core| core.targets().clone()).await {
+            self.on_notice(DriverNotice::Core(PeerAction::TargetsChanged(targets))).await;
+        }
         let mut ticker = tokio::time::interval(RELEASE_TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

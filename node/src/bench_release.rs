@@ -1,0 +1,263 @@
+//! `clawmesh bench release`: how long a signed release intent takes to
+//! become Active on every node of a local mesh of real node processes.
+//!
+//! Self-contained: starts `--nodes` node processes on loopback joined
+//! through node 0, publishes `--releases` versions of the counter sample on
+//! node 0, then releases them one after another from rotating nodes and
+//! times submit → every node reports Active on that version. The baseline
+//! printed beside it is the cost of one status poll of every node (the
+//! resolution of the measurement).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use clawmesh_crdt::manifest::{Capabilities, Manifest, SignedManifest};
+use clawmesh_crdt::signing::PublisherKey;
+use clawmesh_crdt::trust::{TrustRoot, TrustedPublisher};
+use clawmesh_crdt::{Intent, IntentAction, SignedIntent};
+use serde::Serialize;
+
+use crate::bench::histogram::LatencyHistogram;
+use crate::daemon::admin_call;
+use crate::daemon::admin_protocol::AdminRequest;
+use crate::daemon::mesh_admin::MeshRequest;
+use crate::data_dir::DataDir;
+use crate::package_file::{encode_package, write_file_atomically};
+
+const PACKAGE: &str = "dev.clawmesh.counter";
+/// Longest a node may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest one release may take before the bench gives up.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between status polls.
+const POLL: Duration = Duration::from_millis(2);
+
+/// `clawmesh bench release` options.
+#[derive(Debug, Clone, Args)]
+pub struct BenchReleaseArgs {
+    /// Nodes in the mesh.
+    #[arg(long, default_value_t = 5)]
+    pub nodes: usize,
+    /// Releases to time.
+    #[arg(long, default_value_t = 20)]
+    pub releases: usize,
+    /// Where the built sample skills are.
+    #[arg(long, env = "CLAWMESH_SKILLS_DIR")]
+    pub skills_dir: Option<PathBuf>,
+    /// Machine-readable report.
+    #[arg(long)]
+    pub json: bool,
+    /// The clawmesh binary to start nodes with (default: this one).
+    #[arg(long, hide = true)]
+    pub exe: Option<PathBuf>,
+}
+
+/// The figures.
+#[derive(Debug, Serialize)]
+pub struct BenchReleaseReport {
+    /// Nodes in the mesh.
+    pub nodes: usize,
+    /// Releases timed.
+    pub releases: usize,
+    /// Median intent → all Active, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Slowest, ms.
+    pub max_ms: f64,
+    /// One status poll of every node, ms (the measurement's resolution).
+    pub poll_baseline_ms: f64,
+    /// p99 against the 1 s goal.
+    pub p99_over_goal: f64,
+}
+
+struct Node {
+    child: Child,
+    dir: DataDir,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_node(exe: &Path, dir: &Path, bootstrap: Option<&str>) -> anyhow::Result<Node> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("node").arg("--data-dir").arg(dir).env_remove("RUST_BACKTRACE").stderr(Stdio::piped());
+    if let Some(b) = bootstrap {
+        cmd.arg("--bootstrap").arg(b);
+    }
+    let mut child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
+    let stderr = child.stderr.take().context("node stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent && line.contains(" serving on ") {
+                sent = true;
+                let _ = tx.send(());
+            }
+        }
+    });
+    let node = Node {
+        child,
+        dir: DataDir::new(dir),
+    };
+    rx.recv_timeout(START_TIMEOUT)
+        .map_err(|_| anyhow::anyhow!("node in {} did not start within {START_TIMEOUT:?}", dir.display()))?;
+    Ok(node)
+}
+
+fn mesh(node: &Node, request: MeshRequest) -> anyhow::Result<serde_json::Value> {
+    Ok(admin_call(&node.dir.admin_socket(), &AdminRequest::Mesh(request))?)
+}
+
+/// Runs the benchmark and prints its report.
+pub fn run_bench_release(args: BenchReleaseArgs) -> anyhow::Result<ExitCode> {
+    if args.nodes < 2 || args.releases == 0 {
+        bail!("--nodes must be at least 2 and --releases at least 1");
+    }
+    let exe = match &args.exe {
+        Some(e) => e.clone(),
+        None => std::env::current_exe().context("locating the clawmesh binary")?,
+    };
+    let skills = args.skills_dir.clone().unwrap_or_else(crate::cli::default_skills_dir);
+    let wasm = std::fs::read(skills.join("counter.wasm"))
+        .with_context(|| format!("reading counter.wasm in {} (run scripts/build-skills)", skills.display()))?;
+    let temp = tempfile::Builder::new().prefix("clawmesh-bench-release-").tempdir()?;
+    let key = PublisherKey::generate()?;
+    let trust = TrustRoot::new(1, [TrustedPublisher::new("bench", key.verifying_key())])?;
+    let dirs: Vec<PathBuf> = (0..args.nodes).map(|i| temp.path().join(format!("node{i}"))).collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d)?;
+        write_file_atomically(&DataDir::new(d).trust_file(), trust.to_toml().as_bytes(), 0o644)?;
+    }
+    eprintln!("starting {} nodes…", args.nodes);
+    let first = start_node(&exe, &dirs[0], None)?;
+    let info = crate::daemon::NodeInfo::read(&first.dir.node_json())?;
+    let bootstrap = info.p2p.first().context("node 0 has no p2p address")?.clone();
+    let mut nodes = vec![first];
+    for d in &dirs[1..] {
+        nodes.push(start_node(&exe, d, Some(&bootstrap))?);
+    }
+    let deadline = Instant::now() + START_TIMEOUT;
+    for node in &nodes {
+        loop {
+            let peers = mesh(node, MeshRequest::MeshStatus)?["peers"].as_array().map(Vec::len).unwrap_or(0);
+            if peers + 1 >= args.nodes {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the mesh did not connect within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    eprintln!("publishing {} versions on node 0…", args.releases);
+    let blobs = nodes[0].dir.blob_store()?;
+    let packages = nodes[0].dir.package_store()?;
+    let versions: Vec<String> = (0..args.releases).map(|k| format!("1.0.{k}")).collect();
+    for v in &versions {
+        let manifest = Manifest::for_blob(
+            PACKAGE.parse()?,
+            semver::Version::parse(v)?,
+            vec![],
+            &wasm,
+            crate::cli::DEFAULT_ABI_WORLD,
+            1,
+            Capabilities::default(),
+        )?;
+        let signed = SignedManifest::sign(manifest, &[&key])?;
+        let path = temp.path().join(format!("{v}.pkg"));
+        write_file_atomically(&path, &encode_package(signed.envelope, wasm.clone()), 0o644)?;
+        crate::publish::publish_file(&path, None, &trust, &blobs, &packages)?;
+        mesh(&nodes[0], MeshRequest::Announce { package: PACKAGE.into(), version: v.clone() })?;
+    }
+
+    let poll_start = Instant::now();
+    for node in &nodes {
+        mesh(node, MeshRequest::MeshStatus)?;
+    }
+    let poll_baseline = poll_start.elapsed();
+
+    let mut hist = LatencyHistogram::new();
+    for (k, v) in versions.iter().enumerate() {
+        let via = &nodes[k % nodes.len()];
+        let clock = mesh(via, MeshRequest::IntentClock { package: PACKAGE.into() })?["clock"].as_u64().unwrap_or(0) + 1;
+        let intent = Intent {
+            package: PACKAGE.parse()?,
+            version: semver::Version::parse(v)?,
+            action: IntentAction::Deploy,
+            clock,
+            author: key.key_id().clone(),
+            issued_at_ms: 0,
+            rollout_max_parallel_percent: 100,
+        };
+        let signed = SignedIntent::sign(intent, &key)?;
+        let started = Instant::now();
+        mesh(via, MeshRequest::SubmitIntent { envelope_hex: hex::encode(signed.envelope_bytes()) })?;
+        let mut pending: Vec<&Node> = nodes.iter().collect();
+        while !pending.is_empty() {
+            if started.elapsed() > RELEASE_TIMEOUT {
+                bail!("release {v} did not reach every node within {RELEASE_TIMEOUT:?}");
+            }
+            let mut still = Vec::new();
+            for node in pending {
+                let st = mesh(node, MeshRequest::MeshStatus)?;
+                let local = &st["local"][PACKAGE];
+                if !(local["state"] == "active" && local["running"] == v.as_str()) {
+                    still.push(node);
+                }
+            }
+            pending = still;
+            if !pending.is_empty() {
+                std::thread::sleep(POLL);
+            }
+        }
+        let took = started.elapsed();
+        hist.record(took);
+        if !args.json {
+            eprintln!("release {v} (via node {}): all {} nodes Active in {:.1} ms", k % nodes.len(), nodes.len(), took.as_secs_f64() * 1e3);
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let report = BenchReleaseReport {
+        nodes: args.nodes,
+        releases: args.releases,
+        p50_ms: ms(hist.percentile(50.0)),
+        p99_ms: ms(hist.percentile(99.0)),
+        max_ms: ms(hist.max()),
+        poll_baseline_ms: ms(poll_baseline),
+        p99_over_goal: ms(hist.percentile(99.0)) / 1000.0,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "release intent → Active on all {} nodes, {} releases: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            report.nodes, report.releases, report.p50_ms, report.p99_ms, report.max_ms
+        );
+        println!(
+            "baseline: one status poll of every node {:.2} ms; p99 / 1 s goal = {:.2}",
+            report.poll_baseline_ms, report.p99_over_goal
+        );
+    }
+    drop(nodes);
+    Ok(ExitCode::SUCCESS)
+}

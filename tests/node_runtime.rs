@@ -27,11 +27,13 @@ fn node_deploys_serves_refuses_and_stops() {
 
     // Status names the worker, its pid and the cgroup support.
     let status: serde_json::Value = serde_json::from_str(&clawmesh_ok(&["status", "--json", "--node", nd])).unwrap();
-    let skills = status["skills"].as_array().unwrap();
+    let local = &status["local"];
+    let skills = local["skills"].as_array().unwrap();
     assert_eq!(skills.len(), 1, "{status}");
     assert_eq!(skills[0]["package"], "dev.clawmesh.counter");
     assert!(skills[0]["pid"].as_u64().is_some(), "{status}");
-    assert!(status["cgroups"].is_object(), "{status}");
+    assert!(local["cgroups"].is_object(), "{status}");
+    assert!(status["mesh"]["node"].is_string(), "the mesh side reports too: {status}");
 
     // A component of the wrong world is refused by name; counter keeps serving.
     let err = clawmesh_fails(&["deploy", "dev.clawmesh.broken@1.0.0", "--node", nd], 1);

@@ -391,10 +391,18 @@ impl BlobStore {
 
     /// Moves a complete blob file written under this store's `tmp/` (a
     /// fetch's temp file) into place, after re-hashing it whole against
-    /// `expected` and computing its chunk list with `chunk_size`. On any
-    /// error the store is unchanged and `file` is left where it was.
-    #[tracing::instrument(skip(self))]
-    pub fn install_file(&self, file: &Path, expected: &BlobId, chunk_size: u32) -> Result<BlobId, PutError> {
+    /// `expected`. Its chunk list is `verified_chunks` when the caller already
+    /// checked every chunk against those hashes (a fetch did), or is computed
+    /// here with `chunk_size`. On any error the store is unchanged and `file`
+    /// is left where it was.
+    #[tracing::instrument(skip(self, verified_chunks))]
+    pub fn install_file(
+        &self,
+        file: &Path,
+        expected: &BlobId,
+        chunk_size: u32,
+        verified_chunks: Option<&[[u8; 32]]>,
+    ) -> Result<BlobId, PutError> {
         if chunk_size == 0 || !chunk_size.is_power_of_two() {
             return Err(PutError::ChunkSize {
                 chunk_size,
@@ -426,7 +434,9 @@ impl BlobStore {
                 break;
             }
             whole.update(&buf[..filled]);
-            chunks.push(hex::encode(Sha256::digest(&buf[..filled])));
+            if verified_chunks.is_none() {
+                chunks.push(hex::encode(Sha256::digest(&buf[..filled])));
+            }
             if filled < buf.len() {
                 break;
             }
@@ -449,6 +459,15 @@ impl BlobStore {
                 used,
                 size,
                 limit: self.limits.max_store_bytes,
+            });
+        }
+        if let Some(verified) = verified_chunks {
+            chunks = verified.iter().map(hex::encode).collect();
+        }
+        if chunks.len() as u64 != size.div_ceil(u64::from(chunk_size)) {
+            return Err(PutError::ChunkSize {
+                chunk_size,
+                reason: "the chunk list does not cover the blob",
             });
         }
         let info = BlobInfo {
@@ -793,10 +812,12 @@ mod tests {
         fs::write(&tmp, &blob).unwrap();
         let before = snapshot(&s.root().join("sha256"));
         let wrong = BlobId([1; 32]);
-        assert!(matches!(s.install_file(&tmp, &wrong, CHUNK), Err(PutError::ChecksumMismatch { .. })));
+        assert!(matches!(s.install_file(&tmp, &wrong, CHUNK, None), Err(PutError::ChecksumMismatch { .. })));
         assert_eq!(snapshot(&s.root().join("sha256")), before);
         assert!(tmp.is_file());
-        let id = s.install_file(&tmp, &BlobId::of(&blob), CHUNK).unwrap();
+        let short = [[0u8; 32]; 3];
+        assert!(matches!(s.install_file(&tmp, &BlobId::of(&blob), CHUNK, Some(&short)), Err(PutError::ChunkSize { .. })));
+        let id = s.install_file(&tmp, &BlobId::of(&blob), CHUNK, None).unwrap();
         assert!(!tmp.exists());
         assert_eq!(s.get(&id).unwrap(), blob);
         assert_eq!(s.info(&id).unwrap().chunks.len(), 4);

@@ -12,6 +12,7 @@ pub mod bench_release;
 pub mod blob_store;
 pub mod cli;
 pub mod daemon;
+pub mod demo;
 pub mod dev;
 pub mod fetch;
 pub mod data_dir;

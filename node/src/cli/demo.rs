@@ -1,12 +1,16 @@
-//! `clawmesh demo`: the story of clawmesh on one machine, step by step.
+//! `clawmesh demo`: the story of clawmesh on one machine, act by act.
 //!
-//! Today it shows the foundation: a publisher key and trust root are made,
+//! Act 1 shows the foundation: a publisher key and trust root are made,
 //! the sample skills are packed, signed, published into a node's store and
 //! read back verified, dependencies are resolved, and forged or damaged
-//! packages are refused with the store left untouched. It grows with each
-//! capability (runtime, hot swap, mesh, partitions).
+//! packages are refused with the store left untouched. Acts 2–7 (in
+//! `crate::demo`) start a five-node mesh of real node processes, release
+//! under load, quarantine a broken version, heal a partition and write the
+//! report. Every act checks what it claims; the exit code is 0 only if all
+//! did.
 
 use std::fs;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -23,6 +27,11 @@ use super::pack::{DEFAULT_ABI_WORLD, parse_dep};
 use super::ui::Ui;
 use crate::blob_store::BlobId;
 use crate::data_dir::DataDir;
+use crate::demo::figures::Figures;
+use crate::demo::interrupt::{self, Interrupted};
+use crate::demo::mesh_demo::{MeshDemo, MeshDemoConfig};
+use crate::demo::report::{ActRecord, render_html};
+use crate::demo::{act_join, act_load, act_partition, act_quarantine, act_release};
 use crate::package_file::{encode_package, write_file_atomically};
 use crate::publish::{PublishError, publish_file};
 
@@ -49,6 +58,9 @@ const SAMPLES: &[Sample] = &[
     },
 ];
 
+/// The report file, in the data dir.
+const REPORT_FILE: &str = "report.html";
+
 #[derive(Debug, Serialize)]
 struct DemoStep {
     step: String,
@@ -57,10 +69,17 @@ struct DemoStep {
     millis: f64,
 }
 
+/// What `--json` prints.
 #[derive(Debug, Default, Serialize)]
 struct DemoReport {
     data_dir: String,
+    /// Every act passed.
+    passed: bool,
+    acts: Vec<ActRecord>,
+    /// Act 1's steps.
     steps: Vec<DemoStep>,
+    figures: Figures,
+    report_html: Option<String>,
 }
 
 struct Demo {
@@ -80,9 +99,9 @@ impl Demo {
         };
         if !self.json {
             let mark = if ok { self.ui.ok("✓") } else { self.ui.bad("✗") };
-            println!("{mark} {} {}", self.ui.step(name), self.ui.dim(&format!("({millis:.1} ms)")));
+            println!("  {mark} {} {}", name, self.ui.dim(&format!("({millis:.1} ms)")));
             for line in detail.lines() {
-                println!("    {line}");
+                println!("      {line}");
             }
         }
         self.report.steps.push(DemoStep {
@@ -93,19 +112,63 @@ impl Demo {
         });
         result.map(|(v, _)| v)
     }
+
+    fn announce(&self, act: u8, title: &str) {
+        if !self.json {
+            println!("\n{}", self.ui.step(&format!("act {act}: {title}")));
+        }
+    }
+
+    /// Runs one act: its header first (progress shows while it runs),
+    /// then ✓ or ✗ with what it saw. `None` when it failed.
+    fn act<T>(&mut self, act: u8, title: &str, f: impl FnOnce() -> anyhow::Result<(T, String)>) -> Option<T> {
+        self.announce(act, title);
+        let start = Instant::now();
+        let result = f();
+        let millis = start.elapsed().as_secs_f64() * 1e3;
+        let (ok, detail) = match &result {
+            Ok((_, d)) => (true, d.clone()),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        self.record(act, title, ok, detail, millis);
+        result.ok().map(|(v, _)| v)
+    }
+
+    fn record(&mut self, act: u8, title: &str, ok: bool, detail: String, millis: f64) {
+        if !self.json {
+            let mark = if ok { self.ui.ok("✓") } else { self.ui.bad("✗ FAILED") };
+            println!("{mark} act {act} {}", self.ui.dim(&format!("({:.1} s)", millis / 1e3)));
+            for line in detail.lines() {
+                println!("    {line}");
+            }
+        }
+        self.report.acts.push(ActRecord {
+            act,
+            title: title.to_string(),
+            ok,
+            detail,
+            millis,
+        });
+    }
 }
 
 /// Runs `clawmesh demo`.
 pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    let temp;
+    interrupt::install()?;
+    // Set by the lead when `DemoArgs` gets its `--keep` flag.
+    let keep = false;
+    let mut temp = None;
     let root: PathBuf = match &args.data_dir {
         Some(d) => {
             fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
             d.clone()
         }
         None => {
-            temp = tempfile::Builder::new().prefix("clawmesh-demo-").tempdir()?;
-            temp.path().to_path_buf()
+            let t = tempfile::Builder::new().prefix("clawmesh-demo-").tempdir()?;
+            let path = t.path().to_path_buf();
+            interrupt::register_temp_dir(path.clone());
+            temp = Some(t);
+            path
         }
     };
     let skills = args.skills_dir.clone().unwrap_or_else(super::default_skills_dir);
@@ -118,29 +181,196 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         },
     };
     if !args.json {
-        println!("{}", demo.ui.step("clawmesh demo: packages, signatures and the verified store"));
+        println!("{}", demo.ui.step("clawmesh demo: a leaderless release mesh on one machine"));
         println!("{}", demo.ui.dim(&format!("working in {}", root.display())));
     }
-    let outcome = run_steps(&mut demo, &root, &skills);
+    let started = Instant::now();
+    let mesh = run_acts(&mut demo, &root, &skills, keep);
+    let passed = demo.report.acts.len() == 7 && demo.report.acts.iter().all(|a| a.ok);
+    demo.report.passed = passed;
+    let interrupted = interrupt::interrupted();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&demo.report)?);
-    }
-    outcome?;
-    let failed = demo.report.steps.iter().filter(|s| !s.ok).count();
-    if failed > 0 {
-        bail!("{failed} demo step(s) did not do what they claim");
-    }
-    if !args.json {
+    } else if passed {
         println!(
-            "{} {} steps, all as claimed",
+            "\n{} all 7 acts did what they claim, in {:.1} s",
             demo.ui.ok("done:"),
-            demo.report.steps.len()
+            started.elapsed().as_secs_f64()
+        );
+    }
+    // Stop the nodes (unless kept) before their data dir goes.
+    match mesh {
+        Some(mut mesh) if keep && !interrupted => {
+            print_keep(&mesh, &root);
+            for node in &mut mesh.nodes {
+                node.detach();
+            }
+            if let Some(t) = temp.take() {
+                interrupt::forget_temp_dir(t.path());
+                let _ = t.keep();
+            }
+        }
+        mesh => drop(mesh),
+    }
+    if let Some(t) = temp.take() {
+        interrupt::forget_temp_dir(t.path());
+        if interrupted {
+            drop(t);
+        } else if passed {
+            // The report outlives the run; the nodes' data goes.
+            let kept = t.keep();
+            remove_all_but(&kept, REPORT_FILE);
+        } else {
+            let kept = t.keep();
+            eprintln!("the data dir is kept for inspection (node logs in mesh/node*/node.log): {}", kept.display());
+        }
+    }
+    if interrupted {
+        return Err(Interrupted.into());
+    }
+    if !passed {
+        let failed: Vec<String> = demo.report.acts.iter().filter(|a| !a.ok).map(|a| a.act.to_string()).collect();
+        bail!(
+            "the demo did not do everything it claims: act(s) {} failed{}",
+            failed.join(", "),
+            if demo.report.acts.len() < 7 { " and the acts after it did not run" } else { "" }
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_steps(demo: &mut Demo, root: &Path, skills: &Path) -> anyhow::Result<()> {
+/// Removes everything in `dir` except the file `keep`.
+fn remove_all_but(dir: &Path, keep: &str) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == keep) {
+            continue;
+        }
+        let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+    }
+}
+
+fn print_keep(mesh: &MeshDemo, root: &Path) {
+    let pids: Vec<String> = mesh.nodes.iter().map(|n| n.pid().to_string()).collect();
+    let dir = |i: usize| mesh.nodes[i].dir.root().display().to_string();
+    println!("\nthe mesh keeps running (pids {}). Talk to it:", pids.join(" "));
+    println!("  clawmesh status --node {}", dir(0));
+    println!("  clawmesh invoke dev.clawmesh.counter get --node {}", dir(2));
+    println!("  clawmesh rollback dev.clawmesh.counter --key {} --node {}", root.join("publisher.key").display(), dir(1));
+    println!("stop it with: kill {}", pids.join(" "));
+}
+
+/// Runs the seven acts, each only if the one before did what it claims;
+/// returns the mesh (to keep or stop).
+fn run_acts(demo: &mut Demo, root: &Path, skills: &Path, keep: bool) -> Option<MeshDemo> {
+    demo.announce(1, "keys, trust, signed packages and refusals");
+    let start = Instant::now();
+    let act1 = run_steps(demo, root, skills);
+    let millis = start.elapsed().as_secs_f64() * 1e3;
+    let failed_steps = demo.report.steps.iter().filter(|s| !s.ok).count();
+    let (key, trust) = match act1 {
+        Ok(kt) if failed_steps == 0 => {
+            let n = demo.report.steps.len();
+            demo.record(1, "keys, trust, signed packages and refusals", true, format!("{n} steps, all as claimed"), millis);
+            kt
+        }
+        Ok(_) | Err(_) => {
+            let why = act1.err().map_or(format!("{failed_steps} step(s) failed"), |e| format!("{e:#}"));
+            demo.record(1, "keys, trust, signed packages and refusals", false, why, millis);
+            return None;
+        }
+    };
+    let config = MeshDemoConfig {
+        exe: match std::env::current_exe() {
+            Ok(e) => e,
+            Err(e) => {
+                demo.record(2, "a five-node mesh on loopback", false, format!("locating the clawmesh binary: {e}"), 0.0);
+                return None;
+            }
+        },
+        root: root.to_path_buf(),
+        skills: skills.to_path_buf(),
+        verbose: !demo.json,
+        in_place: !demo.json && std::io::stdout().is_terminal(),
+        keep,
+    };
+    let mut mesh = demo.act(2, "a five-node mesh on loopback, joined through one bootstrap peer", || {
+        act_join::start_mesh(config, key, trust)
+    })?;
+    let acts: [(u8, &str, fn(&mut MeshDemo) -> anyhow::Result<((), String)>); 4] = [
+        (3, "counter v1 published on node 1, released from node 3, Active everywhere", act_release::release_v1),
+        (4, "counter v2 released under load on every node", act_load::release_v2_under_load),
+        (5, "a broken version: failures, breakers, quarantine, back on v2", act_quarantine::release_broken),
+        (6, "a partition, conflicting releases on each side, the heal", act_partition::split_and_heal),
+    ];
+    for (n, title, run) in acts {
+        if demo.act(n, title, || run(&mut mesh)).is_none() {
+            demo.report.figures = mesh.figures.clone();
+            return Some(mesh);
+        }
+    }
+    demo.report.figures = mesh.figures.clone();
+    let report_path = root.join(REPORT_FILE);
+    let acts_so_far = demo.report.acts.clone();
+    let figures = mesh.figures.clone();
+    let written = demo.act(7, "summary and HTML report", || summarize(&figures, &acts_so_far, &report_path));
+    if written.is_some() {
+        demo.report.report_html = Some(report_path.display().to_string());
+    }
+    Some(mesh)
+}
+
+/// Act 7: the summary, and the report written and read back.
+fn summarize(figures: &Figures, acts: &[ActRecord], path: &Path) -> anyhow::Result<((), String)> {
+    let mut lines = Vec::new();
+    if let Some(l) = &figures.load {
+        lines.push(format!("requests served under load: {}, errors: {}", l.served, l.errors));
+        let kept = l.state_kept.iter().filter(|k| **k).count();
+        lines.push(format!("counter state kept across the v2 swap on {kept} of {} nodes", l.state_kept.len()));
+    }
+    let pauses: Vec<String> = figures
+        .swap_pause_ms
+        .iter()
+        .map(|p| p.map_or("-".to_string(), |p| format!("{p:.2}")))
+        .collect();
+    if !pauses.is_empty() {
+        lines.push(format!("swap pauses per node (ms, as the nodes measured them): {}", pauses.join(" ")));
+    }
+    if let Some(j) = figures.mesh_joined_ms {
+        lines.push(format!("mesh joined in {j:.0} ms"));
+    }
+    let slowest = |v: &[Option<f64>]| v.iter().flatten().copied().fold(0.0, f64::max);
+    lines.push(format!("v1 Active on every node {:.0} ms after the release", slowest(&figures.active_ms)));
+    if let Some(q) = figures.quarantine_ms {
+        lines.push(format!("broken version quarantined and every node back on v2 in {q:.0} ms"));
+    }
+    if let Some(w) = &figures.converged_to {
+        lines.push(format!(
+            "after the heal every node converged on {w} in {:.0} ms",
+            slowest(&figures.heal_active_ms)
+        ));
+    }
+    let mut all = acts.to_vec();
+    all.push(ActRecord {
+        act: 7,
+        title: "summary and HTML report".into(),
+        ok: true,
+        detail: lines.join("\n"),
+        millis: 0.0,
+    });
+    let html = render_html(figures, &all);
+    write_file_atomically(path, html.as_bytes(), 0o644)?;
+    let back = fs::read_to_string(path)?;
+    let charts = back.matches("<svg").count();
+    if back != html || charts < 5 {
+        bail!("the report at {} did not read back whole ({charts} charts)", path.display());
+    }
+    lines.push(format!("report ({charts} charts): {}", path.display()));
+    Ok(((), lines.join("\n")))
+}
+
+fn run_steps(demo: &mut Demo, root: &Path, skills: &Path) -> anyhow::Result<(PublisherKey, TrustRoot)> {
     let key_file = root.join("publisher.key");
     let key = demo.step("make a publisher key", || {
         let key = PublisherKey::generate()?;
@@ -288,7 +518,7 @@ fn run_steps(demo: &mut Demo, root: &Path, skills: &Path) -> anyhow::Result<()> 
             ),
         ))
     })?;
-    Ok(())
+    Ok((key, trust))
 }
 
 /// Every file under the stores with its contents' hash, for before/after

@@ -95,6 +95,8 @@ pub enum BenchCommand {
     Release(crate::bench_release::BenchReleaseArgs),
     /// Peer-to-peer blob fetch against a raw libp2p stream copy.
     Fetch(crate::fetch::bench::BenchFetchArgs),
+    /// Hot swaps and rollbacks under closed-loop load.
+    Swap(crate::swap::BenchSwapArgs),
 }
 
 /// `clawmesh key ...`
@@ -393,6 +395,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(BenchCommand::Invoke(args)) => crate::bench::run_bench_invoke(args),
         Command::Bench(BenchCommand::Release(args)) => crate::bench_release::run_bench_release(args),
         Command::Bench(BenchCommand::Fetch(args)) => crate::fetch::bench::run_bench_fetch(args),
+        Command::Bench(BenchCommand::Swap(args)) => crate::swap::run_bench_swap(args),
     }
 }
 

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::NodeContext;
 use super::release::SharedReleaseView;
-use crate::mesh::DriverHandle;
+use crate::mesh::{DriverHandle, MeshHandle};
 
 /// Mesh requests (the `op` tag continues the admin protocol's).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,6 +43,23 @@ pub enum MeshRequest {
     },
     /// Nodes × packages, targets, quarantine, refusals.
     MeshStatus,
+    /// The versions of `package` in this node's mesh catalog (the demo
+    /// waits on it before it splits the mesh).
+    Catalog {
+        /// Package.
+        package: String,
+    },
+    /// Cut this node off from `peers` (libp2p peer ids) in both directions
+    /// until `unblock_peers`: the demo's partition.
+    BlockPeers {
+        /// Peer ids.
+        peers: Vec<String>,
+    },
+    /// Lift a `block_peers` and redial those peers.
+    UnblockPeers {
+        /// Peer ids.
+        peers: Vec<String>,
+    },
 }
 
 /// The mesh side of a node, present when the mesh runs.
@@ -54,6 +71,8 @@ pub struct MeshSide {
     pub releases: SharedReleaseView,
     /// This node's peer id.
     pub peer_id: String,
+    /// The swarm (block lists).
+    pub network: MeshHandle,
 }
 
 impl std::fmt::Debug for MeshSide {
@@ -65,10 +84,49 @@ impl std::fmt::Debug for MeshSide {
 /// A refusal: (stable code, message).
 pub type Refusal = (&'static str, String);
 
+/// Most peers one `block_peers` / `unblock_peers` request may name.
+pub const MAX_BLOCK_PEERS: usize = 256;
+
+fn parse_peers(peers: &[String]) -> Result<Vec<libp2p::PeerId>, Refusal> {
+    peers
+        .iter()
+        .map(|p| p.parse().map_err(|e| ("bad_request", format!("peer id {p:?}: {e}"))))
+        .collect()
+}
+
 /// Carries out one mesh request.
 pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshRequest) -> Result<serde_json::Value, Refusal> {
     let stopped = || ("mesh_stopped", "the mesh driver has stopped".to_string());
     match request {
+        MeshRequest::Catalog { package } => {
+            let name: PackageName = package.parse().map_err(|e| ("bad_request", format!("package {package:?}: {e}")))?;
+            let versions = mesh
+                .driver
+                .inspect(move |core| {
+                    core.catalog()
+                        .get(&name)
+                        .map(|versions| versions.keys().map(ToString::to_string).collect::<Vec<_>>())
+                        .unwrap_or_default()
+                })
+                .await
+                .map_err(|_| stopped())?;
+            Ok(serde_json::json!({ "versions": versions }))
+        }
+        MeshRequest::BlockPeers { peers } | MeshRequest::UnblockPeers { peers } if peers.len() > MAX_BLOCK_PEERS => {
+            Err(("bad_request", format!("{} peers named; at most {MAX_BLOCK_PEERS} per request", peers.len())))
+        }
+        MeshRequest::BlockPeers { peers } => {
+            for peer in parse_peers(&peers)? {
+                mesh.network.block(peer).await.map_err(|_| stopped())?;
+            }
+            Ok(serde_json::json!({ "blocked": peers }))
+        }
+        MeshRequest::UnblockPeers { peers } => {
+            for peer in parse_peers(&peers)? {
+                mesh.network.unblock(peer).await.map_err(|_| stopped())?;
+            }
+            Ok(serde_json::json!({ "unblocked": peers }))
+        }
         MeshRequest::Announce { package, version } => {
             let name: PackageName = package.parse().map_err(|e| ("bad_request", format!("package {package:?}: {e}")))?;
             let v = semver::Version::parse(&version).map_err(|e| ("bad_request", format!("version {version:?}: {e}")))?;

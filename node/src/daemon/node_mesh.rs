@@ -71,6 +71,7 @@ pub async fn start(
         driver,
         releases,
         peer_id: peer_id.to_string(),
+        network: network.clone(),
     });
 
     // The swarm reports its bound ports shortly after start; scripts need them.

@@ -169,7 +169,7 @@ impl PartialBlob {
 
     /// Writes chunk `index` at its offset. Call it only with bytes the
     /// planner accepted (verified); `finish` re-hashes everything anyway.
-    pub fn write_chunk(&mut self, index: u32, bytes: &[u8]) -> Result<(), PartialError> {
+    pub(crate) fn write_chunk(&mut self, index: u32, bytes: &[u8]) -> Result<(), PartialError> {
         let expected = self.layout.chunk_len(index);
         if expected == 0 || bytes.len() != expected as usize {
             return Err(PartialError::ChunkLength {
@@ -196,10 +196,13 @@ impl PartialBlob {
             });
         }
         self.file.sync_all().map_err(io_err("fsync", &self.path))?;
-        match self
-            .store
-            .install_file(&self.path, &self.layout.blob, self.layout.chunk_size)
-        {
+        // Every chunk was checked against these hashes before it was written.
+        match self.store.install_file(
+            &self.path,
+            &self.layout.blob,
+            self.layout.chunk_size,
+            Some(&self.layout.chunk_sha256),
+        ) {
             Ok(id) => Ok(id),
             Err(e) => {
                 // A file that hashes wrong would only be found wrong again

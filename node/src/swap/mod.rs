@@ -6,6 +6,7 @@
 //! route), durable checkpoints in the data dir, and the orchestrator that
 //! swaps, rolls back, checkpoints and recovers restarted workers.
 
+pub mod bench;
 pub mod durable;
 pub mod events;
 pub mod fault;
@@ -13,6 +14,7 @@ pub mod journal;
 pub mod orchestrator;
 pub mod package_state;
 
+pub use bench::{BenchSwapArgs, run_bench_swap};
 pub use durable::{Checkpoint, CheckpointMeta, DeployedEntry, DurableError};
 pub use events::{StepTimings, SwapEvent};
 pub use journal::{Journal, JournalEntry};

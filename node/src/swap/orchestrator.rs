@@ -172,16 +172,25 @@ async fn restore_from(
     .await
 }
 
+/// Calls replayed at once: sent in order in one batch (the worker runs
+/// frames in arrival order), answers awaited together.
+pub const REPLAY_BATCH: usize = 256;
+
 async fn replay(package: &str, worker: &SupervisedWorker, entries: &[JournalEntry]) -> Result<(), SwapError> {
-    for entry in entries {
-        worker
-            .invoke(entry.op.clone(), entry.input.clone())
-            .await
-            .map_err(|e| SwapError::Step {
+    for batch in entries.chunks(REPLAY_BATCH) {
+        // join_all polls the calls in order, and each reaches the socket
+        // queue on its first poll (a batch is far below the in-flight
+        // bound), so they leave in journal order.
+        let calls = batch
+            .iter()
+            .map(|entry| worker.invoke(entry.op.clone(), entry.input.clone()));
+        for result in futures::future::join_all(calls).await {
+            result.map_err(|e| SwapError::Step {
                 package: package.to_string(),
                 step: "replay",
                 why: e.to_string(),
             })?;
+        }
     }
     Ok(())
 }
@@ -535,9 +544,26 @@ async fn rollback_paused(
 /// Takes a checkpoint of `package` now (pause, drain, snapshot, resume),
 /// then writes it to disk.
 pub async fn checkpoint(supervisor: &Supervisor, package: &str, config: &SwapConfig) -> Result<SwapEvent, SwapError> {
+    checkpoint_now(supervisor, package, config, false)
+        .await
+        .map(|event| event.unwrap_or_else(|| SwapEvent::new(package, "checkpoint_skipped")))
+}
+
+/// A checkpoint; when `keep_window`, skipped (`None`) while a warm window
+/// is open and the journal has room, decided under the control lock so a
+/// swap that just opened a window is seen.
+async fn checkpoint_now(
+    supervisor: &Supervisor,
+    package: &str,
+    config: &SwapConfig,
+    keep_window: bool,
+) -> Result<Option<SwapEvent>, SwapError> {
     let route = supervisor.route(package).ok_or_else(|| SwapError::NotRunning { package: package.to_string() })?;
     let state = supervisor.package_state(package);
     let control = supervisor.lock_control().await;
+    if keep_window && state.window().is_some() && !route.journal().wants_checkpoint() {
+        return Ok(None);
+    }
     let active = route.active();
     let mut event = SwapEvent::new(package, "checkpoint");
     event.to_version = Some(active.spec().version.clone());
@@ -564,7 +590,7 @@ pub async fn checkpoint(supervisor: &Supervisor, package: &str, config: &SwapCon
     state.close_window();
     write_durable(&state, &active.spec().version);
     state.record(&event);
-    Ok(event)
+    Ok(Some(event))
 }
 
 fn start_checkpoint_task(supervisor: &Supervisor, state: &Arc<PackageState>, config: &SwapConfig) {
@@ -594,7 +620,7 @@ fn start_checkpoint_task(supervisor: &Supervisor, state: &Arc<PackageState>, con
             if state.window().is_some() && !journal.wants_checkpoint() {
                 continue;
             }
-            if let Err(error) = checkpoint(&supervisor, state.package(), &config).await {
+            if let Err(error) = checkpoint_now(&supervisor, state.package(), &config, true).await {
                 tracing::warn!(%error, "periodic checkpoint failed");
             }
         }
@@ -623,11 +649,13 @@ pub async fn recover_restarted(supervisor: &Supervisor, worker: &SupervisedWorke
                 .map_err(|e| format!("restore: {e}"))?;
         }
         let entries = route.journal().entries();
-        for entry in &entries {
-            connection
-                .invoke(entry.op.clone(), Bytes::clone(&entry.input))
-                .await
-                .map_err(|e| format!("replay: {e}"))?;
+        for batch in entries.chunks(REPLAY_BATCH) {
+            let calls = batch
+                .iter()
+                .map(|entry| connection.invoke(entry.op.clone(), Bytes::clone(&entry.input)));
+            for result in futures::future::join_all(calls).await {
+                result.map_err(|e| format!("replay: {e}"))?;
+            }
         }
         Ok(entries.len() as u64)
     }

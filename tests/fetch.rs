@@ -37,7 +37,7 @@ struct Liar(BlobStore);
 impl ChunkServe for Liar {
     fn chunk(&self, blob: &BlobId, index: u32) -> Option<Vec<u8>> {
         let mut bytes = self.0.chunk(blob, index)?;
-        if index % 2 == 0 {
+        if index.is_multiple_of(2) {
             bytes[0] ^= 0xff;
         }
         Some(bytes)
@@ -83,9 +83,10 @@ async fn holder(source: Arc<dyn ChunkServe>) -> (LoopbackNode, tokio::task::Join
 }
 
 fn test_config() -> FetchConfig {
-    let mut config = FetchConfig::default();
-    config.chunk_timeout = std::time::Duration::from_secs(20);
-    config
+    FetchConfig {
+        chunk_timeout: std::time::Duration::from_secs(20),
+        ..FetchConfig::default()
+    }
 }
 
 async fn fetch_from(

@@ -51,7 +51,8 @@ impl NodeProcess {
             let _ = child.kill();
             panic!("node did not start");
         }
-        let info: serde_json::Value = serde_json::from_slice(&std::fs::read(data_dir.join("node.json")).unwrap()).unwrap();
+        let info: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(data_dir.join("node.json")).unwrap()).unwrap();
         Self {
             child,
             http: info["http"].as_str().unwrap().to_string(),
@@ -79,9 +80,14 @@ impl Drop for NodeProcess {
 const COUNTER: &str = "dev.clawmesh.counter";
 
 /// One admin request; returns Ok(value) or Err((code, message)).
-fn admin(node_dir: &Path, request: serde_json::Value) -> Result<serde_json::Value, (String, String)> {
+fn admin(
+    node_dir: &Path,
+    request: serde_json::Value,
+) -> Result<serde_json::Value, (String, String)> {
     let stream = UnixStream::connect(node_dir.join("admin.sock")).expect("admin socket");
-    stream.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
     let mut line = serde_json::to_vec(&request).unwrap();
     line.push(b'\n');
     (&stream).write_all(&line).unwrap();
@@ -93,13 +99,19 @@ fn admin(node_dir: &Path, request: serde_json::Value) -> Result<serde_json::Valu
     let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
     match (v.get("ok"), v.get("error")) {
         (Some(ok), _) => Ok(ok.clone()),
-        (_, Some(e)) => Err((e["code"].as_str().unwrap().into(), e["message"].as_str().unwrap().into())),
+        (_, Some(e)) => Err((
+            e["code"].as_str().unwrap().into(),
+            e["message"].as_str().unwrap().into(),
+        )),
         _ => panic!("not a response: {v}"),
     }
 }
 
 fn deploy(node_dir: &Path, version: &str) -> Result<serde_json::Value, (String, String)> {
-    admin(node_dir, serde_json::json!({"op": "deploy", "package": COUNTER, "version": version}))
+    admin(
+        node_dir,
+        serde_json::json!({"op": "deploy", "package": COUNTER, "version": version}),
+    )
 }
 
 fn invoke(node: &NodeProcess, op: &str, body: &[u8]) -> (u16, String) {
@@ -122,7 +134,10 @@ fn get_when_serving(node: &NodeProcess) -> u64 {
         if status == 200 {
             return body.parse().unwrap();
         }
-        assert!(Instant::now() < deadline, "counter never served again: {status} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "counter never served again: {status} {body}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -136,7 +151,13 @@ fn add(node: &NodeProcess, n: u64) {
 
 fn swap_status(node_dir: &Path) -> serde_json::Value {
     let status = admin(node_dir, serde_json::json!({"op": "status"})).unwrap();
-    status["swap"].as_array().unwrap().iter().find(|s| s["package"] == COUNTER).cloned().unwrap()
+    status["swap"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["package"] == COUNTER)
+        .cloned()
+        .unwrap()
 }
 
 fn active_version(node_dir: &Path) -> String {
@@ -166,7 +187,8 @@ impl Load {
         let url = format!("{}/v1/skills/{COUNTER}/add", node.http());
         let handles = (0..threads)
             .map(|_| {
-                let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
+                let (stop, ok, failed, url) =
+                    (stop.clone(), ok.clone(), failed.clone(), url.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let (status, body) = http_post(&url, b"1");
@@ -180,7 +202,12 @@ impl Load {
                 })
             })
             .collect();
-        Self { stop, handles, ok, failed }
+        Self {
+            stop,
+            handles,
+            ok,
+            failed,
+        }
     }
 
     /// Waits until at least `n` more calls were acknowledged.
@@ -198,7 +225,10 @@ impl Load {
         for h in self.handles {
             h.join().unwrap();
         }
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -232,7 +262,11 @@ fn swap_under_load_fails_no_request_and_keeps_every_increment() {
     let (acknowledged, failed) = load.finish();
 
     assert_eq!(failed, 0, "no request may fail during a swap");
-    assert_eq!(get(&node), 5 + acknowledged, "every acknowledged increment is kept");
+    assert_eq!(
+        get(&node),
+        5 + acknowledged,
+        "every acknowledged increment is kept"
+    );
     assert_eq!(active_version(&node_dir), "2.0.0");
     let timings = &swapped["swap"]["timings"];
     assert!(timings["pause_us"].as_u64().is_some(), "{swapped}");
@@ -245,7 +279,10 @@ fn swap_under_load_fails_no_request_and_keeps_every_increment() {
 #[test]
 fn a_version_whose_restore_traps_is_refused_and_the_old_one_keeps_its_state() {
     let dir = tempfile::tempdir().unwrap();
-    let node_dir = setup(dir.path(), &[("fixture_trap_restore.wasm", COUNTER, "3.0.0")]);
+    let node_dir = setup(
+        dir.path(),
+        &[("fixture_trap_restore.wasm", COUNTER, "3.0.0")],
+    );
     let node = NodeProcess::start(&node_dir, &[]);
     deploy(&node_dir, "1.0.0").unwrap();
     add(&node, 7);
@@ -272,17 +309,28 @@ fn rollback_keeps_every_acknowledged_increment() {
 
     let load = Load::start(&node, 8);
     load.wait_for(100);
-    let rolled = admin(&node_dir, serde_json::json!({"op": "rollback", "package": COUNTER})).unwrap();
+    let rolled = admin(
+        &node_dir,
+        serde_json::json!({"op": "rollback", "package": COUNTER}),
+    )
+    .unwrap();
     load.wait_for(50);
     let (acknowledged, failed) = load.finish();
 
     assert_eq!(failed, 0);
-    assert_eq!(rolled["state_path"], "replay", "v1 has no down-migration: {rolled}");
+    assert_eq!(
+        rolled["state_path"], "replay",
+        "v1 has no down-migration: {rolled}"
+    );
     assert!(rolled["replayed"].as_u64().unwrap() > 0, "{rolled}");
     assert_eq!(active_version(&node_dir), "1.0.0");
     assert_eq!(get(&node), 3 + acknowledged);
     // No window any more: a second rollback is a swap forward to 2.0.0.
-    let again = admin(&node_dir, serde_json::json!({"op": "rollback", "package": COUNTER})).unwrap();
+    let again = admin(
+        &node_dir,
+        serde_json::json!({"op": "rollback", "package": COUNTER}),
+    )
+    .unwrap();
     assert_eq!(again["kind"], "rollback", "{again}");
     assert_eq!(active_version(&node_dir), "2.0.0");
     assert_eq!(get(&node), 3 + acknowledged);
@@ -311,7 +359,11 @@ fn worker_kills_lose_nothing(steps: &[&str]) {
     expected += 4;
     let status = admin(&node_dir, serde_json::json!({"op": "status"})).unwrap();
     let pid = status["skills"][0]["pid"].as_u64().unwrap() as i32;
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     assert_eq!(get_when_serving(&node), expected);
 
     let mut version = "1.0.0";
@@ -320,20 +372,35 @@ fn worker_kills_lose_nothing(steps: &[&str]) {
             add(&node, 3);
             expected += 3;
             let fault = format!("{step}:{who}");
-            admin(&node_dir, serde_json::json!({"op": "inject_fault", "spec": fault})).unwrap();
+            admin(
+                &node_dir,
+                serde_json::json!({"op": "inject_fault", "spec": fault}),
+            )
+            .unwrap();
             let target = if version == "1.0.0" { "2.0.0" } else { "1.0.0" };
             let outcome = deploy(&node_dir, target);
             admin(&node_dir, serde_json::json!({"op": "inject_fault"})).unwrap();
             if outcome.is_ok() {
                 version = target;
             }
-            assert_eq!(get_when_serving(&node), expected, "after {fault} ({outcome:?})");
+            assert_eq!(
+                get_when_serving(&node),
+                expected,
+                "after {fault} ({outcome:?})"
+            );
             // v1 cannot read v2's state: go back through a rollback instead.
             if version == "2.0.0" {
-                let back = admin(&node_dir, serde_json::json!({"op": "rollback", "package": COUNTER}));
+                let back = admin(
+                    &node_dir,
+                    serde_json::json!({"op": "rollback", "package": COUNTER}),
+                );
                 assert!(back.is_ok(), "rollback after {fault}: {back:?}");
                 version = "1.0.0";
-                assert_eq!(get_when_serving(&node), expected, "after {fault} and a rollback");
+                assert_eq!(
+                    get_when_serving(&node),
+                    expected,
+                    "after {fault} and a rollback"
+                );
             }
         }
     }
@@ -354,11 +421,23 @@ fn a_node_killed_at_any_swap_step_comes_back_from_its_last_durable_checkpoint() 
         assert_eq!(get_when_serving(&node), durable, "restarted before {step}");
         assert_eq!(active_version(&node_dir), "1.0.0");
         add(&node, 5);
-        admin(&node_dir, serde_json::json!({"op": "checkpoint", "package": COUNTER})).unwrap();
+        admin(
+            &node_dir,
+            serde_json::json!({"op": "checkpoint", "package": COUNTER}),
+        )
+        .unwrap();
         durable += 5;
-        assert!(swap_status(&node_dir)["durable_checkpoint_age_ms"].as_u64().is_some());
+        assert!(
+            swap_status(&node_dir)["durable_checkpoint_age_ms"]
+                .as_u64()
+                .is_some()
+        );
         add(&node, 2); // acknowledged, journaled, not durable
-        admin(&node_dir, serde_json::json!({"op": "inject_fault", "spec": format!("{step}:kill-node")})).unwrap();
+        admin(
+            &node_dir,
+            serde_json::json!({"op": "inject_fault", "spec": format!("{step}:kill-node")}),
+        )
+        .unwrap();
         let outcome = deploy(&node_dir, "2.0.0");
         assert!(outcome.is_err(), "the node died at {step}: {outcome:?}");
         node.wait_killed();
@@ -367,4 +446,41 @@ fn a_node_killed_at_any_swap_step_comes_back_from_its_last_durable_checkpoint() 
     assert_eq!(get_when_serving(&node), durable);
     let age = swap_status(&node_dir)["checkpoint_age_ms"].as_u64();
     assert!(age.is_some(), "status says how old the checkpoint is");
+}
+
+#[test]
+fn the_sidecar_swaps_a_raw_component_in_place_and_events_stream_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = setup(dir.path(), &[]);
+    let node = NodeProcess::start(&node_dir, &[]);
+    deploy(&node_dir, "1.0.0").unwrap();
+    add(&node, 9);
+
+    // Subscribe before the swap; the first event line must be that swap.
+    let events = UnixStream::connect(node_dir.join("admin.sock")).unwrap();
+    events.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    (&events).write_all(b"{\"op\":\"events\",\"package\":\"dev.clawmesh.counter\"}\n").unwrap();
+    let mut lines = BufReader::new(events).lines();
+    let subscribed: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(subscribed["ok"]["subscribed"], true);
+
+    let wasm = clawmesh_e2e::skill("counter_v2.wasm");
+    let out = clawmesh_e2e::clawmesh_ok(&[
+        "dev",
+        "--watch",
+        clawmesh_e2e::s(&wasm),
+        "--name",
+        COUNTER,
+        "--node",
+        clawmesh_e2e::s(&node_dir),
+        "--once",
+    ]);
+    assert!(out.starts_with("swap 1.0.0 → 0.0.0-dev+"), "{out}");
+    for step in ["prewarm", "pause", "snapshot", "restore", "flip", "state 8 B kept"] {
+        assert!(out.contains(step), "{step} missing from {out}");
+    }
+    assert_eq!(get(&node), 9, "state kept across the sidecar's swap");
+    let event: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(event["ok"]["kind"], "swap", "{event}");
+    assert!(event["ok"]["to_version"].as_str().unwrap().starts_with("0.0.0-dev+"), "{event}");
 }

@@ -8,9 +8,8 @@
 //! printed beside it is the cost of one status poll of every node (the
 //! resolution of the measurement).
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -22,15 +21,12 @@ use clawmesh_crdt::{Intent, IntentAction, SignedIntent};
 use serde::Serialize;
 
 use crate::bench::histogram::LatencyHistogram;
-use crate::daemon::admin_call;
-use crate::daemon::admin_protocol::AdminRequest;
 use crate::daemon::mesh_admin::MeshRequest;
 use crate::data_dir::DataDir;
+use crate::demo::local_mesh::{MeshNode, NodeLaunch, START_TIMEOUT, start_node};
 use crate::package_file::{encode_package, write_file_atomically};
 
 const PACKAGE: &str = "dev.clawmesh.counter";
-/// Longest a node may take to start.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest one release may take before the bench gives up.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Pause between status polls.
@@ -75,56 +71,8 @@ pub struct BenchReleaseReport {
     pub p99_over_goal: f64,
 }
 
-struct Node {
-    child: Child,
-    dir: DataDir,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0));
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_node(exe: &Path, dir: &Path, bootstrap: Option<&str>) -> anyhow::Result<Node> {
-    let mut cmd = Command::new(exe);
-    cmd.arg("node").arg("--data-dir").arg(dir).env_remove("RUST_BACKTRACE").stderr(Stdio::piped());
-    if let Some(b) = bootstrap {
-        cmd.arg("--bootstrap").arg(b);
-    }
-    let mut child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
-    let stderr = child.stderr.take().context("node stderr")?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent && line.contains(" serving on ") {
-                sent = true;
-                let _ = tx.send(());
-            }
-        }
-    });
-    let node = Node {
-        child,
-        dir: DataDir::new(dir),
-    };
-    rx.recv_timeout(START_TIMEOUT)
-        .map_err(|_| anyhow::anyhow!("node in {} did not start within {START_TIMEOUT:?}", dir.display()))?;
-    Ok(node)
-}
-
-fn mesh(node: &Node, request: MeshRequest) -> anyhow::Result<serde_json::Value> {
-    Ok(admin_call(&node.dir.admin_socket(), &AdminRequest::Mesh(request))?)
+fn mesh(node: &MeshNode, request: MeshRequest) -> anyhow::Result<serde_json::Value> {
+    node.mesh(request)
 }
 
 /// Runs the benchmark and prints its report.
@@ -148,12 +96,15 @@ pub fn run_bench_release(args: BenchReleaseArgs) -> anyhow::Result<ExitCode> {
         write_file_atomically(&DataDir::new(d).trust_file(), trust.to_toml().as_bytes(), 0o644)?;
     }
     eprintln!("starting {} nodes…", args.nodes);
-    let first = start_node(&exe, &dirs[0], None)?;
-    let info = crate::daemon::NodeInfo::read(&first.dir.node_json())?;
-    let bootstrap = info.p2p.first().context("node 0 has no p2p address")?.clone();
+    let first = start_node(&exe, &dirs[0], &NodeLaunch::default())?;
+    let bootstrap = first.info.p2p.first().context("node 0 has no p2p address")?.clone();
     let mut nodes = vec![first];
+    let launch = NodeLaunch {
+        bootstrap: Some(bootstrap),
+        ..NodeLaunch::default()
+    };
     for d in &dirs[1..] {
-        nodes.push(start_node(&exe, d, Some(&bootstrap))?);
+        nodes.push(start_node(&exe, d, &launch)?);
     }
     let deadline = Instant::now() + START_TIMEOUT;
     for node in &nodes {
@@ -212,7 +163,7 @@ pub fn run_bench_release(args: BenchReleaseArgs) -> anyhow::Result<ExitCode> {
         let signed = SignedIntent::sign(intent, &key)?;
         let started = Instant::now();
         mesh(via, MeshRequest::SubmitIntent { envelope_hex: hex::encode(signed.envelope_bytes()) })?;
-        let mut pending: Vec<&Node> = nodes.iter().collect();
+        let mut pending: Vec<&MeshNode> = nodes.iter().collect();
         while !pending.is_empty() {
             if started.elapsed() > RELEASE_TIMEOUT {
                 bail!("release {v} did not reach every node within {RELEASE_TIMEOUT:?}");

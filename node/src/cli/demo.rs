@@ -45,10 +45,34 @@ struct Sample {
 }
 
 const SAMPLES: &[Sample] = &[
-    Sample { file: "counter.wasm", package: "dev.clawmesh.counter", version: "1.0.0", schema: 1, deps: &[] },
-    Sample { file: "counter_v2.wasm", package: "dev.clawmesh.counter", version: "2.0.0", schema: 2, deps: &[] },
-    Sample { file: "kv_v1.wasm", package: "dev.clawmesh.kv", version: "1.0.0", schema: 1, deps: &[] },
-    Sample { file: "kv_v2.wasm", package: "dev.clawmesh.kv", version: "2.0.0", schema: 2, deps: &[] },
+    Sample {
+        file: "counter.wasm",
+        package: "dev.clawmesh.counter",
+        version: "1.0.0",
+        schema: 1,
+        deps: &[],
+    },
+    Sample {
+        file: "counter_v2.wasm",
+        package: "dev.clawmesh.counter",
+        version: "2.0.0",
+        schema: 2,
+        deps: &[],
+    },
+    Sample {
+        file: "kv_v1.wasm",
+        package: "dev.clawmesh.kv",
+        version: "1.0.0",
+        schema: 1,
+        deps: &[],
+    },
+    Sample {
+        file: "kv_v2.wasm",
+        package: "dev.clawmesh.kv",
+        version: "2.0.0",
+        schema: 2,
+        deps: &[],
+    },
     Sample {
         file: "transform.wasm",
         package: "dev.clawmesh.transform",
@@ -57,6 +81,9 @@ const SAMPLES: &[Sample] = &[
         deps: &["dev.clawmesh.kv@^2,shared"],
     },
 ];
+
+/// One of acts 3–6.
+type MeshAct = fn(&mut MeshDemo) -> anyhow::Result<((), String)>;
 
 /// The report file, in the data dir.
 const REPORT_FILE: &str = "report.html";
@@ -89,7 +116,11 @@ struct Demo {
 }
 
 impl Demo {
-    fn step<T>(&mut self, name: &str, f: impl FnOnce() -> anyhow::Result<(T, String)>) -> anyhow::Result<T> {
+    fn step<T>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce() -> anyhow::Result<(T, String)>,
+    ) -> anyhow::Result<T> {
         let start = Instant::now();
         let result = f();
         let millis = start.elapsed().as_secs_f64() * 1e3;
@@ -98,8 +129,16 @@ impl Demo {
             Err(e) => (false, format!("{e:#}")),
         };
         if !self.json {
-            let mark = if ok { self.ui.ok("✓") } else { self.ui.bad("✗") };
-            println!("  {mark} {} {}", name, self.ui.dim(&format!("({millis:.1} ms)")));
+            let mark = if ok {
+                self.ui.ok("✓")
+            } else {
+                self.ui.bad("✗")
+            };
+            println!(
+                "  {mark} {} {}",
+                name,
+                self.ui.dim(&format!("({millis:.1} ms)"))
+            );
             for line in detail.lines() {
                 println!("      {line}");
             }
@@ -121,7 +160,12 @@ impl Demo {
 
     /// Runs one act: its header first (progress shows while it runs),
     /// then ✓ or ✗ with what it saw. `None` when it failed.
-    fn act<T>(&mut self, act: u8, title: &str, f: impl FnOnce() -> anyhow::Result<(T, String)>) -> Option<T> {
+    fn act<T>(
+        &mut self,
+        act: u8,
+        title: &str,
+        f: impl FnOnce() -> anyhow::Result<(T, String)>,
+    ) -> Option<T> {
         self.announce(act, title);
         let start = Instant::now();
         let result = f();
@@ -136,8 +180,15 @@ impl Demo {
 
     fn record(&mut self, act: u8, title: &str, ok: bool, detail: String, millis: f64) {
         if !self.json {
-            let mark = if ok { self.ui.ok("✓") } else { self.ui.bad("✗ FAILED") };
-            println!("{mark} act {act} {}", self.ui.dim(&format!("({:.1} s)", millis / 1e3)));
+            let mark = if ok {
+                self.ui.ok("✓")
+            } else {
+                self.ui.bad("✗ FAILED")
+            };
+            println!(
+                "{mark} act {act} {}",
+                self.ui.dim(&format!("({:.1} s)", millis / 1e3))
+            );
             for line in detail.lines() {
                 println!("    {line}");
             }
@@ -164,14 +215,19 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             d.clone()
         }
         None => {
-            let t = tempfile::Builder::new().prefix("clawmesh-demo-").tempdir()?;
+            let t = tempfile::Builder::new()
+                .prefix("clawmesh-demo-")
+                .tempdir()?;
             let path = t.path().to_path_buf();
             interrupt::register_temp_dir(path.clone());
             temp = Some(t);
             path
         }
     };
-    let skills = args.skills_dir.clone().unwrap_or_else(super::default_skills_dir);
+    let skills = args
+        .skills_dir
+        .clone()
+        .unwrap_or_else(super::default_skills_dir);
     let mut demo = Demo {
         ui: Ui::from_env(),
         json: args.json,
@@ -181,7 +237,11 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         },
     };
     if !args.json {
-        println!("{}", demo.ui.step("clawmesh demo: a leaderless release mesh on one machine"));
+        println!(
+            "{}",
+            demo.ui
+                .step("clawmesh demo: a leaderless release mesh on one machine")
+        );
         println!("{}", demo.ui.dim(&format!("working in {}", root.display())));
     }
     let started = Instant::now();
@@ -222,18 +282,31 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             remove_all_but(&kept, REPORT_FILE);
         } else {
             let kept = t.keep();
-            eprintln!("the data dir is kept for inspection (node logs in mesh/node*/node.log): {}", kept.display());
+            eprintln!(
+                "the data dir is kept for inspection (node logs in mesh/node*/node.log): {}",
+                kept.display()
+            );
         }
     }
     if interrupted {
         return Err(Interrupted.into());
     }
     if !passed {
-        let failed: Vec<String> = demo.report.acts.iter().filter(|a| !a.ok).map(|a| a.act.to_string()).collect();
+        let failed: Vec<String> = demo
+            .report
+            .acts
+            .iter()
+            .filter(|a| !a.ok)
+            .map(|a| a.act.to_string())
+            .collect();
         bail!(
             "the demo did not do everything it claims: act(s) {} failed{}",
             failed.join(", "),
-            if demo.report.acts.len() < 7 { " and the acts after it did not run" } else { "" }
+            if demo.report.acts.len() < 7 {
+                " and the acts after it did not run"
+            } else {
+                ""
+            }
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -241,23 +314,39 @@ pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
 
 /// Removes everything in `dir` except the file `keep`.
 fn remove_all_but(dir: &Path, keep: &str) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.file_name().is_some_and(|n| n == keep) {
             continue;
         }
-        let _ = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        let _ = if path.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
     }
 }
 
 fn print_keep(mesh: &MeshDemo, root: &Path) {
     let pids: Vec<String> = mesh.nodes.iter().map(|n| n.pid().to_string()).collect();
     let dir = |i: usize| mesh.nodes[i].dir.root().display().to_string();
-    println!("\nthe mesh keeps running (pids {}). Talk to it:", pids.join(" "));
+    println!(
+        "\nthe mesh keeps running (pids {}). Talk to it:",
+        pids.join(" ")
+    );
     println!("  clawmesh status --node {}", dir(0));
-    println!("  clawmesh invoke dev.clawmesh.counter get --node {}", dir(2));
-    println!("  clawmesh rollback dev.clawmesh.counter --key {} --node {}", root.join("publisher.key").display(), dir(1));
+    println!(
+        "  clawmesh invoke dev.clawmesh.counter get --node {}",
+        dir(2)
+    );
+    println!(
+        "  clawmesh rollback dev.clawmesh.counter --key {} --node {}",
+        root.join("publisher.key").display(),
+        dir(1)
+    );
     println!("stop it with: kill {}", pids.join(" "));
 }
 
@@ -272,12 +361,28 @@ fn run_acts(demo: &mut Demo, root: &Path, skills: &Path, keep: bool) -> Option<M
     let (key, trust) = match act1 {
         Ok(kt) if failed_steps == 0 => {
             let n = demo.report.steps.len();
-            demo.record(1, "keys, trust, signed packages and refusals", true, format!("{n} steps, all as claimed"), millis);
+            demo.record(
+                1,
+                "keys, trust, signed packages and refusals",
+                true,
+                format!("{n} steps, all as claimed"),
+                millis,
+            );
             kt
         }
         Ok(_) | Err(_) => {
-            let why = act1.err().map_or(format!("{failed_steps} step(s) failed"), |e| format!("{e:#}"));
-            demo.record(1, "keys, trust, signed packages and refusals", false, why, millis);
+            let why = act1
+                .err()
+                .map_or(format!("{failed_steps} step(s) failed"), |e| {
+                    format!("{e:#}")
+                });
+            demo.record(
+                1,
+                "keys, trust, signed packages and refusals",
+                false,
+                why,
+                millis,
+            );
             return None;
         }
     };
@@ -285,7 +390,13 @@ fn run_acts(demo: &mut Demo, root: &Path, skills: &Path, keep: bool) -> Option<M
         exe: match std::env::current_exe() {
             Ok(e) => e,
             Err(e) => {
-                demo.record(2, "a five-node mesh on loopback", false, format!("locating the clawmesh binary: {e}"), 0.0);
+                demo.record(
+                    2,
+                    "a five-node mesh on loopback",
+                    false,
+                    format!("locating the clawmesh binary: {e}"),
+                    0.0,
+                );
                 return None;
             }
         },
@@ -295,14 +406,32 @@ fn run_acts(demo: &mut Demo, root: &Path, skills: &Path, keep: bool) -> Option<M
         in_place: !demo.json && std::io::stdout().is_terminal(),
         keep,
     };
-    let mut mesh = demo.act(2, "a five-node mesh on loopback, joined through one bootstrap peer", || {
-        act_join::start_mesh(config, key, trust)
-    })?;
-    let acts: [(u8, &str, fn(&mut MeshDemo) -> anyhow::Result<((), String)>); 4] = [
-        (3, "counter v1 published on node 1, released from node 3, Active everywhere", act_release::release_v1),
-        (4, "counter v2 released under load on every node", act_load::release_v2_under_load),
-        (5, "a broken version: failures, breakers, quarantine, back on v2", act_quarantine::release_broken),
-        (6, "a partition, conflicting releases on each side, the heal", act_partition::split_and_heal),
+    let mut mesh = demo.act(
+        2,
+        "a five-node mesh on loopback, joined through one bootstrap peer",
+        || act_join::start_mesh(config, key, trust),
+    )?;
+    let acts: [(u8, &str, MeshAct); 4] = [
+        (
+            3,
+            "counter v1 published on node 1, released from node 3, Active everywhere",
+            act_release::release_v1,
+        ),
+        (
+            4,
+            "counter v2 released under load on every node",
+            act_load::release_v2_under_load,
+        ),
+        (
+            5,
+            "a broken version: swaps fail, quarantine, every node back on v2",
+            act_quarantine::release_broken,
+        ),
+        (
+            6,
+            "a partition, conflicting releases on each side, the heal",
+            act_partition::split_and_heal,
+        ),
     ];
     for (n, title, run) in acts {
         if demo.act(n, title, || run(&mut mesh)).is_none() {
@@ -314,7 +443,9 @@ fn run_acts(demo: &mut Demo, root: &Path, skills: &Path, keep: bool) -> Option<M
     let report_path = root.join(REPORT_FILE);
     let acts_so_far = demo.report.acts.clone();
     let figures = mesh.figures.clone();
-    let written = demo.act(7, "summary and HTML report", || summarize(&figures, &acts_so_far, &report_path));
+    let written = demo.act(7, "summary and HTML report", || {
+        summarize(&figures, &acts_so_far, &report_path)
+    });
     if written.is_some() {
         demo.report.report_html = Some(report_path.display().to_string());
     }
@@ -325,9 +456,15 @@ fn run_acts(demo: &mut Demo, root: &Path, skills: &Path, keep: bool) -> Option<M
 fn summarize(figures: &Figures, acts: &[ActRecord], path: &Path) -> anyhow::Result<((), String)> {
     let mut lines = Vec::new();
     if let Some(l) = &figures.load {
-        lines.push(format!("requests served under load: {}, errors: {}", l.served, l.errors));
+        lines.push(format!(
+            "requests served under load: {}, errors: {}",
+            l.served, l.errors
+        ));
         let kept = l.state_kept.iter().filter(|k| **k).count();
-        lines.push(format!("counter state kept across the v2 swap on {kept} of {} nodes", l.state_kept.len()));
+        lines.push(format!(
+            "counter state kept across the v2 swap on {kept} of {} nodes",
+            l.state_kept.len()
+        ));
     }
     let pauses: Vec<String> = figures
         .swap_pause_ms
@@ -335,15 +472,23 @@ fn summarize(figures: &Figures, acts: &[ActRecord], path: &Path) -> anyhow::Resu
         .map(|p| p.map_or("-".to_string(), |p| format!("{p:.2}")))
         .collect();
     if !pauses.is_empty() {
-        lines.push(format!("swap pauses per node (ms, as the nodes measured them): {}", pauses.join(" ")));
+        lines.push(format!(
+            "swap pauses per node (ms, as the nodes measured them): {}",
+            pauses.join(" ")
+        ));
     }
     if let Some(j) = figures.mesh_joined_ms {
         lines.push(format!("mesh joined in {j:.0} ms"));
     }
     let slowest = |v: &[Option<f64>]| v.iter().flatten().copied().fold(0.0, f64::max);
-    lines.push(format!("v1 Active on every node {:.0} ms after the release", slowest(&figures.active_ms)));
+    lines.push(format!(
+        "v1 Active on every node {:.0} ms after the release",
+        slowest(&figures.active_ms)
+    ));
     if let Some(q) = figures.quarantine_ms {
-        lines.push(format!("broken version quarantined and every node back on v2 in {q:.0} ms"));
+        lines.push(format!(
+            "broken version quarantined and every node back on v2 in {q:.0} ms"
+        ));
     }
     if let Some(w) = &figures.converged_to {
         lines.push(format!(
@@ -364,18 +509,29 @@ fn summarize(figures: &Figures, acts: &[ActRecord], path: &Path) -> anyhow::Resu
     let back = fs::read_to_string(path)?;
     let charts = back.matches("<svg").count();
     if back != html || charts < 5 {
-        bail!("the report at {} did not read back whole ({charts} charts)", path.display());
+        bail!(
+            "the report at {} did not read back whole ({charts} charts)",
+            path.display()
+        );
     }
     lines.push(format!("report ({charts} charts): {}", path.display()));
     Ok(((), lines.join("\n")))
 }
 
-fn run_steps(demo: &mut Demo, root: &Path, skills: &Path) -> anyhow::Result<(PublisherKey, TrustRoot)> {
+fn run_steps(
+    demo: &mut Demo,
+    root: &Path,
+    skills: &Path,
+) -> anyhow::Result<(PublisherKey, TrustRoot)> {
     let key_file = root.join("publisher.key");
     let key = demo.step("make a publisher key", || {
         let key = PublisherKey::generate()?;
         write_key_pair(&key, &key_file, true)?;
-        let detail = format!("key id {} → {} (mode 0600)", key.key_id(), key_file.display());
+        let detail = format!(
+            "key id {} → {} (mode 0600)",
+            key.key_id(),
+            key_file.display()
+        );
         Ok((key, detail))
     })?;
 
@@ -384,7 +540,10 @@ fn run_steps(demo: &mut Demo, root: &Path, skills: &Path) -> anyhow::Result<(Pub
         let trust = TrustRoot::new(1, [publisher_of(&key, "demo publisher")])?;
         fs::create_dir_all(node.root())?;
         write_file_atomically(&node.trust_file(), trust.to_toml().as_bytes(), 0o644)?;
-        Ok((trust, format!("1 publisher, threshold 1 → {}", node.trust_file().display())))
+        Ok((
+            trust,
+            format!("1 publisher, threshold 1 → {}", node.trust_file().display()),
+        ))
     })?;
 
     let blobs = node.blob_store()?;
@@ -393,7 +552,10 @@ fn run_steps(demo: &mut Demo, root: &Path, skills: &Path) -> anyhow::Result<(Pub
     for sample in SAMPLES {
         let wasm = skills.join(sample.file);
         let out = root.join(format!("{}-{}.pkg", sample.package, sample.version));
-        let title = format!("pack, sign and publish {}@{}", sample.package, sample.version);
+        let title = format!(
+            "pack, sign and publish {}@{}",
+            sample.package, sample.version
+        );
         let p = demo.step(&title, || {
             let blob = fs::read(&wasm).with_context(|| {
                 format!(
@@ -401,7 +563,11 @@ fn run_steps(demo: &mut Demo, root: &Path, skills: &Path) -> anyhow::Result<(Pub
                     wasm.display()
                 )
             })?;
-            let deps = sample.deps.iter().map(|d| parse_dep(d)).collect::<anyhow::Result<Vec<_>>>()?;
+            let deps = sample
+                .deps
+                .iter()
+                .map(|d| parse_dep(d))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let manifest = Manifest::for_blob(
                 sample.package.parse()?,
                 semver::Version::parse(sample.version)?,
@@ -461,36 +627,42 @@ fn run_steps(demo: &mut Demo, root: &Path, skills: &Path) -> anyhow::Result<(Pub
         .context("no package published")?;
     let before = store_fingerprint(node.root())?;
 
-    demo.step("refuse a wrong --sha256 (the seed's X-Checksum-SHA256)", || {
-        let wrong = BlobId::of(b"not the blob");
-        match publish_file(&counter_pkg, Some(wrong), &trust, &blobs, &packages) {
-            Err(e @ PublishError::ChecksumMismatch { .. }) => Ok(((), format!("refused: {e}"))),
-            Err(e) => bail!("refused for the wrong reason: {e}"),
-            Ok(_) => bail!("a wrong checksum was accepted"),
-        }
-    })?;
+    demo.step(
+        "refuse a wrong --sha256 (the seed's X-Checksum-SHA256)",
+        || {
+            let wrong = BlobId::of(b"not the blob");
+            match publish_file(&counter_pkg, Some(wrong), &trust, &blobs, &packages) {
+                Err(e @ PublishError::ChecksumMismatch { .. }) => Ok(((), format!("refused: {e}"))),
+                Err(e) => bail!("refused for the wrong reason: {e}"),
+                Ok(_) => bail!("a wrong checksum was accepted"),
+            }
+        },
+    )?;
 
-    demo.step("refuse a package signed by a key outside the trust root", || {
-        let stranger = PublisherKey::generate()?;
-        let bytes = fs::read(skills.join(SAMPLES[0].file))?;
-        let manifest = Manifest::for_blob(
-            "dev.clawmesh.counter".parse()?,
-            semver::Version::new(9, 9, 9),
-            vec![],
-            &bytes,
-            DEFAULT_ABI_WORLD,
-            1,
-            Capabilities::default(),
-        )?;
-        let forged = SignedManifest::sign(manifest, &[&stranger])?;
-        let path = root.join("forged.pkg");
-        write_file_atomically(&path, &encode_package(forged.envelope, bytes), 0o644)?;
-        match publish_file(&path, None, &trust, &blobs, &packages) {
-            Err(e @ PublishError::Manifest(_)) => Ok(((), format!("refused: {e}"))),
-            Err(e) => bail!("refused for the wrong reason: {e}"),
-            Ok(_) => bail!("a package from an unknown key was accepted"),
-        }
-    })?;
+    demo.step(
+        "refuse a package signed by a key outside the trust root",
+        || {
+            let stranger = PublisherKey::generate()?;
+            let bytes = fs::read(skills.join(SAMPLES[0].file))?;
+            let manifest = Manifest::for_blob(
+                "dev.clawmesh.counter".parse()?,
+                semver::Version::new(9, 9, 9),
+                vec![],
+                &bytes,
+                DEFAULT_ABI_WORLD,
+                1,
+                Capabilities::default(),
+            )?;
+            let forged = SignedManifest::sign(manifest, &[&stranger])?;
+            let path = root.join("forged.pkg");
+            write_file_atomically(&path, &encode_package(forged.envelope, bytes), 0o644)?;
+            match publish_file(&path, None, &trust, &blobs, &packages) {
+                Err(e @ PublishError::Manifest(_)) => Ok(((), format!("refused: {e}"))),
+                Err(e) => bail!("refused for the wrong reason: {e}"),
+                Ok(_) => bail!("a package from an unknown key was accepted"),
+            }
+        },
+    )?;
 
     demo.step("refuse a truncated package file", || {
         let bytes = fs::read(&counter_pkg)?;

@@ -98,7 +98,9 @@ pub enum AdminResponse {
 #[derive(Debug, thiserror::Error)]
 pub enum AdminClientError {
     /// No node listens there.
-    #[error("cannot reach the node's admin socket {path}: {source} (is `clawmesh node --data-dir ...` running?)")]
+    #[error(
+        "cannot reach the node's admin socket {path}: {source} (is `clawmesh node --data-dir ...` running?)"
+    )]
     Connect {
         /// The socket.
         path: String,
@@ -139,7 +141,9 @@ pub fn admin_events(
         if reader.read_line(&mut answer)? == 0 || answer.len() > MAX_ADMIN_LINE {
             return Ok(());
         }
-        match serde_json::from_str::<AdminResponse>(&answer).map_err(|e| AdminClientError::Protocol(e.to_string()))? {
+        match serde_json::from_str::<AdminResponse>(&answer)
+            .map_err(|e| AdminClientError::Protocol(e.to_string()))?
+        {
             AdminResponse::Ok(v) => {
                 if !each(v) {
                     return Ok(());
@@ -151,23 +155,31 @@ pub fn admin_events(
 }
 
 /// Sends one request and waits for its answer.
-pub fn admin_call(socket: &Path, request: &AdminRequest) -> Result<serde_json::Value, AdminClientError> {
+pub fn admin_call(
+    socket: &Path,
+    request: &AdminRequest,
+) -> Result<serde_json::Value, AdminClientError> {
     let stream = UnixStream::connect(socket).map_err(|source| AdminClientError::Connect {
         path: socket.display().to_string(),
         source,
     })?;
     stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
     stream.set_write_timeout(Some(ADMIN_TIMEOUT))?;
-    let mut line = serde_json::to_vec(request).map_err(|e| AdminClientError::Protocol(e.to_string()))?;
+    let mut line =
+        serde_json::to_vec(request).map_err(|e| AdminClientError::Protocol(e.to_string()))?;
     line.push(b'\n');
     (&stream).write_all(&line)?;
     let mut reader = BufReader::new(std::io::Read::take(stream, MAX_ADMIN_LINE as u64));
     let mut answer = String::new();
     reader.read_line(&mut answer)?;
     if answer.is_empty() {
-        return Err(AdminClientError::Protocol("the node closed the connection without answering".into()));
+        return Err(AdminClientError::Protocol(
+            "the node closed the connection without answering".into(),
+        ));
     }
-    match serde_json::from_str::<AdminResponse>(&answer).map_err(|e| AdminClientError::Protocol(e.to_string()))? {
+    match serde_json::from_str::<AdminResponse>(&answer)
+        .map_err(|e| AdminClientError::Protocol(e.to_string()))?
+    {
         AdminResponse::Ok(v) => Ok(v),
         AdminResponse::Error(e) => Err(AdminClientError::Refused(e)),
     }

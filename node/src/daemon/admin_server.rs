@@ -12,19 +12,24 @@ use tokio::task::JoinHandle;
 use super::NodeContext;
 use super::admin_protocol::{AdminError, AdminRequest, AdminResponse, MAX_ADMIN_LINE};
 use super::local_deploy::{
-    LocalDeployError, deploy_local, deploy_wasm, remember_deployed, restore_deployed, rollback_local,
-    swap_config,
+    LocalDeployError, deploy_local, deploy_wasm, remember_deployed, restore_deployed,
+    rollback_local, swap_config,
 };
 
 /// Most admin connections served at once.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
 
 /// Binds the socket (owner-only) and serves it until `stop` turns true.
-pub fn spawn(path: &Path, ctx: NodeContext, mut stop: watch::Receiver<bool>) -> anyhow::Result<JoinHandle<()>> {
+pub fn spawn(
+    path: &Path,
+    ctx: NodeContext,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<JoinHandle<()>> {
     // A socket left by a node that died is stale: the data dir lock proves
     // no live node owns it.
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("binding admin socket {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding admin socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("restricting {}", path.display()))?;
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
@@ -62,12 +67,18 @@ async fn serve_connection(stream: UnixStream, ctx: NodeContext) -> std::io::Resu
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = (&mut reader).take(MAX_ADMIN_LINE as u64 + 1).read_until(b'\n', &mut line).await?;
+        let n = (&mut reader)
+            .take(MAX_ADMIN_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
         if n == 0 {
             return Ok(());
         }
         let response = if line.len() > MAX_ADMIN_LINE {
-            let r = refuse("too_large", format!("request longer than {MAX_ADMIN_LINE} bytes"));
+            let r = refuse(
+                "too_large",
+                format!("request longer than {MAX_ADMIN_LINE} bytes"),
+            );
             write_response(&mut write, &r).await?;
             return Ok(());
         } else {
@@ -83,7 +94,10 @@ async fn serve_connection(stream: UnixStream, ctx: NodeContext) -> std::io::Resu
     }
 }
 
-async fn write_response(write: &mut tokio::net::unix::OwnedWriteHalf, response: &AdminResponse) -> std::io::Result<()> {
+async fn write_response(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    response: &AdminResponse,
+) -> std::io::Result<()> {
     let mut out = serde_json::to_vec(response).map_err(std::io::Error::other)?;
     out.push(b'\n');
     write.write_all(&out).await
@@ -96,7 +110,11 @@ async fn stream_events(
     write: &mut tokio::net::unix::OwnedWriteHalf,
 ) -> std::io::Result<()> {
     let mut events = ctx.supervisor.subscribe_events();
-    write_response(write, &AdminResponse::Ok(serde_json::json!({ "subscribed": true }))).await?;
+    write_response(
+        write,
+        &AdminResponse::Ok(serde_json::json!({ "subscribed": true })),
+    )
+    .await?;
     loop {
         match events.recv().await {
             Ok(event) => {
@@ -120,7 +138,10 @@ fn swap_status(ctx: &NodeContext) -> Vec<crate::swap::PackageSwapStatus> {
         .packages()
         .into_iter()
         .filter_map(|package| {
-            let journal = ctx.supervisor.route(&package).map_or(0, |r| r.journal().len());
+            let journal = ctx
+                .supervisor
+                .route(&package)
+                .map_or(0, |r| r.journal().len());
             ctx.supervisor
                 .existing_package_state(&package)
                 .map(|state| state.status(journal))
@@ -138,19 +159,27 @@ fn refuse(code: &str, message: String) -> AdminResponse {
 #[tracing::instrument(skip(ctx))]
 async fn handle(ctx: &NodeContext, request: AdminRequest) -> AdminResponse {
     match request {
-        AdminRequest::Deploy { package, version } => match deploy_local(ctx, &package, &version).await {
-            Ok(done) => AdminResponse::Ok(serde_json::to_value(done).unwrap_or_default()),
-            Err(e) => refuse(e.code(), e.to_string()),
-        },
+        AdminRequest::Deploy { package, version } => {
+            match deploy_local(ctx, &package, &version).await {
+                Ok(done) => AdminResponse::Ok(serde_json::to_value(done).unwrap_or_default()),
+                Err(e) => refuse(e.code(), e.to_string()),
+            }
+        }
         AdminRequest::Stop { package } => {
             if ctx.supervisor.stop(&package).await {
                 ctx.unpin(&package);
                 // An explicit stop forgets the package and its state.
                 remember_deployed(ctx, &package, None);
-                let _ = std::fs::remove_file(crate::swap::durable::checkpoint_path(&ctx.data.checkpoints_dir(), &package));
+                let _ = std::fs::remove_file(crate::swap::durable::checkpoint_path(
+                    &ctx.data.checkpoints_dir(),
+                    &package,
+                ));
                 AdminResponse::Ok(serde_json::json!({ "stopped": package }))
             } else {
-                refuse(LocalDeployError::NOT_RUNNING, format!("{package} is not running on this node"))
+                refuse(
+                    LocalDeployError::NOT_RUNNING,
+                    format!("{package} is not running on this node"),
+                )
             }
         }
         AdminRequest::Mesh(request) => match ctx.mesh.get() {
@@ -160,12 +189,14 @@ async fn handle(ctx: &NodeContext, request: AdminRequest) -> AdminResponse {
             },
             None => refuse("no_mesh", "this node runs without the mesh".to_string()),
         },
-        AdminRequest::DeployWasm { package, path, version } => {
-            match deploy_wasm(ctx, &package, Path::new(&path), version.as_deref()).await {
-                Ok(done) => AdminResponse::Ok(serde_json::to_value(done).unwrap_or_default()),
-                Err(e) => refuse(e.code(), e.to_string()),
-            }
-        }
+        AdminRequest::DeployWasm {
+            package,
+            path,
+            version,
+        } => match deploy_wasm(ctx, &package, Path::new(&path), version.as_deref()).await {
+            Ok(done) => AdminResponse::Ok(serde_json::to_value(done).unwrap_or_default()),
+            Err(e) => refuse(e.code(), e.to_string()),
+        },
         AdminRequest::Rollback { package } => match rollback_local(ctx, &package).await {
             Ok(event) => AdminResponse::Ok(serde_json::to_value(event).unwrap_or_default()),
             Err(e) => refuse(e.code(), e.to_string()),
@@ -180,7 +211,10 @@ async fn handle(ctx: &NodeContext, request: AdminRequest) -> AdminResponse {
             crate::swap::fault::set_override(spec.clone());
             AdminResponse::Ok(serde_json::json!({ "faults": spec }))
         }
-        AdminRequest::Events { .. } => refuse("bad_request", "events are streamed on their own connection".into()),
+        AdminRequest::Events { .. } => refuse(
+            "bad_request",
+            "events are streamed on their own connection".into(),
+        ),
         AdminRequest::Status => AdminResponse::Ok(serde_json::json!({
             "node": ctx.supervisor.node_name(),
             "cgroups": ctx.supervisor.cgroup_support(),

@@ -97,10 +97,16 @@ pub fn swap_config(ctx: &NodeContext) -> SwapConfig {
         checkpoints_dir: Some(ctx.data.checkpoints_dir()),
         ..SwapConfig::default()
     };
-    if let Some(secs) = std::env::var(WARM_WINDOW_ENV).ok().and_then(|v| v.parse().ok()) {
+    if let Some(secs) = std::env::var(WARM_WINDOW_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         config.warm_window = Duration::from_secs(secs);
     }
-    if let Some(ms) = std::env::var(CHECKPOINT_INTERVAL_ENV).ok().and_then(|v| v.parse::<u64>().ok()) {
+    if let Some(ms) = std::env::var(CHECKPOINT_INTERVAL_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
         config.checkpoint_interval = Duration::from_millis(ms.max(1));
     }
     config
@@ -138,7 +144,9 @@ pub async fn deploy_wasm(
         path: path.display().to_string(),
         why,
     };
-    let size = std::fs::metadata(path).map_err(|e| wasm_error(e.to_string()))?.len();
+    let size = std::fs::metadata(path)
+        .map_err(|e| wasm_error(e.to_string()))?
+        .len();
     if size > clawmesh_wasm_abi::MAX_COMPONENT_BYTES as u64 {
         return Err(wasm_error(format!(
             "{size} bytes, over the {}-byte component limit",
@@ -156,7 +164,16 @@ pub async fn deploy_wasm(
             .to_string(),
         None => format!("0.0.0-dev+{}", &id.to_hex()[..12]),
     };
-    run_blob(ctx, package, &version, id, SkillLimits::default(), "wasm", start).await
+    run_blob(
+        ctx,
+        package,
+        &version,
+        id,
+        SkillLimits::default(),
+        "wasm",
+        start,
+    )
+    .await
 }
 
 async fn run_blob(
@@ -199,7 +216,10 @@ async fn run_blob(
 
 /// Rolls `package` back (a flip within the warm window, a swap after it)
 /// and records the version now running.
-pub async fn rollback_local(ctx: &NodeContext, package: &str) -> Result<SwapEvent, LocalDeployError> {
+pub async fn rollback_local(
+    ctx: &NodeContext,
+    package: &str,
+) -> Result<SwapEvent, LocalDeployError> {
     let event = crate::swap::rollback(&ctx.supervisor, package, &swap_config(ctx)).await?;
     if let Some(route) = ctx.supervisor.route(package) {
         let spec = route.active().spec().clone();
@@ -232,17 +252,34 @@ pub async fn restore_deployed(ctx: &NodeContext) {
     };
     for (package, entry) in set {
         let result = if entry.source == "wasm" {
-            match hex::decode(&entry.sha256).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+            match hex::decode(&entry.sha256)
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            {
                 Some(sha) => {
-                    run_blob(ctx, &package, &entry.version, BlobId(sha), SkillLimits::default(), "wasm", Instant::now()).await
+                    run_blob(
+                        ctx,
+                        &package,
+                        &entry.version,
+                        BlobId(sha),
+                        SkillLimits::default(),
+                        "wasm",
+                        Instant::now(),
+                    )
+                    .await
                 }
-                None => Err(LocalDeployError::BadRequest(format!("sha256 {:?} in the deployed set", entry.sha256))),
+                None => Err(LocalDeployError::BadRequest(format!(
+                    "sha256 {:?} in the deployed set",
+                    entry.sha256
+                ))),
             }
         } else {
             deploy_local(ctx, &package, &entry.version).await
         };
         match result {
-            Ok(done) => tracing::info!(%package, version = %done.version, "restarted from its checkpoint"),
+            Ok(done) => {
+                tracing::info!(%package, version = %done.version, "restarted from its checkpoint")
+            }
             Err(error) => tracing::warn!(%package, %error, "not restarted"),
         }
     }
@@ -266,7 +303,11 @@ pub fn limits_of(signed: &SignedManifest) -> SkillLimits {
 
 /// Verifies `package@version` from the stores and runs it.
 #[tracing::instrument(skip(ctx))]
-pub async fn deploy_local(ctx: &NodeContext, package: &str, version: &str) -> Result<Deployed, LocalDeployError> {
+pub async fn deploy_local(
+    ctx: &NodeContext,
+    package: &str,
+    version: &str,
+) -> Result<Deployed, LocalDeployError> {
     let start = Instant::now();
     let name: PackageName = package
         .parse()
@@ -283,5 +324,14 @@ pub async fn deploy_local(ctx: &NodeContext, package: &str, version: &str) -> Re
         })?;
     let id = BlobId(signed.manifest.sha256);
     // Verify before the worker sees it (in `run_blob`); the worker checks the hash again.
-    run_blob(ctx, package, &v.to_string(), id, limits_of(&signed), "published", start).await
+    run_blob(
+        ctx,
+        package,
+        &v.to_string(),
+        id,
+        limits_of(&signed),
+        "published",
+        start,
+    )
+    .await
 }

@@ -32,7 +32,8 @@ pub fn release_v2_under_load(demo: &mut MeshDemo) -> anyhow::Result<((), String)
         let socket = node.dir.admin_socket();
         std::thread::spawn(move || {
             let _ = admin_events(&socket, Some(COUNTER.to_string()), |event| {
-                let done = event["to_version"] == "2.0.0" && matches!(event["kind"].as_str(), Some("swap" | "swap_failed"));
+                let done = event["to_version"] == "2.0.0"
+                    && matches!(event["kind"].as_str(), Some("swap" | "swap_failed"));
                 if done {
                     let _ = tx.send(event);
                 }
@@ -48,17 +49,28 @@ pub fn release_v2_under_load(demo: &mut MeshDemo) -> anyhow::Result<((), String)
     ));
     demo.watch("load to reach every node", |_, _| {
         let acked = load.acked_so_far();
-        if acked.iter().all(|a| *a >= ADDS_AROUND_RELEASE) { Ok(Ok(())) } else { Ok(Err(format!("acked {acked:?}"))) }
+        if acked.iter().all(|a| *a >= ADDS_AROUND_RELEASE) {
+            Ok(Ok(()))
+        } else {
+            Ok(Err(format!("acked {acked:?}")))
+        }
     })?;
     let release_at = load.started().elapsed();
-    demo.say(&format!("release 2.0.0 from node 4 with the load running ({} adds so far):", load.acked_so_far().iter().sum::<u64>()));
+    demo.say(&format!(
+        "release 2.0.0 from node 4 with the load running ({} adds so far):",
+        load.acked_so_far().iter().sum::<u64>()
+    ));
     let watched = release_and_watch(demo, 3, "2.0.0", blob);
     let all_active_at = load.started().elapsed();
     let after: Vec<u64> = load.acked_so_far();
     let settle = match &watched {
         Ok(_) => demo.watch("the load to go on after the release", |_, _| {
             let now = load.acked_so_far();
-            if now.iter().zip(&after).all(|(n, a)| *n >= a + ADDS_AROUND_RELEASE) {
+            if now
+                .iter()
+                .zip(&after)
+                .all(|(n, a)| *n >= a + ADDS_AROUND_RELEASE)
+            {
                 Ok(Ok(()))
             } else {
                 Ok(Err(format!("acked {now:?}")))
@@ -70,13 +82,23 @@ pub fn release_v2_under_load(demo: &mut MeshDemo) -> anyhow::Result<((), String)
     watched?;
     settle?;
 
-    let counter_after: Vec<Option<u64>> = (0..demo.nodes.len()).map(|i| demo.counter_value(i).ok()).collect();
-    let state_kept: Vec<bool> = counter_after.iter().zip(&result.acked).map(|(v, a)| *v == Some(*a)).collect();
+    let counter_after: Vec<Option<u64>> = (0..demo.nodes.len())
+        .map(|i| demo.counter_value(i).ok())
+        .collect();
+    let state_kept: Vec<bool> = counter_after
+        .iter()
+        .zip(&result.acked)
+        .map(|(v, a)| *v == Some(*a))
+        .collect();
     let pauses: Vec<Option<f64>> = events
         .iter()
         .map(|rx| {
             rx.recv_timeout(SWAP_EVENT_WAIT).ok().and_then(|e| {
-                if e["kind"] == "swap" { e["timings"]["pause_us"].as_f64().map(|us| us / 1e3) } else { None }
+                if e["kind"] == "swap" {
+                    e["timings"]["pause_us"].as_f64().map(|us| us / 1e3)
+                } else {
+                    None
+                }
             })
         })
         .collect();
@@ -122,10 +144,20 @@ pub fn release_v2_under_load(demo: &mut MeshDemo) -> anyhow::Result<((), String)
     if figures.errors > 0 || !kept {
         anyhow::bail!(
             "the release under load {}{}:\n{detail}",
-            if figures.errors > 0 { "failed requests" } else { "served every request" },
-            if kept { "" } else { " and the counter did NOT keep its state on every node" }
+            if figures.errors > 0 {
+                "failed requests"
+            } else {
+                "served every request"
+            },
+            if kept {
+                ""
+            } else {
+                " and the counter did NOT keep its state on every node"
+            }
         );
     }
-    Ok(((), format!("every node on 2.0.0, zero failed requests, state kept on every node\n{detail}")))
+    Ok((
+        (),
+        format!("every node on 2.0.0, zero failed requests, state kept on every node\n{detail}"),
+    ))
 }
-

@@ -24,25 +24,33 @@ pub fn row(i: usize, view: &LocalView, blob: bool, time: Option<f64>) -> String 
     )
 }
 
+/// Per node, when a release reached it (ms after the intent was submitted).
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseTimes {
+    /// The blob was in the node's store.
+    pub blob_ms: Vec<Option<f64>>,
+    /// The node reported Active on the version.
+    pub active_ms: Vec<Option<f64>>,
+}
+
 /// Releases `version` (published already) from node `via` and watches every
-/// node until it runs it, filling `blob_ms` and `active_ms` per node.
+/// node until it runs it.
 pub fn release_and_watch(
     demo: &mut MeshDemo,
     via: usize,
     version: &str,
     blob: crate::blob_store::BlobId,
-) -> anyhow::Result<(Vec<Option<f64>>, Vec<Option<f64>>)> {
+) -> anyhow::Result<ReleaseTimes> {
     let n = demo.nodes.len();
     let started = Instant::now();
     demo.nodes[via].submit_intent(&demo.key, COUNTER, version, IntentAction::Deploy)?;
     let mut blob_ms = vec![None; n];
     let mut active_ms = vec![None; n];
-    demo.say(TABLE_HEADER);
     demo.table.finish();
     demo.watch(&format!("every node Active on {version}"), |d, _| {
         let views = d.views()?;
         let now = ms(started.elapsed());
-        let mut rows = Vec::new();
+        let mut rows = vec![TABLE_HEADER.to_string()];
         for (i, v) in views.iter().enumerate() {
             let held = d.blobs[i].contains(&blob);
             if held && blob_ms[i].is_none() {
@@ -59,11 +67,11 @@ pub fn release_and_watch(
         if active_ms.iter().all(Option::is_some) {
             Ok(Ok(()))
         } else {
-            Ok(Err(rows.join(" | ")))
+            Ok(Err(rows[1..].join(" | ")))
         }
     })?;
     demo.table.finish();
-    Ok((blob_ms, active_ms))
+    Ok(ReleaseTimes { blob_ms, active_ms })
 }
 
 /// Runs act 3.
@@ -76,9 +84,11 @@ pub fn release_v1(demo: &mut MeshDemo) -> anyhow::Result<((), String)> {
         before.iter().filter(|h| **h).count() == 1 && before[0]
     ));
     demo.say("release signed and submitted on node 3:");
-    let (blob_ms, active_ms) = release_and_watch(demo, 2, "1.0.0", blob)?;
+    let ReleaseTimes { blob_ms, active_ms } = release_and_watch(demo, 2, "1.0.0", blob)?;
     // Every node serves the skill it reports Active.
-    let values = (0..demo.nodes.len()).map(|i| demo.counter_value(i)).collect::<anyhow::Result<Vec<_>>>()?;
+    let values = (0..demo.nodes.len())
+        .map(|i| demo.counter_value(i))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     demo.figures.blob_held_ms = blob_ms.clone();
     demo.figures.active_ms = active_ms.clone();
     let fetched = before.iter().filter(|h| !**h).count();

@@ -27,9 +27,15 @@ pub enum HttpCallError {
 
 /// POSTs `body` to `url`; returns (status, body).
 pub fn post(url: &str, body: &[u8]) -> Result<(u16, Vec<u8>), HttpCallError> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| HttpCallError::BadUrl(url.to_string()))?;
-    let (authority, path) = rest.split_once('/').ok_or_else(|| HttpCallError::BadUrl(url.to_string()))?;
-    let addr: std::net::SocketAddr = authority.parse().map_err(|_| HttpCallError::BadUrl(url.to_string()))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| HttpCallError::BadUrl(url.to_string()))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .ok_or_else(|| HttpCallError::BadUrl(url.to_string()))?;
+    let addr: std::net::SocketAddr = authority
+        .parse()
+        .map_err(|_| HttpCallError::BadUrl(url.to_string()))?;
     let mut stream = TcpStream::connect_timeout(&addr, CALL_TIMEOUT)?;
     stream.set_read_timeout(Some(CALL_TIMEOUT))?;
     stream.set_write_timeout(Some(CALL_TIMEOUT))?;
@@ -47,7 +53,10 @@ pub fn post(url: &str, body: &[u8]) -> Result<(u16, Vec<u8>), HttpCallError> {
 }
 
 fn parse(answer: &[u8]) -> Result<(u16, Vec<u8>), HttpCallError> {
-    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").ok_or(HttpCallError::Malformed)?;
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or(HttpCallError::Malformed)?;
     let head = String::from_utf8_lossy(&answer[..split]);
     let status = head
         .split_whitespace()
@@ -55,7 +64,10 @@ fn parse(answer: &[u8]) -> Result<(u16, Vec<u8>), HttpCallError> {
         .and_then(|s| s.parse().ok())
         .ok_or(HttpCallError::Malformed)?;
     let mut body = answer[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body).ok_or(HttpCallError::Malformed)?;
     }
     Ok((status, body))
@@ -81,13 +93,22 @@ mod tests {
 
     #[test]
     fn reads_plain_and_chunked_answers_and_refuses_garbage() {
-        assert_eq!(parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n12").unwrap(), (200, b"12".to_vec()));
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n12").unwrap(),
+            (200, b"12".to_vec())
+        );
         assert_eq!(
             parse(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n12\r\n1\r\n3\r\n0\r\n\r\n").unwrap(),
             (200, b"123".to_vec())
         );
         assert!(matches!(parse(b"nothing"), Err(HttpCallError::Malformed)));
-        assert!(matches!(parse(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"), Err(HttpCallError::Malformed)));
-        assert!(matches!(post("ftp://x/y", b""), Err(HttpCallError::BadUrl(_))));
+        assert!(matches!(
+            parse(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"),
+            Err(HttpCallError::Malformed)
+        ));
+        assert!(matches!(
+            post("ftp://x/y", b""),
+            Err(HttpCallError::BadUrl(_))
+        ));
     }
 }

@@ -66,7 +66,9 @@ impl Load {
         for (node, url) in urls.iter().enumerate() {
             for _ in 0..clients_per_node {
                 let (stop, result, url) = (stop.clone(), result.clone(), url.clone());
-                threads.push(std::thread::spawn(move || client(node, &url, &stop, &result, started)));
+                threads.push(std::thread::spawn(move || {
+                    client(node, &url, &stop, &result, started)
+                }));
             }
         }
         Self {
@@ -84,7 +86,11 @@ impl Load {
 
     /// Acknowledged adds so far, per node.
     pub fn acked_so_far(&self) -> Vec<u64> {
-        self.result.lock().unwrap_or_else(PoisonError::into_inner).acked.clone()
+        self.result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .acked
+            .clone()
     }
 
     /// Stops every client and returns what they saw.
@@ -93,8 +99,10 @@ impl Load {
         for t in self.threads {
             let _ = t.join();
         }
-        let result = self.result.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        result
+        self.result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -105,7 +113,10 @@ fn client(node: usize, url: &str, stop: &AtomicBool, result: &Mutex<LoadResult>,
         let latency = started.elapsed() - at;
         let failure = match &call {
             Ok((200, _)) => None,
-            Ok((status, body)) => Some(format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim())),
+            Ok((status, body)) => Some(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(body).trim()
+            )),
             Err(e) => Some(e.to_string()),
         };
         let mut r = result.lock().unwrap_or_else(PoisonError::into_inner);
@@ -113,7 +124,9 @@ fn client(node: usize, url: &str, stop: &AtomicBool, result: &Mutex<LoadResult>,
             None => r.acked[node] += 1,
             Some(message) => {
                 r.errors[node] += 1;
-                if r.error_messages.len() < MAX_ERROR_MESSAGES && !r.error_messages.contains(message) {
+                if r.error_messages.len() < MAX_ERROR_MESSAGES
+                    && !r.error_messages.contains(message)
+                {
                     r.error_messages.push(message.clone());
                 }
             }

@@ -13,10 +13,10 @@ use clawmesh_crdt::signing::PublisherKey;
 use clawmesh_crdt::{Intent, IntentAction, SignedIntent};
 
 use super::interrupt;
+use crate::daemon::NodeInfo;
 use crate::daemon::admin_call;
 use crate::daemon::admin_protocol::AdminRequest;
 use crate::daemon::mesh_admin::MeshRequest;
-use crate::daemon::NodeInfo;
 use crate::data_dir::DataDir;
 
 /// Longest a node may take to say it serves.
@@ -66,7 +66,8 @@ pub fn log_file(dir: &Path) -> std::path::PathBuf {
 /// never depends on this process reading a pipe.
 pub fn spawn_node(exe: &Path, dir: &Path, launch: &NodeLaunch) -> anyhow::Result<StartingNode> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let log = std::fs::File::create(log_file(dir)).with_context(|| format!("creating {}", log_file(dir).display()))?;
+    let log = std::fs::File::create(log_file(dir))
+        .with_context(|| format!("creating {}", log_file(dir).display()))?;
     let mut cmd = Command::new(exe);
     cmd.arg("node")
         .arg("--data-dir")
@@ -86,11 +87,14 @@ pub fn spawn_node(exe: &Path, dir: &Path, launch: &NodeLaunch) -> anyhow::Result
         // that spawned it (the demo's main thread) dies.
         unsafe {
             cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
             });
         }
     }
-    let child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
     interrupt::register_child(child.id());
     Ok(StartingNode {
         child: Some(child),
@@ -182,7 +186,10 @@ impl Drop for MeshNode {
 impl MeshNode {
     /// One mesh request on the admin socket.
     pub fn mesh(&self, request: MeshRequest) -> anyhow::Result<serde_json::Value> {
-        Ok(admin_call(&self.dir.admin_socket(), &AdminRequest::Mesh(request))?)
+        Ok(admin_call(
+            &self.dir.admin_socket(),
+            &AdminRequest::Mesh(request),
+        )?)
     }
 
     /// One admin request.
@@ -192,7 +199,10 @@ impl MeshNode {
 
     /// Its libp2p peer id.
     pub fn peer_id(&self) -> anyhow::Result<&str> {
-        self.info.peer_id.as_deref().context("node runs without the mesh (no peer id)")
+        self.info
+            .peer_id
+            .as_deref()
+            .context("node runs without the mesh (no peer id)")
     }
 
     /// Leaves the process running when this handle drops (`--keep`).
@@ -208,7 +218,9 @@ impl MeshNode {
 
     /// Number of peers it is connected to.
     pub fn peer_count(&self) -> anyhow::Result<usize> {
-        Ok(self.mesh(MeshRequest::MeshStatus)?["peers"].as_array().map_or(0, Vec::len))
+        Ok(self.mesh(MeshRequest::MeshStatus)?["peers"]
+            .as_array()
+            .map_or(0, Vec::len))
     }
 
     /// Signs a Deploy (or other) intent for `package@version` with a clock
@@ -220,7 +232,11 @@ impl MeshNode {
         version: &str,
         action: IntentAction,
     ) -> anyhow::Result<serde_json::Value> {
-        let known = self.mesh(MeshRequest::IntentClock { package: package.into() })?["clock"].as_u64().unwrap_or(0);
+        let known = self.mesh(MeshRequest::IntentClock {
+            package: package.into(),
+        })?["clock"]
+            .as_u64()
+            .unwrap_or(0);
         let intent = Intent {
             package: package.parse()?,
             version: semver::Version::parse(version)?,

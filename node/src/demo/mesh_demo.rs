@@ -112,7 +112,11 @@ impl MeshDemo {
             detail: local["detail"].as_str().unwrap_or("").to_string(),
             quarantine: st["quarantine"]
                 .as_array()
-                .map(|q| q.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|q| {
+                    q.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default(),
             peers: st["peers"].as_array().map_or(0, Vec::len),
         })
@@ -123,12 +127,25 @@ impl MeshDemo {
         (0..self.nodes.len()).map(|i| self.view(i)).collect()
     }
 
-    /// Packs `file` as the counter at `version`, signs it, and publishes it
-    /// into node `on`'s store, then announces it to the mesh from there.
-    pub fn publish(&self, on: usize, file: &str, version: &str, schema: u32) -> anyhow::Result<BlobId> {
+    /// Packs `file` as the counter at `version`, signs it, publishes it
+    /// into node `on`'s store, announces it to the mesh from there, and
+    /// waits until every node's catalog has it. (A release whose intent
+    /// reaches a node before the manifest does waits at Pending on that
+    /// node today, so the demo releases only what every node knows.)
+    pub fn publish(
+        &mut self,
+        on: usize,
+        file: &str,
+        version: &str,
+        schema: u32,
+    ) -> anyhow::Result<BlobId> {
         let path = self.config.skills.join(file);
-        let wasm = std::fs::read(&path)
-            .with_context(|| format!("reading sample skill {} (build them with scripts/build-skills)", path.display()))?;
+        let wasm = std::fs::read(&path).with_context(|| {
+            format!(
+                "reading sample skill {} (build them with scripts/build-skills)",
+                path.display()
+            )
+        })?;
         let manifest = Manifest::for_blob(
             COUNTER.parse()?,
             semver::Version::parse(version)?,
@@ -143,11 +160,34 @@ impl MeshDemo {
         let id = BlobId::of(&wasm);
         write_file_atomically(&pkg, &encode_package(signed.envelope, wasm), 0o644)?;
         let node = &self.nodes[on];
-        crate::publish::publish_file(&pkg, None, &self.trust, &self.blobs[on], &node.dir.package_store()?)?;
+        crate::publish::publish_file(
+            &pkg,
+            None,
+            &self.trust,
+            &self.blobs[on],
+            &node.dir.package_store()?,
+        )?;
         node.mesh(MeshRequest::Announce {
             package: COUNTER.into(),
             version: version.into(),
         })?;
+        self.watch(
+            &format!("{COUNTER}@{version} in every node's catalog"),
+            |d, _| {
+                for (i, node) in d.nodes.iter().enumerate() {
+                    let c = node.mesh(MeshRequest::Catalog {
+                        package: COUNTER.into(),
+                    })?;
+                    let has = c["versions"]
+                        .as_array()
+                        .is_some_and(|v| v.iter().any(|x| x == version));
+                    if !has {
+                        return Ok(Err(format!("node {} has {}", i + 1, c["versions"])));
+                    }
+                }
+                Ok(Ok(()))
+            },
+        )?;
         Ok(id)
     }
 
@@ -159,12 +199,16 @@ impl MeshDemo {
         if status != 200 {
             anyhow::bail!("node {}: get answered HTTP {status}: {body}", i + 1);
         }
-        body.parse().with_context(|| format!("node {}: get answered {body:?}", i + 1))
+        body.parse()
+            .with_context(|| format!("node {}: get answered {body:?}", i + 1))
     }
 
     /// The add URL of every node.
     pub fn add_urls(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| format!("{}/v1/skills/{COUNTER}/add", n.info.http)).collect()
+        self.nodes
+            .iter()
+            .map(|n| format!("{}/v1/skills/{COUNTER}/add", n.info.http))
+            .collect()
     }
 
     /// Polls `probe` every `WATCH_POLL` until it returns `Some`, for at most

@@ -33,7 +33,10 @@ pub struct ActRecord {
 
 /// Escapes text for HTML and SVG.
 pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// A horizontal bar chart of `bars` (label, ms); a missing value is drawn
@@ -48,7 +51,12 @@ pub fn bar_chart(title: &str, bars: &[(String, Option<f64>)]) -> String {
     );
     for (k, (label, value)) in bars.iter().enumerate() {
         let y = 28.0 + BAR_HEIGHT * k as f64;
-        let _ = write!(svg, r#"<text x="4" y="{}" class="l">{}</text>"#, y + 14.0, escape(label));
+        let _ = write!(
+            svg,
+            r#"<text x="4" y="{}" class="l">{}</text>"#,
+            y + 14.0,
+            escape(label)
+        );
         match value {
             Some(v) => {
                 let w = (v * scale).max(1.0);
@@ -61,7 +69,11 @@ pub fn bar_chart(title: &str, bars: &[(String, Option<f64>)]) -> String {
                 );
             }
             None => {
-                let _ = write!(svg, r#"<text x="{MARGIN}" y="{}" class="l">not reached</text>"#, y + 14.0);
+                let _ = write!(
+                    svg,
+                    r#"<text x="{MARGIN}" y="{}" class="l">not reached</text>"#,
+                    y + 14.0
+                );
             }
         }
     }
@@ -87,7 +99,10 @@ pub fn latency_chart(load: &LoadFigures) -> String {
         20.0 + h,
         20.0 + h
     );
-    for (t, label) in [(Some(load.release_at_ms), "release"), (load.all_active_at_ms, "all Active")] {
+    for (t, label) in [
+        (Some(load.release_at_ms), "release"),
+        (load.all_active_at_ms, "all Active"),
+    ] {
         if let Some(t) = t {
             let at = x(t);
             let _ = write!(
@@ -113,7 +128,11 @@ pub fn latency_chart(load: &LoadFigures) -> String {
 }
 
 fn node_bars(values: &[Option<f64>]) -> Vec<(String, Option<f64>)> {
-    values.iter().enumerate().map(|(i, v)| (format!("node {}", i + 1), *v)).collect()
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (format!("node {}", i + 1), *v))
+        .collect()
 }
 
 /// The whole report.
@@ -128,7 +147,11 @@ pub fn render_html(figures: &Figures, acts: &[ActRecord]) -> String {
          </style></head><body><h1>clawmesh demo</h1>",
     );
     let passed = acts.iter().filter(|a| a.ok).count();
-    let _ = write!(html, "<p>{passed} of {} acts did what they claim.</p>", acts.len());
+    let _ = write!(
+        html,
+        "<p>{passed} of {} acts did what they claim.</p>",
+        acts.len()
+    );
     for a in acts {
         let _ = write!(
             html,
@@ -143,8 +166,14 @@ pub fn render_html(figures: &Figures, acts: &[ActRecord]) -> String {
     }
     html.push_str("<h2>Charts</h2>");
     if !figures.active_ms.is_empty() {
-        html.push_str(&bar_chart("act 3: release of v1 → Active, per node", &node_bars(&figures.active_ms)));
-        html.push_str(&bar_chart("act 3: release of v1 → blob held, per node", &node_bars(&figures.blob_held_ms)));
+        html.push_str(&bar_chart(
+            "act 3: release of v1 → Active, per node",
+            &node_bars(&figures.active_ms),
+        ));
+        html.push_str(&bar_chart(
+            "act 3: release of v1 → blob held, per node",
+            &node_bars(&figures.blob_held_ms),
+        ));
     }
     if let Some(load) = &figures.load {
         html.push_str(&latency_chart(load));
@@ -155,7 +184,10 @@ pub fn render_html(figures: &Figures, acts: &[ActRecord]) -> String {
             figures.converged_to.as_deref().unwrap_or("one target")
         );
         html.push_str(&bar_chart(&title, &node_bars(&figures.heal_active_ms)));
-        html.push_str(&bar_chart("act 6: heal → same target, per node", &node_bars(&figures.heal_target_ms)));
+        html.push_str(&bar_chart(
+            "act 6: heal → same target, per node",
+            &node_bars(&figures.heal_target_ms),
+        ));
     }
     html.push_str("</body></html>\n");
     html
@@ -178,20 +210,42 @@ mod tests {
                 release_at_ms: 100.0,
                 all_active_at_ms: Some(900.0),
                 samples: vec![
-                    Sample { node: 0, at_ms: 10.0, latency_ms: 1.0, ok: true },
-                    Sample { node: 1, at_ms: 500.0, latency_ms: 9.0, ok: false },
+                    Sample {
+                        node: 0,
+                        at_ms: 10.0,
+                        latency_ms: 1.0,
+                        ok: true,
+                    },
+                    Sample {
+                        node: 1,
+                        at_ms: 500.0,
+                        latency_ms: 9.0,
+                        ok: false,
+                    },
                 ],
                 ..LoadFigures::default()
             }),
             ..Figures::default()
         };
-        let acts = vec![ActRecord { act: 2, title: "a <mesh>".into(), ok: false, detail: "x & y".into(), millis: 1.0 }];
+        let acts = vec![ActRecord {
+            act: 2,
+            title: "a <mesh>".into(),
+            ok: false,
+            detail: "x & y".into(),
+            millis: 1.0,
+        }];
         let html = render_html(&figures, &acts);
-        assert!(html.contains("a &lt;mesh&gt;") && html.contains("x &amp; y"), "{html}");
+        assert!(
+            html.contains("a &lt;mesh&gt;") && html.contains("x &amp; y"),
+            "{html}"
+        );
         assert!(!html.contains("<mesh>"));
         assert_eq!(html.matches("<svg").count(), 5, "{html}");
         assert!(html.contains("not reached"));
-        assert!(html.contains("class=\"e\""), "a failed request is drawn as an error");
+        assert!(
+            html.contains("class=\"e\""),
+            "a failed request is drawn as an error"
+        );
         assert!(html.contains("0 of 1 acts"));
     }
 

@@ -42,7 +42,11 @@ pub fn timeline_line(deployed: &serde_json::Value) -> String {
             );
         }
     }
-    let _ = write!(line, " · state {} B kept", swap["state_bytes"].as_u64().unwrap_or(0));
+    let _ = write!(
+        line,
+        " · state {} B kept",
+        swap["state_bytes"].as_u64().unwrap_or(0)
+    );
     line
 }
 

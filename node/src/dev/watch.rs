@@ -39,10 +39,12 @@ pub fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
     let crate_dir = args.watch.is_dir();
     let mut last = None;
     loop {
-        let stamp = fingerprint(&args.watch).with_context(|| format!("watching {}", args.watch.display()))?;
+        let stamp = fingerprint(&args.watch)
+            .with_context(|| format!("watching {}", args.watch.display()))?;
         if last.as_ref() != Some(&stamp) {
             last = Some(stamp);
-            let outcome = build(&args.watch, crate_dir).and_then(|wasm| deploy(&socket, &args.name, &wasm));
+            let outcome =
+                build(&args.watch, crate_dir).and_then(|wasm| deploy(&socket, &args.name, &wasm));
             match outcome {
                 Ok(line) => println!("{line}"),
                 Err(error) => {
@@ -61,7 +63,8 @@ pub fn run_dev(args: DevArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn deploy(socket: &Path, package: &str, wasm: &Path) -> anyhow::Result<String> {
-    let path = std::fs::canonicalize(wasm).with_context(|| format!("resolving {}", wasm.display()))?;
+    let path =
+        std::fs::canonicalize(wasm).with_context(|| format!("resolving {}", wasm.display()))?;
     let answer = admin_call(
         socket,
         &AdminRequest::DeployWasm {
@@ -79,17 +82,30 @@ fn build(watch: &Path, crate_dir: bool) -> anyhow::Result<PathBuf> {
         return Ok(watch.to_path_buf());
     }
     let output = Command::new("cargo")
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json-render-diagnostics",
+        ])
         .current_dir(watch)
         .output()
         .context("running cargo build")?;
     if !output.status.success() {
-        bail!("cargo build failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "cargo build failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
-    let crate_dir = watch.canonicalize().with_context(|| format!("resolving {}", watch.display()))?;
+    let crate_dir = watch
+        .canonicalize()
+        .with_context(|| format!("resolving {}", watch.display()))?;
     let mut wasm = None;
     for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
         if message["reason"] != "compiler-artifact" {
             continue;
         }

@@ -348,7 +348,10 @@ mod tests {
         let route = route(PauseLimits::default());
         let guard = route.enter().await.unwrap();
         route.pause();
-        assert!(!route.drain(Duration::ZERO).await, "one call is still running");
+        assert!(
+            !route.drain(Duration::ZERO).await,
+            "one call is still running"
+        );
         let late = {
             let route = route.clone();
             tokio::spawn(async move { route.enter().await.map(|_| ()) })

@@ -950,8 +950,7 @@ async fn supervise(inner: Arc<Inner>, worker: Arc<SupervisedWorker>, mut child: 
                     let supervisor = Supervisor {
                         inner: inner.clone(),
                     };
-                    crate::swap::recover_restarted(&supervisor, &worker, &process.connection)
-                        .await;
+                    crate::swap::recover_restarted(&supervisor, &worker, &process.connection).await;
                     worker.set_process(Some(process));
                     worker.set_state(WorkerState::Ready);
                     tracing::info!(worker = %worker.name, restarts = worker.restarts(), "worker restarted");

@@ -62,7 +62,8 @@ impl Spread {
             return Self::default();
         }
         values.sort_unstable();
-        let rank = |p: f64| values[((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
+        let rank =
+            |p: f64| values[((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
         Self {
             p50_us: rank(0.5),
             p99_us: rank(0.99),
@@ -84,6 +85,8 @@ pub struct BenchSwapReport {
     pub ok_requests: u64,
     /// Route pause of each swap (drain, snapshot, restore, health, flip).
     pub swap_pause: Spread,
+    /// Of the swap pause: waiting for admitted calls to finish.
+    pub swap_drain: Spread,
     /// Route pause of each rollback (snapshot, restore, replay, health, flip).
     pub rollback_pause: Spread,
     /// Wall time of each rollback request, admin socket round trip included.
@@ -105,13 +108,21 @@ pub fn run_bench_swap(args: BenchSwapArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let ms = |us: u64| us as f64 / 1000.0;
-        println!("swaps: {} (aborted: {}), state {} B, c={}", report.swaps, report.aborted, report.state_bytes, args.connections);
-        println!("failed requests: {} (of {})", report.failed_requests, report.failed_requests + report.ok_requests);
         println!(
-            "swap pause: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            "swaps: {} (aborted: {}), state {} B, c={}",
+            report.swaps, report.aborted, report.state_bytes, args.connections
+        );
+        println!(
+            "failed requests: {} (of {})",
+            report.failed_requests,
+            report.failed_requests + report.ok_requests
+        );
+        println!(
+            "swap pause: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (of which drain p50 {:.3} ms)",
             ms(report.swap_pause.p50_us),
             ms(report.swap_pause.p99_us),
-            ms(report.swap_pause.max_us)
+            ms(report.swap_pause.max_us),
+            ms(report.swap_drain.p50_us)
         );
         println!(
             "rollback: pause p50 {:.3} ms, p99 {:.3} ms; wall p50 {:.3} ms, p99 {:.3} ms; {} calls replayed (p50)",
@@ -122,7 +133,11 @@ pub fn run_bench_swap(args: BenchSwapArgs) -> anyhow::Result<ExitCode> {
             report.replayed_p50
         );
     }
-    Ok(if report.failed_requests == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.failed_requests == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn measure(args: &BenchSwapArgs) -> anyhow::Result<BenchSwapReport> {
@@ -130,13 +145,25 @@ async fn measure(args: &BenchSwapArgs) -> anyhow::Result<BenchSwapReport> {
         Some(exe) => exe.clone(),
         None => std::env::current_exe().context("locating the clawmesh binary")?,
     };
-    let skills = args.skills_dir.clone().unwrap_or_else(crate::cli::default_skills_dir);
+    let skills = args
+        .skills_dir
+        .clone()
+        .unwrap_or_else(crate::cli::default_skills_dir);
     let v2 = skills.join("counter_v2.wasm");
-    anyhow::ensure!(v2.is_file(), "{} is missing: build the sample skills", v2.display());
+    anyhow::ensure!(
+        v2.is_file(),
+        "{} is missing: build the sample skills",
+        v2.display()
+    );
     eprintln!("bench: starting a throwaway node with {COUNTER_PACKAGE}");
     let node = ThrowawayNode::start(&exe, &skills).await?;
     let socket = PathBuf::from(&node.info.admin_socket);
-    let host_port = node.info.http.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let host_port = node
+        .info
+        .http
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
     let addr = tokio::net::lookup_host(&host_port)
         .await?
         .next()
@@ -170,7 +197,8 @@ async fn measure(args: &BenchSwapArgs) -> anyhow::Result<BenchSwapReport> {
             );
             match swapped {
                 Ok(v) => {
-                    out.swap_pause.push(v["swap"]["timings"]["pause_us"].as_u64().unwrap_or(0));
+                    out.swap_pause
+                        .push(v["swap"]["timings"]["pause_us"].as_u64().unwrap_or(0));
                     out.state_bytes = v["swap"]["state_bytes"].as_u64().unwrap_or(0);
                 }
                 Err(error) => {
@@ -180,10 +208,16 @@ async fn measure(args: &BenchSwapArgs) -> anyhow::Result<BenchSwapReport> {
                 }
             }
             let started = Instant::now();
-            match admin_call(&socket, &AdminRequest::Rollback { package: COUNTER_PACKAGE.into() }) {
+            match admin_call(
+                &socket,
+                &AdminRequest::Rollback {
+                    package: COUNTER_PACKAGE.into(),
+                },
+            ) {
                 Ok(v) => {
                     out.rollback_wall.push(started.elapsed().as_micros() as u64);
-                    out.rollback_pause.push(v["timings"]["pause_us"].as_u64().unwrap_or(0));
+                    out.rollback_pause
+                        .push(v["timings"]["pause_us"].as_u64().unwrap_or(0));
                     out.replayed.push(v["replayed"].as_u64().unwrap_or(0));
                     out.done += 1;
                 }
@@ -206,6 +240,7 @@ async fn measure(args: &BenchSwapArgs) -> anyhow::Result<BenchSwapReport> {
         failed_requests: load.errors + load.warmup_errors,
         ok_requests: load.ok,
         swap_pause: Spread::of(&mut c.swap_pause),
+        swap_drain: Spread::of(&mut c.swap_drain),
         rollback_pause: Spread::of(&mut c.rollback_pause),
         rollback_wall: Spread::of(&mut c.rollback_wall),
         replayed_p50: Spread::of(&mut c.replayed).p50_us,
@@ -218,6 +253,7 @@ struct Cycles {
     done: u32,
     aborted: u32,
     swap_pause: Vec<u64>,
+    swap_drain: Vec<u64>,
     rollback_pause: Vec<u64>,
     rollback_wall: Vec<u64>,
     replayed: Vec<u64>,

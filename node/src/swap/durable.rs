@@ -104,7 +104,11 @@ pub fn write_atomically(path: &Path, bytes: &[&[u8]]) -> Result<(), DurableError
 }
 
 /// Writes a checkpoint of `package` atomically.
-pub fn write_checkpoint(dir: &Path, meta: &CheckpointMeta, state: &[u8]) -> Result<(), DurableError> {
+pub fn write_checkpoint(
+    dir: &Path,
+    meta: &CheckpointMeta,
+    state: &[u8],
+) -> Result<(), DurableError> {
     let path = checkpoint_path(dir, &meta.package);
     let json = serde_json::to_vec(meta).map_err(|e| DurableError::Corrupt {
         path: path.clone(),
@@ -132,15 +136,22 @@ pub fn parse_checkpoint(bytes: &[u8]) -> Result<Checkpoint, String> {
     let rest = bytes
         .strip_prefix(CHECKPOINT_MAGIC.as_slice())
         .ok_or("not a checkpoint (bad magic)")?;
-    let (len, rest) = rest.split_first_chunk::<4>().ok_or("truncated metadata length")?;
+    let (len, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or("truncated metadata length")?;
     let len = u32::from_le_bytes(*len) as usize;
     if len > MAX_CHECKPOINT_META || len > rest.len() {
         return Err(format!("metadata length {len} is out of bounds"));
     }
     let (json, state) = rest.split_at(len);
-    let meta: CheckpointMeta = serde_json::from_slice(json).map_err(|e| format!("metadata: {e}"))?;
+    let meta: CheckpointMeta =
+        serde_json::from_slice(json).map_err(|e| format!("metadata: {e}"))?;
     if meta.len != state.len() as u64 || meta.len > MAX_CHECKPOINT_STATE {
-        return Err(format!("state is {} bytes, metadata says {}", state.len(), meta.len));
+        return Err(format!(
+            "state is {} bytes, metadata says {}",
+            state.len(),
+            meta.len
+        ));
     }
     if clawmesh_shm::checksum(state) != meta.crc32 {
         return Err("state checksum mismatch".into());
@@ -176,7 +187,10 @@ pub fn read_deployed(dir: &Path) -> Result<BTreeMap<String, DeployedEntry>, Dura
 }
 
 /// Writes the deployed set atomically.
-pub fn write_deployed(dir: &Path, set: &BTreeMap<String, DeployedEntry>) -> Result<(), DurableError> {
+pub fn write_deployed(
+    dir: &Path,
+    set: &BTreeMap<String, DeployedEntry>,
+) -> Result<(), DurableError> {
     let path = dir.join(DEPLOYED_FILE);
     let json = serde_json::to_vec_pretty(set).map_err(|e| DurableError::Corrupt {
         path: path.clone(),
@@ -219,7 +233,10 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(read_checkpoint(dir.path(), "p"), Err(DurableError::Corrupt { .. })));
+        assert!(matches!(
+            read_checkpoint(dir.path(), "p"),
+            Err(DurableError::Corrupt { .. })
+        ));
     }
 
     proptest::proptest! {
@@ -234,7 +251,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(read_deployed(dir.path()).unwrap().is_empty());
         let mut set = BTreeMap::new();
-        set.insert("p".to_string(), DeployedEntry { version: "2.0.0".into(), source: "published".into(), sha256: "ab".into() });
+        set.insert(
+            "p".to_string(),
+            DeployedEntry {
+                version: "2.0.0".into(),
+                source: "published".into(),
+                sha256: "ab".into(),
+            },
+        );
         write_deployed(dir.path(), &set).unwrap();
         assert_eq!(read_deployed(dir.path()).unwrap(), set);
     }

@@ -47,7 +47,9 @@ static OVERRIDE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 /// Sets (or clears) the faults at run time, in the environment variable's syntax.
 pub fn set_override(spec: Option<String>) {
-    *OVERRIDE.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = spec;
+    *OVERRIDE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = spec;
 }
 
 /// The fault configured for `step`: the run-time override, else the environment.
@@ -90,8 +92,14 @@ mod tests {
 
     #[test]
     fn picks_the_action_of_the_named_step() {
-        assert_eq!(action_for("snapshot:kill-old, flip:fail", "flip"), Some(FaultAction::Fail));
-        assert_eq!(action_for("snapshot:kill-old", "snapshot"), Some(FaultAction::KillOld));
+        assert_eq!(
+            action_for("snapshot:kill-old, flip:fail", "flip"),
+            Some(FaultAction::Fail)
+        );
+        assert_eq!(
+            action_for("snapshot:kill-old", "snapshot"),
+            Some(FaultAction::KillOld)
+        );
         assert_eq!(action_for("snapshot:kill-old", "restore"), None);
         assert_eq!(action_for("snapshot:explode", "snapshot"), None);
     }

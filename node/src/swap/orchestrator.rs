@@ -121,7 +121,12 @@ async fn bounded<T>(
     }
 }
 
-fn step_fault(package: &str, step: &'static str, old: Option<u32>, new: Option<u32>) -> Result<(), SwapError> {
+fn step_fault(
+    package: &str,
+    step: &'static str,
+    old: Option<u32>,
+    new: Option<u32>,
+) -> Result<(), SwapError> {
     fault::inject(step, old, new).map_err(|why| SwapError::Step {
         package: package.to_string(),
         step,
@@ -139,7 +144,10 @@ async fn snapshot_into_segment(
 ) -> Result<(u32, u64, Vec<JournalEntry>), SwapError> {
     let package = state.package();
     let payload = bounded(package, "snapshot", timeout, async {
-        worker.request(&Request::Snapshot).await.map_err(|e| e.to_string())
+        worker
+            .request(&Request::Snapshot)
+            .await
+            .map_err(|e| e.to_string())
     })
     .await?;
     let (schema, data) = frame::decode_state(&payload).map_err(|e| SwapError::Step {
@@ -176,7 +184,11 @@ async fn restore_from(
 /// frames in arrival order), answers awaited together.
 pub const REPLAY_BATCH: usize = 256;
 
-async fn replay(package: &str, worker: &SupervisedWorker, entries: &[JournalEntry]) -> Result<(), SwapError> {
+async fn replay(
+    package: &str,
+    worker: &SupervisedWorker,
+    entries: &[JournalEntry],
+) -> Result<(), SwapError> {
     for batch in entries.chunks(REPLAY_BATCH) {
         // join_all polls the calls in order, and each reaches the socket
         // queue on its first poll (a batch is far below the in-flight
@@ -219,7 +231,11 @@ fn write_durable(state: &PackageState, version: &str) {
 
 /// Runs `spec`: the first deploy of a package starts it (from its durable
 /// checkpoint if one exists); a deploy of a running package is a swap.
-pub async fn deploy_or_swap(supervisor: &Supervisor, spec: SkillSpec, config: &SwapConfig) -> Result<SwapEvent, SwapError> {
+pub async fn deploy_or_swap(
+    supervisor: &Supervisor,
+    spec: SkillSpec,
+    config: &SwapConfig,
+) -> Result<SwapEvent, SwapError> {
     if supervisor.route(&spec.package).is_some() {
         return swap(supervisor, spec, config).await;
     }
@@ -245,7 +261,14 @@ pub async fn deploy_or_swap(supervisor: &Supervisor, spec: SkillSpec, config: &S
             }
         });
     if let Some(checkpoint) = on_disk {
-        let restored = restore_from(&package, &worker, checkpoint.meta.schema, &checkpoint.state, config.restore_timeout).await;
+        let restored = restore_from(
+            &package,
+            &worker,
+            checkpoint.meta.schema,
+            &checkpoint.state,
+            config.restore_timeout,
+        )
+        .await;
         if let Err(error) = restored {
             supervisor.stop_worker(&worker).await;
             return Err(error);
@@ -274,9 +297,17 @@ pub async fn deploy_or_swap(supervisor: &Supervisor, spec: SkillSpec, config: &S
 }
 
 /// Swaps `spec.package` to `spec` with its state (issue 5's six steps).
-pub async fn swap(supervisor: &Supervisor, spec: SkillSpec, config: &SwapConfig) -> Result<SwapEvent, SwapError> {
+pub async fn swap(
+    supervisor: &Supervisor,
+    spec: SkillSpec,
+    config: &SwapConfig,
+) -> Result<SwapEvent, SwapError> {
     let package = spec.package.clone();
-    let route = supervisor.route(&package).ok_or_else(|| SwapError::NotRunning { package: package.clone() })?;
+    let route = supervisor
+        .route(&package)
+        .ok_or_else(|| SwapError::NotRunning {
+            package: package.clone(),
+        })?;
     let state = supervisor.package_state(&package);
     let old = route.active();
     let mut event = SwapEvent::new(&package, "swap");
@@ -313,17 +344,18 @@ async fn run_swap(
     // 1. Prewarm, while the old worker serves.
     step_fault(&package, "prewarm", old.pid(), None)?;
     let started = Instant::now();
-    let new = match tokio::time::timeout(config.prewarm_timeout, supervisor.start_worker(spec)).await {
-        Ok(Ok(worker)) => worker,
-        Ok(Err(error)) => return Err(error.into()),
-        Err(_) => {
-            return Err(SwapError::Step {
-                package,
-                step: "prewarm",
-                why: format!("timed out after {:?}", config.prewarm_timeout),
-            });
-        }
-    };
+    let new =
+        match tokio::time::timeout(config.prewarm_timeout, supervisor.start_worker(spec)).await {
+            Ok(Ok(worker)) => worker,
+            Ok(Err(error)) => return Err(error.into()),
+            Err(_) => {
+                return Err(SwapError::Step {
+                    package,
+                    step: "prewarm",
+                    why: format!("timed out after {:?}", config.prewarm_timeout),
+                });
+            }
+        };
     event.timings.prewarm_us = us(started);
     let paused_at = Instant::now();
     let outcome = paused_steps(route, state, old, &new, config, event).await;
@@ -379,7 +411,11 @@ async fn paused_steps(
         return Err(SwapError::Step {
             package: package.to_string(),
             step: "pause",
-            why: format!("{} calls still running after {:?}", route.calls_in_progress(), config.drain_timeout),
+            why: format!(
+                "{} calls still running after {:?}",
+                route.calls_in_progress(),
+                config.drain_timeout
+            ),
         });
     }
     event.timings.drain_us = us(start);
@@ -397,13 +433,23 @@ async fn paused_steps(
         step: "restore",
         why: e.to_string(),
     })?;
-    restore_from(package, new, current.schema, &current.payload, config.restore_timeout).await?;
+    restore_from(
+        package,
+        new,
+        current.schema,
+        &current.payload,
+        config.restore_timeout,
+    )
+    .await?;
     event.timings.restore_us = us(start);
     event.state_path = Some("migration");
     step_fault(package, "health", old.pid(), new.pid())?;
     let start = Instant::now();
     bounded(package, "health", config.health_timeout, async {
-        new.request(&Request::Health).await.map(|_| ()).map_err(|e| e.to_string())
+        new.request(&Request::Health)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })
     .await?;
     event.timings.health_us = us(start);
@@ -414,8 +460,16 @@ async fn paused_steps(
 
 /// Rolls `package` back: a flip with the state brought forward while the
 /// warm window is open, a swap to the previous version after it.
-pub async fn rollback(supervisor: &Supervisor, package: &str, config: &SwapConfig) -> Result<SwapEvent, SwapError> {
-    let route = supervisor.route(package).ok_or_else(|| SwapError::NotRunning { package: package.to_string() })?;
+pub async fn rollback(
+    supervisor: &Supervisor,
+    package: &str,
+    config: &SwapConfig,
+) -> Result<SwapEvent, SwapError> {
+    let route = supervisor
+        .route(package)
+        .ok_or_else(|| SwapError::NotRunning {
+            package: package.to_string(),
+        })?;
     let state = supervisor.package_state(package);
     let standby = route.standby();
     let window = state.window();
@@ -423,7 +477,9 @@ pub async fn rollback(supervisor: &Supervisor, package: &str, config: &SwapConfi
         // After the window: a swap to the previous version.
         let previous = state
             .previous_spec()
-            .ok_or_else(|| SwapError::NothingToRollBack { package: package.to_string() })?;
+            .ok_or_else(|| SwapError::NothingToRollBack {
+                package: package.to_string(),
+            })?;
         let mut event = swap(supervisor, previous, config).await?;
         event.kind = "rollback";
         return Ok(event);
@@ -436,7 +492,11 @@ pub async fn rollback(supervisor: &Supervisor, package: &str, config: &SwapConfi
             return Err(SwapError::Step {
                 package: package.to_string(),
                 step: "rollback",
-                why: format!("{} is {:?}, not ready", worker.spec().version, worker.state()),
+                why: format!(
+                    "{} is {:?}, not ready",
+                    worker.spec().version,
+                    worker.state()
+                ),
             });
         }
     }
@@ -475,13 +535,34 @@ pub async fn rollback(supervisor: &Supervisor, package: &str, config: &SwapConfi
     }
 }
 
-/// Waits (bounded) until `worker` serves; `false` if it does not in time.
+/// Waits (bounded) until `worker` serves and answers `health`; `false` if
+/// it does not in time. A process that just died may still read as ready
+/// until the supervisor reaps it, hence the health probe.
 async fn wait_ready(worker: &SupervisedWorker, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
     let mut lifecycle = worker.lifecycle();
-    matches!(
-        tokio::time::timeout(timeout, lifecycle.wait_for(|l| l.state == WorkerState::Ready)).await,
-        Ok(Ok(_))
-    )
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ready = matches!(
+            tokio::time::timeout(left, lifecycle.wait_for(|l| l.state == WorkerState::Ready)).await,
+            Ok(Ok(_))
+        );
+        if !ready {
+            return false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Ok(_)) = tokio::time::timeout(left, worker.request(&Request::Health)).await {
+            return true;
+        }
+        // Unhealthy: wait for the supervisor to notice and restart it.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !matches!(
+            tokio::time::timeout(left, lifecycle.changed()).await,
+            Ok(Ok(()))
+        ) {
+            return false;
+        }
+    }
 }
 
 async fn rollback_paused(
@@ -505,7 +586,8 @@ async fn rollback_paused(
     // The newer state becomes the checkpoint; the pre-swap one moves to the
     // other buffer, and the journal since the swap comes with it.
     let start = Instant::now();
-    let (schema, bytes, since_swap) = snapshot_into_segment(state, route, new, config.snapshot_timeout).await?;
+    let (schema, bytes, since_swap) =
+        snapshot_into_segment(state, route, new, config.snapshot_timeout).await?;
     event.timings.snapshot_us = us(start);
     event.state_bytes = bytes;
     let start = Instant::now();
@@ -515,7 +597,14 @@ async fn rollback_paused(
         why: e.to_string(),
     })?;
     debug_assert_eq!(current.schema, schema);
-    let down = restore_from(package, old, current.schema, &current.payload, config.restore_timeout).await;
+    let down = restore_from(
+        package,
+        old,
+        current.schema,
+        &current.payload,
+        config.restore_timeout,
+    )
+    .await;
     if down.is_ok() {
         event.state_path = Some("down_migration");
     } else {
@@ -524,7 +613,14 @@ async fn rollback_paused(
             step: "restore",
             why: format!("no down-migration and no pre-swap state: {e}"),
         })?;
-        restore_from(package, old, pre_swap.schema, &pre_swap.payload, config.restore_timeout).await?;
+        restore_from(
+            package,
+            old,
+            pre_swap.schema,
+            &pre_swap.payload,
+            config.restore_timeout,
+        )
+        .await?;
         replay(package, old, &since_swap).await?;
         event.replayed = since_swap.len() as u64;
         event.state_path = Some("replay");
@@ -534,7 +630,10 @@ async fn rollback_paused(
     event.timings.restore_us = us(start);
     let start = Instant::now();
     bounded(package, "health", config.health_timeout, async {
-        old.request(&Request::Health).await.map(|_| ()).map_err(|e| e.to_string())
+        old.request(&Request::Health)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })
     .await?;
     event.timings.health_us = us(start);
@@ -543,7 +642,11 @@ async fn rollback_paused(
 
 /// Takes a checkpoint of `package` now (pause, drain, snapshot, resume),
 /// then writes it to disk.
-pub async fn checkpoint(supervisor: &Supervisor, package: &str, config: &SwapConfig) -> Result<SwapEvent, SwapError> {
+pub async fn checkpoint(
+    supervisor: &Supervisor,
+    package: &str,
+    config: &SwapConfig,
+) -> Result<SwapEvent, SwapError> {
     checkpoint_now(supervisor, package, config, false)
         .await
         .map(|event| event.unwrap_or_else(|| SwapEvent::new(package, "checkpoint_skipped")))
@@ -558,7 +661,11 @@ async fn checkpoint_now(
     config: &SwapConfig,
     keep_window: bool,
 ) -> Result<Option<SwapEvent>, SwapError> {
-    let route = supervisor.route(package).ok_or_else(|| SwapError::NotRunning { package: package.to_string() })?;
+    let route = supervisor
+        .route(package)
+        .ok_or_else(|| SwapError::NotRunning {
+            package: package.to_string(),
+        })?;
     let state = supervisor.package_state(package);
     let control = supervisor.lock_control().await;
     if keep_window && state.window().is_some() && !route.journal().wants_checkpoint() {
@@ -610,7 +717,9 @@ fn start_checkpoint_task(supervisor: &Supervisor, state: &Arc<PackageState>, con
             if !current.is_some_and(|c| Arc::ptr_eq(&c, &state)) {
                 return;
             }
-            let Some(route) = supervisor.route(state.package()) else { return };
+            let Some(route) = supervisor.route(state.package()) else {
+                return;
+            };
             let journal = route.journal();
             if journal.is_empty() {
                 continue;
@@ -630,13 +739,21 @@ fn start_checkpoint_task(supervisor: &Supervisor, state: &Arc<PackageState>, con
 /// Called by the supervisor after it restarted a crashed worker, before the
 /// worker serves: when it is the package's active worker, restores the last
 /// checkpoint and replays the journal, so no acknowledged call is lost.
-pub async fn recover_restarted(supervisor: &Supervisor, worker: &SupervisedWorker, connection: &WorkerConnection) {
+pub async fn recover_restarted(
+    supervisor: &Supervisor,
+    worker: &SupervisedWorker,
+    connection: &WorkerConnection,
+) {
     let package = &worker.spec().package;
-    let Some(route) = supervisor.route(package) else { return };
+    let Some(route) = supervisor.route(package) else {
+        return;
+    };
     if !std::ptr::eq(Arc::as_ptr(&route.active()), worker) {
         return;
     }
-    let Some(state) = supervisor.existing_package_state(package) else { return };
+    let Some(state) = supervisor.existing_package_state(package) else {
+        return;
+    };
     let mut event = SwapEvent::new(package, "recovered");
     event.to_version = Some(worker.spec().version.clone());
     let started = Instant::now();
@@ -644,7 +761,10 @@ pub async fn recover_restarted(supervisor: &Supervisor, worker: &SupervisedWorke
         if let Ok(current) = state.current() {
             event.state_bytes = current.payload.len() as u64;
             connection
-                .request(&Request::Restore { schema: current.schema, data: &current.payload })
+                .request(&Request::Restore {
+                    schema: current.schema,
+                    data: &current.payload,
+                })
                 .await
                 .map_err(|e| format!("restore: {e}"))?;
         }

@@ -193,7 +193,11 @@ impl PackageState {
     /// The open warm window, if any (an expired one is closed here).
     pub fn window(&self) -> Option<WarmWindow> {
         let mut tracked = self.tracked();
-        if tracked.window.as_ref().is_some_and(|w| w.until <= Instant::now()) {
+        if tracked
+            .window
+            .as_ref()
+            .is_some_and(|w| w.until <= Instant::now())
+        {
             tracked.window = None;
         }
         tracked.window.clone()
@@ -249,9 +253,11 @@ impl PackageState {
             durable_checkpoint_age_ms: tracked.durable_unix_ms.map(|t| now.saturating_sub(t)),
             journal_entries,
             rollback_to: window.as_ref().map(|w| w.from.version.clone()),
-            warm_window_left_ms: window
-                .as_ref()
-                .map(|w| w.until.saturating_duration_since(Instant::now()).as_millis() as u64),
+            warm_window_left_ms: window.as_ref().map(|w| {
+                w.until
+                    .saturating_duration_since(Instant::now())
+                    .as_millis() as u64
+            }),
             previous_version: tracked.previous.as_ref().map(|s| s.version.clone()),
             last_event: tracked.last_event.clone(),
             last_failure: tracked.last_failure.clone(),
@@ -272,6 +278,9 @@ mod tests {
         state.publish(2, &big).unwrap();
         assert_eq!(state.current().unwrap().payload, big);
         let previous = state.previous().unwrap();
-        assert_eq!((previous.schema, previous.payload.as_slice()), (1, b"small".as_slice()));
+        assert_eq!(
+            (previous.schema, previous.payload.as_slice()),
+            (1, b"small".as_slice())
+        );
     }
 }

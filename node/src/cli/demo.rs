@@ -207,7 +207,7 @@ impl Demo {
 pub fn demo(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     interrupt::install()?;
     // Set by the lead when `DemoArgs` gets its `--keep` flag.
-    let keep = false;
+    let keep = args.keep;
     let mut temp = None;
     let root: PathBuf = match &args.data_dir {
         Some(d) => {

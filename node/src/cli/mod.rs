@@ -315,6 +315,9 @@ pub struct DemoArgs {
     /// Machine-readable summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Leave the mesh running at the end and print how to talk to it.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 /// `clawmesh doctor ...`

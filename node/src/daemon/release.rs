@@ -307,38 +307,42 @@ impl ActionTask {
             .flatten()
     }
 
-    /// Makes sure the blob is held; `None` leaves the release Pending.
+    /// Makes sure the manifest and the blob are held, retrying with backoff
+    /// (the intent may arrive before the manifest does, and no peer may hold
+    /// the blob yet); `None` after the last attempt leaves the release
+    /// Pending.
     async fn fetch(&self, fetcher: Option<Arc<dyn BlobFetcher>>, version: Version) -> Option<ReleaseInput> {
-        let Some(manifest) = self.manifest(&version).await else {
-            tracing::warn!(package = %self.package, %version, "target has no valid manifest in the catalog yet");
-            return None;
-        };
-        // The manifest travels with the mesh catalog; keep it beside the
-        // blob so local deploys and restarts find it.
-        if let Err(e) = self.ctx.packages.put(&manifest, &self.ctx.trust) {
-            tracing::warn!(package = %self.package, %version, error = %e, "storing the manifest failed");
-            return None;
-        }
         let mut wait = FETCH_RETRY_FIRST;
         for attempt in 1..=FETCH_ATTEMPTS {
-            if self.ctx.blobs.contains(&BlobId(manifest.manifest.sha256)) {
-                return Some(ReleaseInput::BlobFetched { version });
-            }
-            let Some(fetcher) = &fetcher else {
-                tracing::warn!(package = %self.package, %version, "blob not held here and this node cannot fetch");
-                return None;
-            };
-            match fetcher.fetch(&manifest).await {
+            match self.fetch_once(fetcher.as_deref(), &version).await {
                 Ok(()) => return Some(ReleaseInput::BlobFetched { version }),
                 Err(reason) => {
-                    tracing::info!(package = %self.package, %version, attempt, %reason, "blob not fetched yet; retrying");
+                    tracing::info!(package = %self.package, %version, attempt, %reason, "not ready to verify yet; retrying");
                 }
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(FETCH_RETRY_MAX);
         }
-        tracing::warn!(package = %self.package, %version, "blob fetch gave up after {FETCH_ATTEMPTS} attempts; stays Pending");
+        tracing::warn!(package = %self.package, %version, "gave up after {FETCH_ATTEMPTS} attempts; stays Pending");
         None
+    }
+
+    async fn fetch_once(&self, fetcher: Option<&dyn BlobFetcher>, version: &Version) -> Result<(), String> {
+        let manifest = self
+            .manifest(version)
+            .await
+            .ok_or_else(|| "no valid manifest in the catalog yet".to_string())?;
+        // The manifest travels with the mesh catalog; keep it beside the
+        // blob so local deploys and restarts find it.
+        self.ctx
+            .packages
+            .put(&manifest, &self.ctx.trust)
+            .map_err(|e| format!("storing the manifest: {e}"))?;
+        if self.ctx.blobs.contains(&BlobId(manifest.manifest.sha256)) {
+            return Ok(());
+        }
+        let fetcher = fetcher.ok_or_else(|| "blob not held here and this node cannot fetch".to_string())?;
+        fetcher.fetch(&manifest).await
     }
 
     async fn verify(&self, version: &Version) -> Result<(), String> {

@@ -241,6 +241,11 @@ pub async fn deploy_or_swap(
     }
     let package = spec.package.clone();
     let control = supervisor.lock_control().await;
+    if supervisor.route(&package).is_some() {
+        // Another deploy started it meanwhile: this one is a swap.
+        drop(control);
+        return swap(supervisor, spec, config).await;
+    }
     let state = supervisor.package_state(&package);
     state.set_checkpoints_dir(config.checkpoints_dir.clone());
     let started = Instant::now();

@@ -332,40 +332,14 @@ impl BlobStore {
     #[tracing::instrument(skip(self, bytes), fields(size = bytes.len()))]
     pub fn put(&self, bytes: &[u8], expected: Option<&BlobId>, chunk_size: u32) -> Result<BlobId, PutError> {
         let size = bytes.len() as u64;
-        if size > self.limits.max_blob_bytes {
-            return Err(PutError::TooLarge {
-                size,
-                limit: self.limits.max_blob_bytes,
-            });
-        }
-        if chunk_size == 0 || !chunk_size.is_power_of_two() {
-            return Err(PutError::ChunkSize {
-                chunk_size,
-                reason: "must be a power of two",
-            });
-        }
+        self.check_admissible(size, chunk_size)?;
         let actual = BlobId::of(bytes);
-        if let Some(expected) = expected
-            && *expected != actual
-        {
-            return Err(PutError::ChecksumMismatch {
-                expected: *expected,
-                actual,
-            });
+        if let Some(expected) = expected {
+            check_expected(expected, actual)?;
         }
-        let _shared = self.lock(FlockArg::LockShared)?;
-        let final_path = self.path_of(&actual);
-        if final_path.is_file() && self.get(&actual).is_ok() {
+        let Some(_shared) = self.begin_store(&actual, size)? else {
             return Ok(actual);
-        }
-        let used = self.used_bytes()?;
-        if used.saturating_add(size) > self.limits.max_store_bytes {
-            return Err(PutError::StoreFull {
-                used,
-                size,
-                limit: self.limits.max_store_bytes,
-            });
-        }
+        };
         let info = BlobInfo {
             size,
             chunk_size,
@@ -374,17 +348,7 @@ impl BlobStore {
                 .map(hex::encode)
                 .collect(),
         };
-        let dir = final_path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
-        fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
-        // The chunk list lands first: a blob file without its list would be
-        // present but unservable, a list without its blob is just garbage.
-        let json = serde_json::to_vec(&info).map_err(|e| io_err("encode chunk list", &dir)(io::Error::other(e)))?;
-        self.write_atomically(&self.chunks_path_of(&actual), &json)?;
-        self.write_atomically(&final_path, bytes)?;
-        sync_dir(&dir)?;
+        self.finish_store(&actual, &info, |dest| self.write_atomically(dest, bytes))?;
         tracing::debug!(blob = %actual, "stored");
         Ok(actual)
     }
@@ -403,20 +367,9 @@ impl BlobStore {
         chunk_size: u32,
         verified_chunks: Option<&[[u8; 32]]>,
     ) -> Result<BlobId, PutError> {
-        if chunk_size == 0 || !chunk_size.is_power_of_two() {
-            return Err(PutError::ChunkSize {
-                chunk_size,
-                reason: "must be a power of two",
-            });
-        }
         let mut src = File::open(file).map_err(io_err("open", file))?;
         let size = src.metadata().map_err(io_err("stat", file))?.len();
-        if size > self.limits.max_blob_bytes {
-            return Err(PutError::TooLarge {
-                size,
-                limit: self.limits.max_blob_bytes,
-            });
-        }
+        self.check_admissible(size, chunk_size)?;
         // One pass: the whole-blob hash and each chunk's hash.
         let mut whole = Sha256::new();
         let mut chunks = Vec::new();
@@ -442,25 +395,10 @@ impl BlobStore {
             }
         }
         let actual = BlobId(whole.finalize().into());
-        if actual != *expected {
-            return Err(PutError::ChecksumMismatch {
-                expected: *expected,
-                actual,
-            });
-        }
-        let _shared = self.lock(FlockArg::LockShared)?;
-        let final_path = self.path_of(&actual);
-        if final_path.is_file() && self.get(&actual).is_ok() {
+        check_expected(expected, actual)?;
+        let Some(_shared) = self.begin_store(&actual, size)? else {
             return Ok(actual);
-        }
-        let used = self.used_bytes()?;
-        if used.saturating_add(size) > self.limits.max_store_bytes {
-            return Err(PutError::StoreFull {
-                used,
-                size,
-                limit: self.limits.max_store_bytes,
-            });
-        }
+        };
         if let Some(verified) = verified_chunks {
             chunks = verified.iter().map(hex::encode).collect();
         }
@@ -475,18 +413,73 @@ impl BlobStore {
             chunk_size,
             chunks,
         };
+        self.finish_store(&actual, &info, |dest| {
+            src.sync_all().map_err(io_err("fsync", file))?;
+            fs::rename(file, dest).map_err(io_err("rename into", dest))
+        })?;
+        tracing::debug!(blob = %actual, "installed fetched blob");
+        Ok(actual)
+    }
+
+    /// The bounds every new blob must fit, checked before any work.
+    fn check_admissible(&self, size: u64, chunk_size: u32) -> Result<(), PutError> {
+        if size > self.limits.max_blob_bytes {
+            return Err(PutError::TooLarge {
+                size,
+                limit: self.limits.max_blob_bytes,
+            });
+        }
+        if chunk_size == 0 || !chunk_size.is_power_of_two() {
+            return Err(PutError::ChunkSize {
+                chunk_size,
+                reason: "must be a power of two",
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the writers' lock for storing `actual`; `None` when it is
+    /// already present and intact (nothing to do).
+    fn begin_store(&self, actual: &BlobId, size: u64) -> Result<Option<Flock<File>>, PutError> {
+        // A blocking lock never reports "would block"; treat it as busy if it does.
+        let Some(shared) = self.lock(FlockArg::LockShared)? else {
+            let lock = self.root.join("lock");
+            return Err(io_err("lock", &lock)(io::Error::from(io::ErrorKind::WouldBlock)).into());
+        };
+        if self.path_of(actual).is_file() && self.get(actual).is_ok() {
+            return Ok(None);
+        }
+        let used = self.used_bytes()?;
+        if used.saturating_add(size) > self.limits.max_store_bytes {
+            return Err(PutError::StoreFull {
+                used,
+                size,
+                limit: self.limits.max_store_bytes,
+            });
+        }
+        Ok(Some(shared))
+    }
+
+    /// Writes the chunk list, then lets `place` put the blob at its final
+    /// path, then fsyncs the directory. The list lands first: a blob file
+    /// without its list would be present but unservable, a list without its
+    /// blob is just garbage.
+    fn finish_store(
+        &self,
+        actual: &BlobId,
+        info: &BlobInfo,
+        place: impl FnOnce(&Path) -> Result<(), StoreIoError>,
+    ) -> Result<(), StoreIoError> {
+        let final_path = self.path_of(actual);
         let dir = final_path
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
         fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
-        let json = serde_json::to_vec(&info).map_err(|e| io_err("encode chunk list", &dir)(io::Error::other(e)))?;
-        self.write_atomically(&self.chunks_path_of(&actual), &json)?;
-        src.sync_all().map_err(io_err("fsync", file))?;
-        fs::rename(file, &final_path).map_err(io_err("rename into", &final_path))?;
-        sync_dir(&dir)?;
-        tracing::debug!(blob = %actual, "installed fetched blob");
-        Ok(actual)
+        let json = serde_json::to_vec(info).map_err(|e| io_err("encode chunk list", &dir)(io::Error::other(e)))?;
+        self.write_atomically(&self.chunks_path_of(actual), &json)?;
+        place(&final_path)?;
+        sync_dir(&dir)
     }
 
     fn write_atomically(&self, dest: &Path, bytes: &[u8]) -> Result<(), StoreIoError> {
@@ -666,6 +659,17 @@ impl BlobStore {
         }
         Ok(report)
     }
+}
+
+/// Refuses bytes that do not hash to what the caller expected.
+fn check_expected(expected: &BlobId, actual: BlobId) -> Result<(), PutError> {
+    if *expected != actual {
+        return Err(PutError::ChecksumMismatch {
+            expected: *expected,
+            actual,
+        });
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreIoError> {

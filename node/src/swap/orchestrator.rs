@@ -103,6 +103,21 @@ fn us(since: Instant) -> u64 {
     since.elapsed().as_micros() as u64
 }
 
+/// The `health` step on `worker`, bounded by the configured timeout;
+/// returns how long it took, in µs.
+async fn health_step(package: &str, worker: &SupervisedWorker, config: &SwapConfig) -> Result<u64, SwapError> {
+    let start = Instant::now();
+    bounded(package, "health", config.health_timeout, async {
+        worker
+            .request(&Request::Health)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    Ok(us(start))
+}
+
 async fn bounded<T>(
     package: &str,
     step: &'static str,
@@ -449,15 +464,7 @@ async fn paused_steps(
     event.timings.restore_us = us(start);
     event.state_path = Some("migration");
     step_fault(package, "health", old.pid(), new.pid())?;
-    let start = Instant::now();
-    bounded(package, "health", config.health_timeout, async {
-        new.request(&Request::Health)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    })
-    .await?;
-    event.timings.health_us = us(start);
+    event.timings.health_us = health_step(package, new, config).await?;
     // 5. Flip (done by the caller right after this returns).
     step_fault(package, "flip", old.pid(), new.pid())?;
     Ok(())
@@ -633,15 +640,7 @@ async fn rollback_paused(
         snapshot_into_segment(state, route, old, config.snapshot_timeout).await?;
     }
     event.timings.restore_us = us(start);
-    let start = Instant::now();
-    bounded(package, "health", config.health_timeout, async {
-        old.request(&Request::Health)
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    })
-    .await?;
-    event.timings.health_us = us(start);
+    event.timings.health_us = health_step(package, old, config).await?;
     Ok(())
 }
 

@@ -15,6 +15,8 @@ use clawmesh_node::fetch::{Libp2pSource, PartialBlob};
 
 const CHUNK: u32 = 64 * 1024;
 const SIZE: usize = 4 * 1024 * 1024;
+/// Bound on waiting for the fetcher's bootstrap connections.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn blob() -> Vec<u8> {
     // Not constant: a chunk swapped for another would not verify.
@@ -101,6 +103,8 @@ async fn fetch_from(
     let fetcher = spawn_loopback_node(holders.iter().map(|h| h.addr.clone()).collect())
         .await
         .unwrap();
+    let peers: Vec<_> = holders.iter().map(|h| h.peer_id()).collect();
+    fetcher.wait_connected(&peers, CONNECT_TIMEOUT).await.unwrap();
     let source = Arc::new(Libp2pSource::new(
         fetcher.mesh.stream_control(),
         test_config().chunk_timeout,
@@ -176,6 +180,7 @@ async fn holder_killed_mid_transfer_is_replaced_by_the_others() {
         let layout = layout.clone();
         tokio::spawn(async move {
             let fetcher = spawn_loopback_node(addrs.to_vec()).await.unwrap();
+            fetcher.wait_connected(&peers, CONNECT_TIMEOUT).await.unwrap();
             let source = Arc::new(Libp2pSource::new(
                 fetcher.mesh.stream_control(),
                 test_config().chunk_timeout,

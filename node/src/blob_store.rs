@@ -395,13 +395,48 @@ impl BlobStore {
             }
         }
         let actual = BlobId(whole.finalize().into());
+        if let Some(verified) = verified_chunks {
+            chunks = verified.iter().map(hex::encode).collect();
+        }
+        self.install_checked_file(src, file, size, actual, expected, chunk_size, chunks)
+    }
+
+    /// `install_file` for a caller that hashed the file's bytes itself as it
+    /// wrote them (a fetch hashes the blob in chunk order while the transfer
+    /// runs): `sha256` is that hash and must equal `expected`, and every chunk
+    /// of `file` was checked against `verified_chunks`. The file must not
+    /// have changed since it was hashed (a fetch holds it locked).
+    #[tracing::instrument(skip(self, sha256, verified_chunks))]
+    pub fn install_hashed_file(
+        &self,
+        file: &Path,
+        sha256: BlobId,
+        expected: &BlobId,
+        chunk_size: u32,
+        verified_chunks: &[[u8; 32]],
+    ) -> Result<BlobId, PutError> {
+        let src = File::open(file).map_err(io_err("open", file))?;
+        let size = src.metadata().map_err(io_err("stat", file))?.len();
+        self.check_admissible(size, chunk_size)?;
+        let chunks = verified_chunks.iter().map(hex::encode).collect();
+        self.install_checked_file(src, file, size, sha256, expected, chunk_size, chunks)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn install_checked_file(
+        &self,
+        src: File,
+        file: &Path,
+        size: u64,
+        actual: BlobId,
+        expected: &BlobId,
+        chunk_size: u32,
+        chunks: Vec<String>,
+    ) -> Result<BlobId, PutError> {
         check_expected(expected, actual)?;
         let Some(_shared) = self.begin_store(&actual, size)? else {
             return Ok(actual);
         };
-        if let Some(verified) = verified_chunks {
-            chunks = verified.iter().map(hex::encode).collect();
-        }
         if chunks.len() as u64 != size.div_ceil(u64::from(chunk_size)) {
             return Err(PutError::ChunkSize {
                 chunk_size,

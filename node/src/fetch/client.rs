@@ -27,6 +27,10 @@ use crate::mesh::MeshHandle;
 /// Answers queued from source tasks to the driver; with one chunk per
 /// answer this bounds buffered bytes to `REPLY_QUEUE × chunk size`.
 pub const REPLY_QUEUE: usize = 16;
+/// Verified chunks queued from the driver to the blocking thread that
+/// writes them (and hashes the blob in chunk order); bounds that buffer to
+/// `WRITE_QUEUE × chunk size`.
+pub const WRITE_QUEUE: usize = 16;
 /// Default `FetchConfig::tick`.
 pub const DEFAULT_TICK: Duration = Duration::from_millis(250);
 
@@ -86,6 +90,14 @@ pub enum FetchError {
     /// The temp file or the store failed (or the whole blob did not verify).
     #[error(transparent)]
     Partial(#[from] PartialError),
+}
+
+fn joined(e: tokio::task::JoinError) -> PartialError {
+    PartialError::Io {
+        op: "join the fetch's disk thread",
+        path: std::path::PathBuf::new(),
+        source: std::io::Error::other(e),
+    }
 }
 
 fn fmt_liars(liars: &[(PeerId, u32)]) -> String {
@@ -149,10 +161,16 @@ pub async fn fetch_blob(
             elapsed: started.elapsed(),
         });
     }
-    let mut partial = PartialBlob::open(store, layout.clone())?;
-    let mut plan = FetchPlan::new(layout.clone(), partial.held(), providers, config.plan);
+    let opened = {
+        let (store, layout) = (store.clone(), layout.clone());
+        tokio::task::spawn_blocking(move || PartialBlob::open(&store, layout))
+            .await
+            .map_err(joined)??
+    };
+    let held = opened.held().to_vec();
+    let mut plan = FetchPlan::new(layout.clone(), &held, providers, config.plan);
     let resumed: u64 = (0..layout.chunk_count())
-        .filter(|&i| partial.held()[i])
+        .filter(|&i| held[i])
         .map(|i| u64::from(layout.chunk_len(u32::try_from(i).unwrap_or(u32::MAX))))
         .sum();
     progress.start(layout.size, resumed);
@@ -164,6 +182,16 @@ pub async fn fetch_blob(
         "fetching"
     );
 
+    // Disk writes and the whole-blob hash run on a blocking thread, off the
+    // driver; chunks reach it only after the plan accepted them.
+    let (to_writer, mut written) = mpsc::channel::<(u32, Vec<u8>)>(WRITE_QUEUE);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut partial = opened;
+        while let Some((index, bytes)) = written.blocking_recv() {
+            partial.write_chunk(index, &bytes)?;
+        }
+        Ok::<_, PartialError>(partial)
+    });
     let (tx, mut rx) = mpsc::channel(REPLY_QUEUE);
     let mut running: HashMap<RequestId, (PeerId, AbortHandle)> = HashMap::new();
     let mut ticker = tokio::time::interval(config.tick);
@@ -207,11 +235,21 @@ pub async fn fetch_blob(
         // The driver holds a sender, so the channel never closes under it.
         let Some(msg) = msg else { continue };
         match msg {
-            DriverMsg::Reply(id, SourceReply::Chunk { index, bytes }) => {
-                match plan.on_chunk(id, index, &bytes) {
+            DriverMsg::Reply(
+                id,
+                SourceReply::Chunk {
+                    index,
+                    bytes,
+                    sha256,
+                },
+            ) => {
+                match plan.on_chunk_digest(id, index, bytes.len(), &sha256) {
                     ChunkVerdict::Accept => {
-                        partial.write_chunk(index, &bytes)?;
                         let len = bytes.len() as u64;
+                        if to_writer.send((index, bytes)).await.is_err() {
+                            // The writer stopped on an error: joining it below says which.
+                            break Ok(());
+                        }
                         fetched += len;
                         metrics.bytes_in.inc_by(len);
                         progress.advance(len);
@@ -247,6 +285,11 @@ pub async fn fetch_blob(
                 };
                 match result {
                     Ok(()) => plan.on_request_end(id, RequestEnd::Finished),
+                    Err(error @ SourceError::OpenTimeout { .. }) => {
+                        metrics.chunk_failed(ChunkFailure::Stream);
+                        debug!(%peer, %error, "stream did not open; asking again");
+                        plan.on_request_end(id, RequestEnd::Failed);
+                    }
                     Err(error @ SourceError::Unreachable { .. }) => {
                         metrics.chunk_failed(ChunkFailure::Unreachable);
                         warn!(%peer, %error, "peer unreachable; its chunks go elsewhere");
@@ -269,6 +312,9 @@ pub async fn fetch_blob(
         }
     };
     abort_all(&mut running);
+    drop(to_writer);
+    // Verified chunks already queued land in the temp file either way (resume).
+    let written = writer.await.map_err(joined);
     progress.finish();
     let liars = plan.liars();
     match outcome {
@@ -282,7 +328,13 @@ pub async fn fetch_blob(
             })
         }
         Ok(()) => {
-            let installed = partial.finish();
+            let installed = match written {
+                Ok(Ok(partial)) => tokio::task::spawn_blocking(move || partial.finish())
+                    .await
+                    .map_err(joined)
+                    .and_then(|r| r),
+                Ok(Err(e)) | Err(e) => Err(e),
+            };
             if installed.is_err() {
                 metrics.fetches_failed.inc();
             }

@@ -1,15 +1,18 @@
 //! `PartialBlob`: a fetch's temp file under the store's `tmp/`, written
 //! chunk by chunk at each chunk's offset and resumable: reopening it finds
-//! the chunks already there by hashing them against the manifest. It becomes
-//! a blob only through `finish`, which re-hashes the whole file and renames
-//! it into the store; until then the store itself is untouched.
+//! the chunks already there by hashing them against the manifest. The whole
+//! blob's sha256 is computed as the file fills, over the contiguous prefix of
+//! held chunks in chunk order, so the final check costs no extra pass. It
+//! becomes a blob only through `finish`, which compares that hash with the
+//! manifest's and only then renames the file into the store; until then the
+//! store itself is untouched.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::{Flock, FlockArg, PosixFadviseAdvice, posix_fadvise};
 use sha2::{Digest, Sha256};
 
 use super::layout::ChunkLayout;
@@ -91,7 +94,16 @@ pub struct PartialBlob {
     path: PathBuf,
     file: Flock<File>,
     held: Vec<bool>,
+    /// sha256 of chunks `0..prefix_next`, all held.
+    prefix: Sha256,
+    prefix_next: u32,
+    /// Offset up to which disk writeback was started.
+    flushed_to: u64,
 }
+
+/// Writeback of the hashed prefix is started once this much is dirty, so the
+/// fsync before the rename finds little left to write.
+const WRITEBACK_STEP: u64 = 8 << 20;
 
 impl PartialBlob {
     /// The temp file a fetch of `blob` writes to.
@@ -154,6 +166,9 @@ impl PartialBlob {
             path,
             file,
             held,
+            prefix: Sha256::new(),
+            prefix_next: 0,
+            flushed_to: 0,
         })
     }
 
@@ -182,12 +197,46 @@ impl PartialBlob {
             .write_all_at(bytes, self.layout.offset(index))
             .map_err(io_err("write", &self.path))?;
         self.held[index as usize] = true;
+        self.advance_prefix(Some((index, bytes)))
+    }
+
+    /// Hashes the held chunks that now follow the hashed prefix, in order:
+    /// `just_written` from memory, the others read back from the file.
+    fn advance_prefix(&mut self, just_written: Option<(u32, &[u8])>) -> Result<(), PartialError> {
+        let mut buf = Vec::new();
+        while let Some(&true) = self.held.get(self.prefix_next as usize) {
+            let index = self.prefix_next;
+            match just_written {
+                Some((i, bytes)) if i == index => self.prefix.update(bytes),
+                _ => {
+                    buf.resize(self.layout.chunk_len(index) as usize, 0);
+                    self.file
+                        .read_exact_at(&mut buf, self.layout.offset(index))
+                        .map_err(io_err("read", &self.path))?;
+                    self.prefix.update(&buf);
+                }
+            }
+            self.prefix_next += 1;
+        }
+        let hashed_to = self.layout.offset(self.prefix_next).min(self.layout.size);
+        if hashed_to - self.flushed_to >= WRITEBACK_STEP || hashed_to == self.layout.size {
+            // Starts writeback of the hashed range (its pages are not read
+            // again); only an advice, so a refusal changes nothing.
+            if let (Ok(off), Ok(len)) = (
+                i64::try_from(self.flushed_to),
+                i64::try_from(hashed_to - self.flushed_to),
+            ) {
+                let _ = posix_fadvise(&*self.file, off, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+            }
+            self.flushed_to = hashed_to;
+        }
         Ok(())
     }
 
-    /// Installs the complete file into the store, after the store re-hashes
-    /// it whole. On error the store is unchanged.
-    pub fn finish(self) -> Result<BlobId, PartialError> {
+    /// Installs the complete file into the store once the whole blob's hash,
+    /// taken in chunk order as the chunks came in, equals the manifest's. On
+    /// error the store is unchanged.
+    pub fn finish(mut self) -> Result<BlobId, PartialError> {
         let missing = self.held.iter().filter(|h| !**h).count();
         if missing > 0 {
             return Err(PartialError::Incomplete {
@@ -195,13 +244,17 @@ impl PartialBlob {
                 missing,
             });
         }
+        // Chunks held since `open` and not yet followed by a written one.
+        self.advance_prefix(None)?;
+        let sha256 = BlobId(std::mem::take(&mut self.prefix).finalize().into());
         self.file.sync_all().map_err(io_err("fsync", &self.path))?;
         // Every chunk was checked against these hashes before it was written.
-        match self.store.install_file(
+        match self.store.install_hashed_file(
             &self.path,
+            sha256,
             &self.layout.blob,
             self.layout.chunk_size,
-            Some(&self.layout.chunk_sha256),
+            &self.layout.chunk_sha256,
         ) {
             Ok(id) => Ok(id),
             Err(e) => {

@@ -457,6 +457,18 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
     /// A peer sent chunk `index` for request `id`: verifies it against the
     /// manifest's hash. Only `Accept` means the bytes may be written.
     pub fn on_chunk(&mut self, id: RequestId, index: u32, bytes: &[u8]) -> ChunkVerdict<P> {
+        self.on_chunk_digest(id, index, bytes.len(), &Sha256::digest(bytes).into())
+    }
+
+    /// `on_chunk` for a chunk already hashed by the caller (off the driver's
+    /// thread): `len` and `sha256` must be those of the received bytes.
+    pub fn on_chunk_digest(
+        &mut self,
+        id: RequestId,
+        index: u32,
+        len: usize,
+        sha256: &[u8; 32],
+    ) -> ChunkVerdict<P> {
         let Some(req) = self.requests.get(&id) else {
             return ChunkVerdict::Stale;
         };
@@ -471,8 +483,8 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
         self.settle(id, index);
         let i = index as usize;
         let expected = self.layout.chunk_sha256.get(i);
-        let good = bytes.len() == self.layout.chunk_len(index) as usize
-            && expected.is_some_and(|h| Sha256::digest(bytes).as_slice() == h.as_slice());
+        let good = len == self.layout.chunk_len(index) as usize
+            && expected.is_some_and(|h| h == sha256);
         if !good {
             self.drop_peer(&peer, PeerStanding::Banned { chunk: index });
             return ChunkVerdict::Lied { peer };

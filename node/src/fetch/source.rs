@@ -6,7 +6,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{AsyncReadExt as _, AsyncWriteExt as _};
 use libp2p::PeerId;
+use sha2::{Digest as _, Sha256};
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use super::plan::RequestId;
@@ -17,16 +19,25 @@ use crate::blob_store::BlobId;
 
 /// Default `Libp2pSource::chunk_timeout`.
 pub const DEFAULT_CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a stream to open (`Libp2pSource` waits the smaller of
+/// this and its chunk timeout). Short, because a timed-out open is retried:
+/// `libp2p_stream` can park an open made while the first connection to a
+/// peer is being set up, and the next attempt finds the connection.
+pub const MAX_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One answer of a peer, as the source read it (not yet verified).
 #[derive(Debug)]
 pub enum SourceReply {
-    /// The bytes of a chunk, exactly as long as the manifest says.
+    /// The bytes of a chunk, exactly as long as the manifest says, and
+    /// their sha256 as the source computed it (the planner compares it with
+    /// the manifest's; nothing the peer said about the hash is used).
     Chunk {
         /// Chunk index.
         index: u32,
         /// Its bytes.
         bytes: Vec<u8>,
+        /// sha256 of `bytes`.
+        sha256: [u8; 32],
     },
     /// The peer does not hold this chunk.
     NotHeld {
@@ -78,6 +89,15 @@ pub enum SourceError {
         expected: u32,
         /// Length announced.
         got: u32,
+    },
+    /// The stream did not open in time: the request is retried (counted as
+    /// a failure of the peer), the peer is not dropped at once.
+    #[error("no stream to {peer} within {after:?}")]
+    OpenTimeout {
+        /// The peer.
+        peer: PeerId,
+        /// The wait.
+        after: Duration,
     },
     /// No answer within the chunk timeout.
     #[error("peer {peer} sent nothing for chunk {index} within {after:?}")]
@@ -131,8 +151,8 @@ pub struct WantedChunk {
 }
 
 /// Asks peers for chunks. Implementations read answers in request order,
-/// refuse any length other than the wanted one before reading a body, and
-/// hand each answer to `replies` as it arrives.
+/// refuse any length other than the wanted one before reading a body, hash
+/// each body, and hand each answer to `replies` in request order.
 pub trait ChunkSource: Send + Sync + 'static {
     /// Asks `peer` for `chunks` of `blob`.
     fn fetch_chunks(
@@ -172,30 +192,31 @@ impl ChunkSource for Libp2pSource {
     ) -> BoxFuture<'static, Result<(), SourceError>> {
         let mut control = self.control.clone();
         let after = self.chunk_timeout;
+        let open_after = after.min(MAX_OPEN_TIMEOUT);
         Box::pin(async move {
             let first = chunks.first().map_or(0, |c| c.index);
-            let mut stream = match timeout(after, control.open_stream(peer, BLOB_PROTOCOL)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    return Err(SourceError::Unreachable {
-                        peer,
-                        reason: e.to_string(),
-                    });
-                }
-                Err(_) => {
-                    return Err(SourceError::Unreachable {
-                        peer,
-                        reason: format!("no stream within {after:?}"),
-                    });
-                }
-            };
-            let stream_err = |source: ReadError| SourceError::Stream { peer, source };
+            let mut stream =
+                match timeout(open_after, control.open_stream(peer, BLOB_PROTOCOL)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        return Err(SourceError::Unreachable {
+                            peer,
+                            reason: e.to_string(),
+                        });
+                    }
+                    Err(_) => {
+                        return Err(SourceError::OpenTimeout {
+                            peer,
+                            after: open_after,
+                        });
+                    }
+                };
             let request = BlobRequest {
                 blob,
                 chunks: chunks.iter().map(|c| c.index).collect(),
             };
             match timeout(after, write_request(&mut stream, &request)).await {
-                Ok(r) => r.map_err(stream_err)?,
+                Ok(r) => r.map_err(|source| SourceError::Stream { peer, source })?,
                 Err(_) => {
                     return Err(SourceError::Timeout {
                         peer,
@@ -204,37 +225,11 @@ impl ChunkSource for Libp2pSource {
                     });
                 }
             }
+            // The previous chunk is hashed on a blocking thread while the
+            // next one is read; answers still go out in request order.
+            let mut hashing: Option<JoinHandle<SourceReply>> = None;
             for want in chunks {
-                let read = async {
-                    let header = read_chunk_header(&mut stream).await.map_err(stream_err)?;
-                    if header.index() != want.index {
-                        return Err(SourceError::OutOfOrder {
-                            peer,
-                            expected: want.index,
-                            got: header.index(),
-                        });
-                    }
-                    match header {
-                        ChunkHeader::NotHeld { index } => Ok(SourceReply::NotHeld { index }),
-                        ChunkHeader::Data { index, len } => {
-                            if len != want.len {
-                                return Err(SourceError::Length {
-                                    peer,
-                                    index,
-                                    expected: want.len,
-                                    got: len,
-                                });
-                            }
-                            let mut bytes = vec![0u8; len as usize];
-                            stream
-                                .read_exact(&mut bytes)
-                                .await
-                                .map_err(|e| stream_err(ReadError::Io(e)))?;
-                            Ok(SourceReply::Chunk { index, bytes })
-                        }
-                    }
-                };
-                let reply = match timeout(after, read).await {
+                let reply = match timeout(after, read_answer(&mut stream, peer, want)).await {
                     Ok(r) => r?,
                     Err(_) => {
                         return Err(SourceError::Timeout {
@@ -244,13 +239,91 @@ impl ChunkSource for Libp2pSource {
                         });
                     }
                 };
-                if !replies.send(reply).await {
-                    break;
+                if let Some(done) = hashing.take()
+                    && !replies.send(hashed(done, peer).await?).await
+                {
+                    return Ok(());
                 }
+                match reply {
+                    Answer::NotHeld { index } => {
+                        if !replies.send(SourceReply::NotHeld { index }).await {
+                            return Ok(());
+                        }
+                    }
+                    Answer::Data { index, bytes } => {
+                        hashing = Some(tokio::task::spawn_blocking(move || {
+                            let sha256 = Sha256::digest(&bytes).into();
+                            SourceReply::Chunk {
+                                index,
+                                bytes,
+                                sha256,
+                            }
+                        }));
+                    }
+                }
+            }
+            if let Some(done) = hashing.take()
+                && !replies.send(hashed(done, peer).await?).await
+            {
+                return Ok(());
             }
             // The answers are all in; a failed close loses nothing.
             let _ = timeout(after, stream.close()).await;
             Ok(())
         })
     }
+}
+
+/// One answer as read off the stream, not yet hashed.
+enum Answer {
+    NotHeld { index: u32 },
+    Data { index: u32, bytes: Vec<u8> },
+}
+
+/// Reads the answer for `want`: its header, checked against the request
+/// and the manifest's length before any body byte is read, then the body.
+async fn read_answer(
+    stream: &mut libp2p::Stream,
+    peer: PeerId,
+    want: WantedChunk,
+) -> Result<Answer, SourceError> {
+    let header = read_chunk_header(stream)
+        .await
+        .map_err(|source| SourceError::Stream { peer, source })?;
+    if header.index() != want.index {
+        return Err(SourceError::OutOfOrder {
+            peer,
+            expected: want.index,
+            got: header.index(),
+        });
+    }
+    match header {
+        ChunkHeader::NotHeld { index } => Ok(Answer::NotHeld { index }),
+        ChunkHeader::Data { index, len } => {
+            if len != want.len {
+                return Err(SourceError::Length {
+                    peer,
+                    index,
+                    expected: want.len,
+                    got: len,
+                });
+            }
+            let mut bytes = vec![0u8; len as usize];
+            stream
+                .read_exact(&mut bytes)
+                .await
+                .map_err(|e| SourceError::Stream {
+                    peer,
+                    source: ReadError::Io(e),
+                })?;
+            Ok(Answer::Data { index, bytes })
+        }
+    }
+}
+
+async fn hashed(task: JoinHandle<SourceReply>, peer: PeerId) -> Result<SourceReply, SourceError> {
+    task.await.map_err(|e| SourceError::Stream {
+        peer,
+        source: ReadError::Io(std::io::Error::other(e)),
+    })
 }

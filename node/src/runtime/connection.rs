@@ -16,6 +16,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use super::frame::{self, FailureCode, FrameError, HEADER, LENGTH_PREFIX, Request, Response};
+use super::frame_reader::{FrameReader, Next};
 
 /// Default bound on calls in flight on one connection.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
@@ -111,6 +112,8 @@ enum Outgoing {
     Invoke { id: u64, op: String, input: Bytes },
     /// Anything else, framed by the caller.
     Encoded(Vec<u8>),
+    /// A framed request with an fd riding on its first byte (SCM_RIGHTS).
+    WithFd(Vec<u8>, std::os::fd::OwnedFd),
 }
 
 /// Pipelined client for one worker socket.
@@ -176,6 +179,17 @@ impl WorkerConnection {
             let mut bytes = Vec::new();
             frame::encode_request(id, request, &mut bytes).map_err(CallError::Frame)?;
             Ok(Outgoing::Encoded(bytes))
+        })
+        .await
+    }
+
+    /// Sends a request with `fd` attached to its first byte (SCM_RIGHTS)
+    /// and waits for its answer.
+    pub async fn request_with_fd(&self, request: &Request<'_>, fd: std::os::fd::OwnedFd) -> Reply {
+        self.call(|id| {
+            let mut bytes = Vec::new();
+            frame::encode_request(id, request, &mut bytes).map_err(CallError::Frame)?;
+            Ok(Outgoing::WithFd(bytes, fd))
         })
         .await
     }
@@ -273,33 +287,57 @@ pub async fn read_frame(read: &mut (impl AsyncReadExt + Unpin)) -> Result<Vec<u8
 }
 
 async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
-    let reason = loop {
-        let body = match read_frame(&mut read).await {
-            Ok(body) => body,
-            Err(reason) => break reason,
-        };
-        let (id, reply) = match frame::decode_response(&body) {
-            Ok(frame::Frame {
-                id,
-                body: Response::Ok(payload),
-            }) => {
-                let start = body.len() - payload.len();
-                (id, Ok(Bytes::from(body).slice(start..)))
+    let mut frames = FrameReader::new();
+    // Answers of one read, completed under one lock.
+    let mut answered: Vec<(u64, Reply)> = Vec::new();
+    let mut waiters: Vec<(oneshot::Sender<Reply>, Reply)> = Vec::new();
+    let reason = 'read: loop {
+        loop {
+            let (id, reply) = match frames.next_frame() {
+                Ok(Next::NeedMore) => break,
+                Ok(Next::Frame(body)) => match answer_of(body, |payload| {
+                    Bytes::copy_from_slice(payload)
+                }) {
+                    Ok(answer) => answer,
+                    Err(error) => break 'read format!("worker sent a bad frame: {error}"),
+                },
+                Ok(Next::Large {
+                    mut started,
+                    missing,
+                }) => {
+                    let have = started.len();
+                    started.resize(have + missing, 0);
+                    if let Err(error) = read.read_exact(&mut started[have..]).await {
+                        break 'read format!("reading {}-byte frame: {error}", have + missing);
+                    }
+                    let body = Bytes::from(started);
+                    match answer_of(&body, |payload| body.slice_ref(payload)) {
+                        Ok(answer) => answer,
+                        Err(error) => break 'read format!("worker sent a bad frame: {error}"),
+                    }
+                }
+                Err(error) => break 'read error.to_string(),
+            };
+            answered.push((id, reply));
+        }
+        if !answered.is_empty() {
+            {
+                let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
+                for (id, reply) in answered.drain(..) {
+                    if let Some(waiter) = pending.waiting.remove(&id) {
+                        waiters.push((waiter, reply));
+                    }
+                }
             }
-            Ok(frame::Frame {
-                id,
-                body: Response::Err(failure),
-            }) => (id, Err(CallError::Worker(failure.into()))),
-            Err(error) => break format!("worker sent a bad frame: {error}"),
-        };
-        let waiter = pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .waiting
-            .remove(&id);
-        if let Some(waiter) = waiter {
-            // The caller may have given up; nothing to do then.
-            let _ = waiter.send(reply);
+            for (waiter, reply) in waiters.drain(..) {
+                // The caller may have given up; nothing to do then.
+                let _ = waiter.send(reply);
+            }
+        }
+        match read.read(frames.spare()).await {
+            Ok(0) => break "worker closed the socket".to_string(),
+            Ok(count) => frames.filled(count),
+            Err(error) => break format!("reading from worker: {error}"),
         }
     };
     let waiting = {
@@ -314,23 +352,60 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
     }
 }
 
+/// The request id and reply carried by a response frame; `payload` turns
+/// the `Ok` payload (borrowed from `body`) into the body handed to HTTP.
+fn answer_of(
+    body: &[u8],
+    payload: impl FnOnce(&[u8]) -> Bytes,
+) -> Result<(u64, Reply), FrameError> {
+    Ok(match frame::decode_response(body)? {
+        frame::Frame {
+            id,
+            body: Response::Ok(bytes),
+        } => (id, Ok(payload(bytes))),
+        frame::Frame {
+            id,
+            body: Response::Err(failure),
+        } => (id, Err(CallError::Worker(failure.into()))),
+    })
+}
+
 async fn write_loop(
     mut write: OwnedWriteHalf,
     mut queue: mpsc::Receiver<Outgoing>,
     pending: Pending,
 ) {
     let mut batch = Vec::new();
-    while let Some(first) = queue.recv().await {
+    // A request with an fd met while batching: sent right after the batch.
+    let mut carried: Option<Outgoing> = None;
+    loop {
+        let first = match carried.take() {
+            Some(next) => next,
+            None => match queue.recv().await {
+                Some(next) => next,
+                None => break,
+            },
+        };
         batch.clear();
-        append(&mut batch, first);
-        // Everything already queued goes out in the same write.
-        while batch.len() < RETAINED_WRITE_BUFFER {
-            match queue.try_recv() {
-                Ok(next) => append(&mut batch, next),
-                Err(_) => break,
+        let written = match first {
+            Outgoing::WithFd(bytes, fd) => send_with_fd(&mut write, &bytes, fd).await,
+            first => {
+                append(&mut batch, first);
+                // Everything already queued goes out in the same write.
+                while batch.len() < RETAINED_WRITE_BUFFER {
+                    match queue.try_recv() {
+                        Ok(next @ Outgoing::WithFd(..)) => {
+                            carried = Some(next);
+                            break;
+                        }
+                        Ok(next) => append(&mut batch, next),
+                        Err(_) => break,
+                    }
+                }
+                write.write_all(&batch).await
             }
-        }
-        if let Err(error) = write.write_all(&batch).await {
+        };
+        if let Err(error) = written {
             let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
             pending
                 .closed
@@ -341,6 +416,22 @@ async fn write_loop(
             batch = Vec::new();
         }
     }
+}
+
+/// Sends `bytes` with `fd` riding on the first of them, then the rest.
+async fn send_with_fd(
+    write: &mut OwnedWriteHalf,
+    bytes: &[u8],
+    fd: std::os::fd::OwnedFd,
+) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let stream: &UnixStream = write.as_ref();
+    let sent = stream
+        .async_io(tokio::io::Interest::WRITABLE, || {
+            clawmesh_shm::send_fd(stream, fd.as_fd(), bytes).map_err(Into::into)
+        })
+        .await?;
+    write.write_all(&bytes[sent..]).await
 }
 
 fn append(batch: &mut Vec<u8>, outgoing: Outgoing) {
@@ -357,6 +448,8 @@ fn append(batch: &mut Vec<u8>, outgoing: Outgoing) {
             );
         }
         Outgoing::Encoded(bytes) => batch.extend_from_slice(&bytes),
+        // Never batched: write_loop sends these on their own.
+        Outgoing::WithFd(..) => {}
     }
 }
 

@@ -9,9 +9,12 @@
 //!
 //! Requests (node → worker): `Invoke` (u16 LE op length, op UTF-8, input
 //! bytes), `Snapshot`, `Restore` (u32 LE schema, state bytes), `Health`,
-//! `Shutdown` (all empty), and `RestoreFromFd` (u32 LE schema; the state
-//! lives in a shared-memory segment whose fd rides on the same `sendmsg`
-//! as SCM_RIGHTS ancillary data — reserved for the swap, refused today).
+//! `Shutdown` (all empty), and the state-segment requests: `AttachSegment`
+//! (empty; the segment's memfd rides on the same `sendmsg` as SCM_RIGHTS
+//! ancillary data), `SnapshotToSegment` (empty; the `Ok` payload is a
+//! [`SegmentWrite`]) and `RestoreFromSegment` (u64 LE generation, u32 LE
+//! wait in ms). States never travel inside frames on these paths, so they
+//! are not bounded by [`MAX_FRAME`].
 //! Responses (worker → node): `Ok` (payload bytes) and `Err` (u8 code,
 //! u16 LE skill-code length, skill code UTF-8, message UTF-8).
 //!
@@ -46,7 +49,9 @@ mod kind {
     pub const RESTORE: u8 = 0x03;
     pub const HEALTH: u8 = 0x04;
     pub const SHUTDOWN: u8 = 0x05;
-    pub const RESTORE_FROM_FD: u8 = 0x06;
+    pub const ATTACH_SEGMENT: u8 = 0x06;
+    pub const SNAPSHOT_TO_SEGMENT: u8 = 0x07;
+    pub const RESTORE_FROM_SEGMENT: u8 = 0x08;
     pub const OK: u8 = 0x80;
     pub const ERR: u8 = 0x81;
 }
@@ -75,12 +80,79 @@ pub enum Request<'a> {
     Health,
     /// Ask the worker to answer and exit.
     Shutdown,
-    /// Restore from a shared-memory segment passed as an fd alongside this
-    /// frame (SCM_RIGHTS). Reserved for the swap; workers refuse it today.
-    RestoreFromFd {
-        /// State schema version expected in the segment.
-        schema: u32,
+    /// Use the state segment whose memfd rides on this frame's first byte
+    /// (SCM_RIGHTS) from now on, replacing any segment attached before.
+    AttachSegment,
+    /// Snapshot the skill and publish the state into the attached segment;
+    /// the `Ok` payload is a [`SegmentWrite`].
+    SnapshotToSegment,
+    /// Restore the skill from `generation` of the attached segment (the
+    /// current state or the one before it), waiting up to `wait_ms` for a
+    /// writer in another process to publish it.
+    RestoreFromSegment {
+        /// The generation to restore.
+        generation: u64,
+        /// How long to wait for that generation to be published.
+        wait_ms: u32,
     },
+}
+
+/// What a `SnapshotToSegment` did: published `generation`, or found the
+/// segment too small for `len` bytes (the node grows it and asks again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentWrite {
+    /// `false`: nothing was published, the state needs `len` bytes.
+    pub published: bool,
+    /// The generation published (or the current one when not published).
+    pub generation: u64,
+    /// The state's schema.
+    pub schema: u32,
+    /// The state's length in bytes.
+    pub len: u64,
+}
+
+/// Bytes of an encoded [`SegmentWrite`].
+pub const SEGMENT_WRITE_LEN: usize = 1 + 8 + 4 + 8;
+
+impl SegmentWrite {
+    /// The `Ok` payload of a `SnapshotToSegment`.
+    pub fn encode(&self) -> [u8; SEGMENT_WRITE_LEN] {
+        let mut out = [0u8; SEGMENT_WRITE_LEN];
+        out[0] = u8::from(self.published);
+        out[1..9].copy_from_slice(&self.generation.to_le_bytes());
+        out[9..13].copy_from_slice(&self.schema.to_le_bytes());
+        out[13..21].copy_from_slice(&self.len.to_le_bytes());
+        out
+    }
+
+    /// Decodes the `Ok` payload of a `SnapshotToSegment`.
+    pub fn decode(payload: &[u8]) -> Result<Self, FrameError> {
+        let (&published, rest) = payload.split_first().ok_or(FrameError::Truncated {
+            field: "segment write status",
+        })?;
+        let (generation, rest) = take_u64(rest, "segment write generation")?;
+        let (schema, rest) = take_u32(rest, "segment write schema")?;
+        let (len, rest) = take_u64(rest, "segment write length")?;
+        let published = match published {
+            0 => false,
+            1 => true,
+            _ => {
+                return Err(FrameError::Truncated {
+                    field: "segment write status (0 or 1)",
+                });
+            }
+        };
+        empty(
+            rest,
+            "segment write",
+            Self {
+                published,
+                generation,
+                schema,
+                len,
+            },
+        )
+    }
 }
 
 /// A response from a worker, borrowing its bytes from the frame.
@@ -257,9 +329,19 @@ pub fn encode_request(id: u64, request: &Request<'_>, out: &mut Vec<u8>) -> Resu
         Request::Shutdown => {
             begin(id, kind::SHUTDOWN, 0, out)?;
         }
-        Request::RestoreFromFd { schema } => {
-            begin(id, kind::RESTORE_FROM_FD, 4, out)?;
-            out.extend_from_slice(&schema.to_le_bytes());
+        Request::AttachSegment => {
+            begin(id, kind::ATTACH_SEGMENT, 0, out)?;
+        }
+        Request::SnapshotToSegment => {
+            begin(id, kind::SNAPSHOT_TO_SEGMENT, 0, out)?;
+        }
+        Request::RestoreFromSegment {
+            generation,
+            wait_ms,
+        } => {
+            begin(id, kind::RESTORE_FROM_SEGMENT, 12, out)?;
+            out.extend_from_slice(&generation.to_le_bytes());
+            out.extend_from_slice(&wait_ms.to_le_bytes());
         }
     }
     Ok(())
@@ -317,9 +399,21 @@ pub fn decode_request(frame: &[u8]) -> Result<Frame<Request<'_>>, FrameError> {
         }
         kind::HEALTH => empty(payload, "health", Request::Health)?,
         kind::SHUTDOWN => empty(payload, "shutdown", Request::Shutdown)?,
-        kind::RESTORE_FROM_FD => {
-            let (schema, rest) = take_u32(payload, "restore-from-fd schema")?;
-            empty(rest, "restore-from-fd", Request::RestoreFromFd { schema })?
+        kind::ATTACH_SEGMENT => empty(payload, "attach-segment", Request::AttachSegment)?,
+        kind::SNAPSHOT_TO_SEGMENT => {
+            empty(payload, "snapshot-to-segment", Request::SnapshotToSegment)?
+        }
+        kind::RESTORE_FROM_SEGMENT => {
+            let (generation, rest) = take_u64(payload, "restore generation")?;
+            let (wait_ms, rest) = take_u32(rest, "restore wait")?;
+            empty(
+                rest,
+                "restore-from-segment",
+                Request::RestoreFromSegment {
+                    generation,
+                    wait_ms,
+                },
+            )?
         }
         other => return Err(FrameError::UnknownKind { kind: other }),
     };
@@ -415,6 +509,13 @@ fn take_u16<'a>(bytes: &'a [u8], field: &'static str) -> Result<(u16, &'a [u8]),
     Ok((u16::from_le_bytes(*value), rest))
 }
 
+fn take_u64<'a>(bytes: &'a [u8], field: &'static str) -> Result<(u64, &'a [u8]), FrameError> {
+    let (value, rest) = bytes
+        .split_first_chunk::<8>()
+        .ok_or(FrameError::Truncated { field })?;
+    Ok((u64::from_le_bytes(*value), rest))
+}
+
 fn take_u32<'a>(bytes: &'a [u8], field: &'static str) -> Result<(u32, &'a [u8]), FrameError> {
     let (value, rest) = bytes
         .split_first_chunk::<4>()
@@ -480,7 +581,30 @@ mod tests {
         );
         roundtrip_request(5, Request::Health);
         roundtrip_request(u64::MAX, Request::Shutdown);
-        roundtrip_request(6, Request::RestoreFromFd { schema: 2 });
+        roundtrip_request(6, Request::AttachSegment);
+        roundtrip_request(7, Request::SnapshotToSegment);
+        roundtrip_request(
+            8,
+            Request::RestoreFromSegment {
+                generation: u64::MAX - 1,
+                wait_ms: 250,
+            },
+        );
+    }
+
+    #[test]
+    fn segment_write_round_trips_and_refuses_junk() {
+        let write = SegmentWrite {
+            published: true,
+            generation: 42,
+            schema: 2,
+            len: 64 << 20,
+        };
+        assert_eq!(SegmentWrite::decode(&write.encode()), Ok(write));
+        let mut junk = write.encode();
+        junk[0] = 7;
+        assert!(SegmentWrite::decode(&junk).is_err());
+        assert!(SegmentWrite::decode(&write.encode()[..20]).is_err());
     }
 
     #[test]

@@ -231,6 +231,9 @@ struct WorkerProcess {
     pid: u32,
     connection: WorkerConnection,
     cgroup: Option<WorkerCgroup>,
+    /// Which of its package's state segments this process has attached
+    /// (`PackageState`'s epoch; 0: none).
+    segment_epoch: AtomicU64,
 }
 
 /// One skill version kept running by the supervisor.
@@ -280,6 +283,29 @@ impl SupervisedWorker {
             .invoke(op, input)
             .await
             .map_err(|error| InvokeError::from_call(&self.spec.package, error))
+    }
+
+    /// The package state segment epoch the live process has attached (0: none).
+    pub fn segment_epoch(&self) -> u64 {
+        self.current()
+            .map_or(0, |process| process.segment_epoch.load(Ordering::Acquire))
+    }
+
+    /// Hands the live process a state segment's fd (SCM_RIGHTS) and records
+    /// its epoch once the worker attached it.
+    pub async fn attach_segment(
+        &self,
+        fd: std::os::fd::OwnedFd,
+        epoch: u64,
+    ) -> Result<(), InvokeError> {
+        let process = self.live()?;
+        process
+            .connection
+            .request_with_fd(&Request::AttachSegment, fd)
+            .await
+            .map_err(|error| InvokeError::from_call(&self.spec.package, error))?;
+        process.segment_epoch.store(epoch, Ordering::Release);
+        Ok(())
     }
 
     /// Sends a control request (`Snapshot`, `Restore`, `Health`) to the live process.
@@ -776,6 +802,7 @@ async fn spawn_process(
                     pid,
                     connection,
                     cgroup,
+                    segment_epoch: AtomicU64::new(0),
                 }),
             ))
         }
@@ -950,7 +977,10 @@ async fn supervise(inner: Arc<Inner>, worker: Arc<SupervisedWorker>, mut child: 
                     let supervisor = Supervisor {
                         inner: inner.clone(),
                     };
-                    crate::swap::recover_restarted(&supervisor, &worker, &process.connection).await;
+                    let epoch =
+                        crate::swap::recover_restarted(&supervisor, &worker, &process.connection)
+                            .await;
+                    process.segment_epoch.store(epoch, Ordering::Release);
                     worker.set_process(Some(process));
                     worker.set_state(WorkerState::Ready);
                     tracing::info!(worker = %worker.name, restarts = worker.restarts(), "worker restarted");

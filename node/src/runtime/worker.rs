@@ -13,8 +13,8 @@ use std::ffi::OsString;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -24,6 +24,7 @@ use clawmesh_wasm_abi::{
 };
 
 use super::frame::{self, FailureCode, LENGTH_PREFIX, Request, Response, WorkerFailure};
+use crate::swap::worker_segment::{ReceivedFds, SegmentState};
 
 /// Frames read ahead of the skill: the node's in-flight bound is the real
 /// limit, this only stops a misbehaving peer from queueing without end.
@@ -122,9 +123,13 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let (answers_back, spare_answers) = sync_channel(SPARE_BUFFERS);
     let reader = stream.try_clone().context("cloning the socket")?;
     let writer = stream;
+    let fds = ReceivedFds::default();
+    let received = fds.clone();
     std::thread::Builder::new()
         .name("worker-read".into())
-        .spawn(move || read_frames(reader, frames_tx, spare_bodies))?;
+        .spawn(move || read_frames(reader, received, frames_tx, spare_bodies))?;
+    let mut skill = skill;
+    skill.segment = SegmentState::new(fds);
     let writer = std::thread::Builder::new()
         .name("worker-write".into())
         .spawn(move || write_answers(writer, answers_rx, answers_back))?;
@@ -149,6 +154,9 @@ struct Skill {
     instance: SkillInstance,
     clock: Arc<dyn HostClock>,
     log: Arc<dyn HostLog>,
+    /// The state segment, the calls since the instance's last checkpoint,
+    /// and what a trapped instance is recovered from.
+    segment: SegmentState,
 }
 
 impl Skill {
@@ -194,22 +202,51 @@ impl Skill {
             instance,
             clock,
             log,
+            segment: SegmentState::new(ReceivedFds::default()),
         })
     }
 
-    /// Replaces a poisoned instance; its state is lost (the node's
-    /// checkpoints restore it once state segments exist).
-    fn reinstantiate(&mut self) -> anyhow::Result<()> {
+    /// Replaces a poisoned instance and brings its state back: the last
+    /// checkpoint from the segment, then the calls acknowledged since it,
+    /// replayed in the order they ran. Returns what the recovery did.
+    fn reinstantiate(&mut self) -> anyhow::Result<String> {
         self.instance = self
             .engine
             .instantiate(&self.component, self.clock.clone(), self.log.clone())
             .context("re-instantiating after a trap")?;
-        Ok(())
+        Ok(self.segment.recover(&mut self.instance))
     }
 }
 
-fn read_frames(stream: UnixStream, frames: SyncSender<Vec<u8>>, spares: Receiver<Vec<u8>>) {
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+/// Reads the socket with `recvmsg`, so an fd passed with SCM_RIGHTS (the
+/// state segment) is kept rather than dropped by the kernel as a plain
+/// `read` would; fds queue in arrival order for the `AttachSegment` frame
+/// whose first byte carried them.
+struct FdReader {
+    stream: UnixStream,
+    fds: ReceivedFds,
+}
+
+impl Read for FdReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let (read, fd) = clawmesh_shm::recv_fd(&self.stream, buf)?;
+        if let Some(fd) = fd {
+            self.fds.push(fd);
+        }
+        Ok(read)
+    }
+}
+
+fn read_frames(
+    stream: UnixStream,
+    fds: ReceivedFds,
+    frames: SyncSender<Vec<u8>>,
+    spares: Receiver<Vec<u8>>,
+) {
+    let mut reader = BufReader::with_capacity(64 * 1024, FdReader { stream, fds });
     loop {
         let mut prefix = [0u8; LENGTH_PREFIX];
         if reader.read_exact(&mut prefix).is_err() {
@@ -303,52 +340,97 @@ fn answer(skill: &mut Skill, body: &[u8], out: &mut Vec<u8>) -> anyhow::Result<F
     };
     let id = request.id;
     let result = match request.body {
-        Request::Invoke { op, input } => skill.instance.handle(op, input),
+        Request::Invoke { op, input } => {
+            let result = skill.instance.handle(op, input);
+            if result.is_ok() {
+                skill.segment.journal(op, input);
+            }
+            result
+        }
         Request::Snapshot => skill.instance.snapshot().map(|state| {
             let mut payload = Vec::with_capacity(4 + state.data.len());
             frame::encode_state(state.schema, &state.data, &mut payload);
             payload
         }),
-        Request::Restore { schema, data } => skill
-            .instance
-            .restore(&SkillState {
-                schema,
-                data: data.to_vec(),
-            })
-            .map(|()| Vec::new()),
+        Request::Restore { schema, data } => {
+            // A state from outside the segment: a trap can no longer be
+            // recovered from a checkpoint until the next one.
+            skill.segment.forget_baseline();
+            skill
+                .instance
+                .restore(&SkillState {
+                    schema,
+                    data: data.to_vec(),
+                })
+                .map(|()| Vec::new())
+        }
         Request::Health => skill.instance.health().map(|()| Vec::new()),
         Request::Shutdown => {
             frame::encode_response(id, &Response::Ok(&[]), out)?;
             return Ok(Flow::Stop);
         }
-        Request::RestoreFromFd { .. } => {
-            let failure = WorkerFailure {
-                code: FailureCode::BadRequest,
-                skill_code: "",
-                message: "restore from a state segment is not supported by this worker yet",
-            };
-            frame::encode_response(id, &Response::Err(failure), out)?;
+        Request::AttachSegment => {
+            match skill.segment.attach() {
+                Ok(()) => frame::encode_response(id, &Response::Ok(&[]), out)?,
+                Err(message) => bad_request(id, &message, out)?,
+            }
             return Ok(Flow::Continue);
+        }
+        Request::SnapshotToSegment => match skill.instance.snapshot() {
+            Ok(state) => {
+                match skill.segment.publish(&state) {
+                    Ok(write) => frame::encode_response(id, &Response::Ok(&write.encode()), out)?,
+                    Err(message) => bad_request(id, &message, out)?,
+                }
+                return Ok(Flow::Continue);
+            }
+            Err(error) => Err(error),
+        },
+        Request::RestoreFromSegment {
+            generation,
+            wait_ms,
+        } => {
+            let wait = Duration::from_millis(u64::from(wait_ms));
+            match skill.segment.restore(&mut skill.instance, generation, wait) {
+                Ok(result) => result.map(|()| Vec::new()),
+                Err(message) => {
+                    bad_request(id, &message, out)?;
+                    return Ok(Flow::Continue);
+                }
+            }
         }
     };
     match result {
         Ok(payload) => frame::encode_response(id, &Response::Ok(&payload), out)?,
         Err(error) => {
             let (code, skill_code) = classify(&error);
-            let message = error.to_string();
+            let mut message = error.to_string();
+            // Replaced before answering, so the node never sees the failure
+            // of a call while the fresh instance still lacks its state.
+            if error.poisons_instance() || skill.instance.is_poisoned() {
+                tracing::warn!(%error, "skill instance poisoned; instantiating a new one");
+                let recovered = skill.reinstantiate()?;
+                message.push_str(&format!(" (instance replaced; {recovered})"));
+            }
             let failure = WorkerFailure {
                 code,
                 skill_code,
                 message: &message,
             };
             frame::encode_response(id, &Response::Err(failure), out)?;
-            if error.poisons_instance() || skill.instance.is_poisoned() {
-                tracing::warn!(%error, "skill instance poisoned; instantiating a new one");
-                skill.reinstantiate()?;
-            }
         }
     }
     Ok(Flow::Continue)
+}
+
+fn bad_request(id: u64, message: &str, out: &mut Vec<u8>) -> anyhow::Result<()> {
+    let failure = WorkerFailure {
+        code: FailureCode::BadRequest,
+        skill_code: "",
+        message,
+    };
+    frame::encode_response(id, &Response::Err(failure), out)?;
+    Ok(())
 }
 
 /// A buffer from `spares`, or a new one when none is waiting.

@@ -13,6 +13,7 @@ pub mod fault;
 pub mod journal;
 pub mod orchestrator;
 pub mod package_state;
+pub mod worker_segment;
 
 pub use bench::{BenchSwapArgs, run_bench_swap};
 pub use durable::{Checkpoint, CheckpointMeta, DeployedEntry, DurableError};

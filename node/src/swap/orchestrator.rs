@@ -14,8 +14,9 @@ use super::events::{SwapEvent, unix_ms};
 use super::fault;
 use super::journal::JournalEntry;
 use super::package_state::{PackageState, WarmWindow};
+use crate::runtime::InvokeError;
 use crate::runtime::connection::WorkerConnection;
-use crate::runtime::frame::{self, Request};
+use crate::runtime::frame::{Request, SegmentWrite};
 use crate::runtime::{DeployError, Route, SkillSpec, SupervisedWorker, Supervisor, WorkerState};
 
 /// Timeouts of the steps and the windows of the swap machinery.
@@ -149,45 +150,92 @@ fn step_fault(
     })
 }
 
-/// Snapshots `worker`, publishes the state into the segment and empties the
-/// journal (the route must be paused and drained); returns the state's size.
+/// How often one snapshot may find the segment too small and grow it.
+const MAX_GROWTHS: usize = 4;
+
+/// Hands `worker` the package's current segment unless it has it already
+/// (creating the segment on first use).
+async fn ensure_attached(state: &PackageState, worker: &SupervisedWorker) -> Result<(), String> {
+    state.reserve(0).map_err(|e| e.to_string())?;
+    if worker.segment_epoch() == state.segment_epoch() {
+        return Ok(());
+    }
+    let (fd, epoch) = state.segment_fd().map_err(|e| e.to_string())?;
+    worker
+        .attach_segment(fd, epoch)
+        .await
+        .map_err(|e| format!("attaching the state segment: {e}"))
+}
+
+/// Asks `worker` to snapshot straight into the segment, growing the segment
+/// (and handing the new one over) while the state does not fit.
+async fn snapshot_to_segment(
+    state: &PackageState,
+    worker: &SupervisedWorker,
+) -> Result<SegmentWrite, String> {
+    for _ in 0..MAX_GROWTHS {
+        ensure_attached(state, worker).await?;
+        let payload = worker
+            .request(&Request::SnapshotToSegment)
+            .await
+            .map_err(|e| e.to_string())?;
+        let write = settle_write(state, &payload)?;
+        if write.published {
+            return Ok(write);
+        }
+    }
+    Err("the state kept outgrowing the segment".into())
+}
+
+/// Reads a `SnapshotToSegment` answer: records a publish, or grows the
+/// segment for a state that did not fit (the caller asks again).
+fn settle_write(state: &PackageState, payload: &[u8]) -> Result<SegmentWrite, String> {
+    let write = SegmentWrite::decode(payload).map_err(|e| e.to_string())?;
+    if write.published {
+        state.note_published(write.len);
+    } else {
+        state.reserve(write.len).map_err(|e| e.to_string())?;
+    }
+    Ok(write)
+}
+
+/// Snapshots `worker` into the segment and empties the journal (the route
+/// must be paused and drained); returns the state's schema and size.
 async fn snapshot_into_segment(
     state: &PackageState,
     route: &Route<SupervisedWorker>,
     worker: &SupervisedWorker,
     timeout: Duration,
 ) -> Result<(u32, u64, Vec<JournalEntry>), SwapError> {
-    let package = state.package();
-    let payload = bounded(package, "snapshot", timeout, async {
-        worker
-            .request(&Request::Snapshot)
-            .await
-            .map_err(|e| e.to_string())
-    })
+    let write = bounded(
+        state.package(),
+        "snapshot",
+        timeout,
+        snapshot_to_segment(state, worker),
+    )
     .await?;
-    let (schema, data) = frame::decode_state(&payload).map_err(|e| SwapError::Step {
-        package: package.to_string(),
-        step: "snapshot",
-        why: e.to_string(),
-    })?;
-    state.publish(schema, data).map_err(|e| SwapError::Step {
-        package: package.to_string(),
-        step: "snapshot",
-        why: e.to_string(),
-    })?;
-    Ok((schema, data.len() as u64, route.journal().take()))
+    Ok((write.schema, write.len, route.journal().take()))
 }
 
+fn restore_request(generation: u64, wait: Duration) -> Request<'static> {
+    Request::RestoreFromSegment {
+        generation,
+        wait_ms: u32::try_from(wait.as_millis()).unwrap_or(u32::MAX),
+    }
+}
+
+/// Restores `worker` from `generation` of the segment (no wait: it is
+/// published already).
 async fn restore_from(
-    package: &str,
+    state: &PackageState,
     worker: &SupervisedWorker,
-    schema: u32,
-    data: &[u8],
+    generation: u64,
     timeout: Duration,
 ) -> Result<(), SwapError> {
-    bounded(package, "restore", timeout, async {
+    bounded(state.package(), "restore", timeout, async {
+        ensure_attached(state, worker).await?;
         worker
-            .request(&Request::Restore { schema, data })
+            .request(&restore_request(generation, Duration::ZERO))
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())
@@ -195,32 +243,57 @@ async fn restore_from(
     .await
 }
 
+/// One control step sent to a worker as part of an ordered batch.
+enum Step<'a> {
+    Restore(u64),
+    Invoke(&'a JournalEntry),
+    Snapshot,
+    Health,
+}
+
+type StepFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Bytes, InvokeError>> + Send + 'a>>;
+
+/// Sends `steps` to `worker` in order, [`REPLAY_BATCH`] at a time without
+/// waiting for answers in between (the worker runs frames in arrival
+/// order); returns the answers, or the first failure named by its step.
+async fn pipelined(
+    worker: &SupervisedWorker,
+    steps: &[Step<'_>],
+) -> Result<Vec<Bytes>, (&'static str, String)> {
+    let mut answers = Vec::with_capacity(steps.len());
+    for batch in steps.chunks(REPLAY_BATCH) {
+        // join_all polls the calls in order, and each reaches the socket
+        // queue on its first poll (a batch is far below the in-flight
+        // bound), so they leave in order.
+        let calls = batch.iter().map(|step| -> StepFuture<'_> {
+            match step {
+                Step::Restore(generation) => {
+                    let request = restore_request(*generation, Duration::ZERO);
+                    Box::pin(async move { worker.request(&request).await })
+                }
+                Step::Invoke(entry) => Box::pin(worker.invoke(entry.op.clone(), entry.input.clone())),
+                Step::Snapshot => Box::pin(worker.request(&Request::SnapshotToSegment)),
+                Step::Health => Box::pin(worker.request(&Request::Health)),
+            }
+        });
+        let results = futures::future::join_all(calls).await;
+        for (step, result) in batch.iter().zip(results) {
+            let name = match step {
+                Step::Restore(_) => "restore",
+                Step::Invoke(_) => "replay",
+                Step::Snapshot => "snapshot",
+                Step::Health => "health",
+            };
+            answers.push(result.map_err(|e| (name, e.to_string()))?);
+        }
+    }
+    Ok(answers)
+}
+
 /// Calls replayed at once: sent in order in one batch (the worker runs
 /// frames in arrival order), answers awaited together.
 pub const REPLAY_BATCH: usize = 256;
-
-async fn replay(
-    package: &str,
-    worker: &SupervisedWorker,
-    entries: &[JournalEntry],
-) -> Result<(), SwapError> {
-    for batch in entries.chunks(REPLAY_BATCH) {
-        // join_all polls the calls in order, and each reaches the socket
-        // queue on its first poll (a batch is far below the in-flight
-        // bound), so they leave in journal order.
-        let calls = batch
-            .iter()
-            .map(|entry| worker.invoke(entry.op.clone(), entry.input.clone()));
-        for result in futures::future::join_all(calls).await {
-            result.map_err(|e| SwapError::Step {
-                package: package.to_string(),
-                step: "replay",
-                why: e.to_string(),
-            })?;
-        }
-    }
-    Ok(())
-}
 
 /// Writes the segment's current state to disk (outside any pause).
 fn write_durable(state: &PackageState, version: &str) {
@@ -281,19 +354,21 @@ pub async fn deploy_or_swap(
             }
         });
     if let Some(checkpoint) = on_disk {
-        let restored = restore_from(
-            &package,
-            &worker,
-            checkpoint.meta.schema,
-            &checkpoint.state,
-            config.restore_timeout,
-        )
-        .await;
+        // No worker writes yet: the node publishes the checkpoint itself.
+        let restored = match state.publish(checkpoint.meta.schema, &checkpoint.state) {
+            Ok(generation) => {
+                restore_from(&state, &worker, generation, config.restore_timeout).await
+            }
+            Err(error) => Err(SwapError::Step {
+                package: package.clone(),
+                step: "restore",
+                why: error.to_string(),
+            }),
+        };
         if let Err(error) = restored {
             supervisor.stop_worker(&worker).await;
             return Err(error);
         }
-        let _ = state.publish(checkpoint.meta.schema, &checkpoint.state);
         state.set_loaded_checkpoint_age(checkpoint.meta.taken_unix_ms);
         event.state_path = Some("durable_checkpoint");
         event.state_bytes = checkpoint.state.len() as u64;
@@ -376,6 +451,22 @@ async fn run_swap(
                 });
             }
         };
+    // Both workers hold the segment, with room for the state, before the pause.
+    let attached = async {
+        state.reserve_headroom().map_err(|e| e.to_string())?;
+        ensure_attached(state, &new).await?;
+        ensure_attached(state, old).await
+    }
+    .await;
+    if let Err(why) = attached {
+        drop(control);
+        supervisor.stop_worker(&new).await;
+        return Err(SwapError::Step {
+            package,
+            step: "prewarm",
+            why,
+        });
+    }
     event.timings.prewarm_us = us(started);
     let paused_at = Instant::now();
     let outcome = paused_steps(route, state, old, &new, config, event).await;
@@ -439,32 +530,67 @@ async fn paused_steps(
         });
     }
     event.timings.drain_us = us(start);
-    // 3. Old worker snapshots into the segment (a checkpoint: the journal empties).
+    // 3. Old worker snapshots into the segment (a checkpoint: the journal
+    // empties); 4. the new worker restores it (migrating) and passes health.
+    // All three go out at once: the new worker waits in its own process for
+    // the snapshot's generation, so the pause costs one round trip, not three.
     step_fault(package, "snapshot", old.pid(), new.pid())?;
-    let start = Instant::now();
-    let (_, bytes, _) = snapshot_into_segment(state, route, old, config.snapshot_timeout).await?;
-    event.state_bytes = bytes;
-    event.timings.snapshot_us = us(start);
-    // 4. New worker restores (migrating) and passes health.
     step_fault(package, "restore", old.pid(), new.pid())?;
-    let start = Instant::now();
-    let current = state.current().map_err(|e| SwapError::Step {
-        package: package.to_string(),
-        step: "restore",
-        why: e.to_string(),
-    })?;
-    restore_from(
-        package,
-        new,
-        current.schema,
-        &current.payload,
-        config.restore_timeout,
-    )
-    .await?;
-    event.timings.restore_us = us(start);
-    event.state_path = Some("migration");
     step_fault(package, "health", old.pid(), new.pid())?;
-    event.timings.health_us = health_step(package, new, config).await?;
+    let target = state.generation() + 1;
+    let start = Instant::now();
+    let snapshot = async {
+        let result = bounded(
+            package,
+            "snapshot",
+            config.snapshot_timeout,
+            snapshot_to_segment(state, old),
+        )
+        .await;
+        (result, us(start))
+    };
+    let wait = config.snapshot_timeout;
+    let restore = async {
+        let restore = async {
+            let result = new.request(&restore_request(target, wait)).await;
+            (result, us(start))
+        };
+        let health = async {
+            let result = new.request(&Request::Health).await;
+            (result, us(start))
+        };
+        let both = tokio::time::timeout(
+            config.snapshot_timeout + config.restore_timeout + config.health_timeout,
+            async { tokio::join!(restore, health) },
+        )
+        .await;
+        both.map_err(|_| "timed out".to_string())
+    };
+    let ((snapshot, snapshot_us), pipelined) = tokio::join!(snapshot, restore);
+    let write = snapshot?;
+    route.journal().take();
+    event.state_bytes = write.len;
+    event.timings.snapshot_us = snapshot_us;
+    let step = |step: &'static str, why: String| SwapError::Step {
+        package: package.to_string(),
+        step,
+        why,
+    };
+    let ((restored, restore_at), (healthy, health_at)) =
+        pipelined.map_err(|why| step("restore", why))?;
+    if write.generation == target && restored.is_ok() {
+        event.timings.restore_us = restore_at.saturating_sub(snapshot_us);
+        healthy.map_err(|e| step("health", e.to_string()))?;
+        event.timings.health_us = health_at.saturating_sub(restore_at);
+    } else {
+        // The segment grew during the snapshot (the new worker waited on the
+        // old one), or the restore failed: once more, in order, to know.
+        let start = Instant::now();
+        restore_from(state, new, write.generation, config.restore_timeout).await?;
+        event.timings.restore_us = us(start);
+        event.timings.health_us = health_step(package, new, config).await?;
+    }
+    event.state_path = Some("migration");
     // 5. Flip (done by the caller right after this returns).
     step_fault(package, "flip", old.pid(), new.pid())?;
     Ok(())
@@ -516,6 +642,19 @@ pub async fn rollback(
     event.from_version = Some(new.spec().version.clone());
     event.to_version = Some(old.spec().version.clone());
     let control = supervisor.lock_control().await;
+    let attached = async {
+        state.reserve_headroom().map_err(|e| e.to_string())?;
+        ensure_attached(&state, &new).await?;
+        ensure_attached(&state, &old).await
+    }
+    .await;
+    if let Err(why) = attached {
+        return Err(SwapError::Step {
+            package: package.to_string(),
+            step: "rollback",
+            why,
+        });
+    }
     let paused_at = Instant::now();
     let outcome = rollback_paused(&route, &state, &new, &old, config, &mut event).await;
     match outcome {
@@ -596,51 +735,94 @@ async fn rollback_paused(
         });
     }
     // The newer state becomes the checkpoint; the pre-swap one moves to the
-    // other buffer, and the journal since the swap comes with it.
+    // other buffer, and the journal since the swap comes with it. The old
+    // worker tries the down-migration at once, waiting in its process for
+    // the snapshot's generation.
+    let target = state.generation() + 1;
     let start = Instant::now();
-    let (schema, bytes, since_swap) =
-        snapshot_into_segment(state, route, new, config.snapshot_timeout).await?;
-    event.timings.snapshot_us = us(start);
-    event.state_bytes = bytes;
-    let start = Instant::now();
-    let current = state.current().map_err(|e| SwapError::Step {
-        package: package.to_string(),
-        step: "restore",
-        why: e.to_string(),
-    })?;
-    debug_assert_eq!(current.schema, schema);
-    let down = restore_from(
+    let snapshot = async {
+        let result = bounded(
+            package,
+            "snapshot",
+            config.snapshot_timeout,
+            snapshot_to_segment(state, new),
+        )
+        .await;
+        (result, us(start))
+    };
+    let down = bounded(
         package,
-        old,
-        current.schema,
-        &current.payload,
-        config.restore_timeout,
-    )
-    .await;
-    if down.is_ok() {
-        event.state_path = Some("down_migration");
+        "restore",
+        config.snapshot_timeout + config.restore_timeout,
+        async {
+            old.request(&restore_request(target, config.snapshot_timeout))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        },
+    );
+    let ((snapshot, snapshot_us), down) = tokio::join!(snapshot, down);
+    let write = snapshot?;
+    let since_swap = route.journal().take();
+    event.timings.snapshot_us = snapshot_us;
+    event.state_bytes = write.len;
+    let start = Instant::now();
+    let down = if down.is_err() && write.generation == target && old.segment_epoch() != state.segment_epoch() {
+        // The segment grew under the old worker: try again on the new one.
+        restore_from(state, old, write.generation, config.restore_timeout).await
     } else {
-        let pre_swap = state.previous().map_err(|e| SwapError::Step {
+        down
+    };
+    if down.is_ok() && write.generation == target {
+        event.state_path = Some("down_migration");
+        event.timings.restore_us = us(start);
+        event.timings.health_us = health_step(package, old, config).await?;
+        return Ok(());
+    }
+    // No down-migration: the pre-swap state, the calls since, a checkpoint
+    // of the result and health, all sent in order without waiting.
+    ensure_attached(state, old)
+        .await
+        .map_err(|why| SwapError::Step {
             package: package.to_string(),
             step: "restore",
-            why: format!("no down-migration and no pre-swap state: {e}"),
+            why,
         })?;
-        restore_from(
-            package,
-            old,
-            pre_swap.schema,
-            &pre_swap.payload,
-            config.restore_timeout,
-        )
-        .await?;
-        replay(package, old, &since_swap).await?;
-        event.replayed = since_swap.len() as u64;
-        event.state_path = Some("replay");
-        // The old version's state is now the checkpoint.
+    let mut steps = Vec::with_capacity(since_swap.len() + 3);
+    steps.push(Step::Restore(write.generation - 1));
+    steps.extend(since_swap.iter().map(Step::Invoke));
+    steps.push(Step::Snapshot);
+    steps.push(Step::Health);
+    let answers = bounded(
+        package,
+        "restore",
+        config.restore_timeout + config.snapshot_timeout + config.health_timeout,
+        async {
+            pipelined(old, &steps)
+                .await
+                .map_err(|(step, why)| format!("{step}: {why}"))
+        },
+    )
+    .await?;
+    event.replayed = since_swap.len() as u64;
+    event.state_path = Some("replay");
+    // The old version's state is now the checkpoint.
+    let snapshot = answers
+        .get(answers.len().saturating_sub(2))
+        .ok_or_else(|| SwapError::Step {
+            package: package.to_string(),
+            step: "snapshot",
+            why: "no answer".into(),
+        })?;
+    let settled = settle_write(state, snapshot).map_err(|why| SwapError::Step {
+        package: package.to_string(),
+        step: "snapshot",
+        why,
+    })?;
+    if !settled.published {
         snapshot_into_segment(state, route, old, config.snapshot_timeout).await?;
     }
     event.timings.restore_us = us(start);
-    event.timings.health_us = health_step(package, old, config).await?;
     Ok(())
 }
 
@@ -741,36 +923,49 @@ fn start_checkpoint_task(supervisor: &Supervisor, state: &Arc<PackageState>, con
 }
 
 /// Called by the supervisor after it restarted a crashed worker, before the
-/// worker serves: when it is the package's active worker, restores the last
-/// checkpoint and replays the journal, so no acknowledged call is lost.
+/// worker serves: hands it the package's state segment and, when it is the
+/// package's active worker, restores the last checkpoint and replays the
+/// journal, so no acknowledged call is lost. Returns the segment epoch the
+/// worker attached (0: none).
 pub async fn recover_restarted(
     supervisor: &Supervisor,
     worker: &SupervisedWorker,
     connection: &WorkerConnection,
-) {
+) -> u64 {
     let package = &worker.spec().package;
+    let Some(state) = supervisor.existing_package_state(package) else {
+        return 0;
+    };
+    let epoch = match state.segment_fd() {
+        Ok((fd, epoch)) => match connection.request_with_fd(&Request::AttachSegment, fd).await {
+            Ok(_) => epoch,
+            Err(error) => {
+                tracing::warn!(%error, "restarted worker did not attach the state segment");
+                0
+            }
+        },
+        Err(_) => 0,
+    };
     let Some(route) = supervisor.route(package) else {
-        return;
+        return epoch;
     };
     if !std::ptr::eq(Arc::as_ptr(&route.active()), worker) {
-        return;
+        return epoch;
     }
-    let Some(state) = supervisor.existing_package_state(package) else {
-        return;
-    };
     let mut event = SwapEvent::new(package, "recovered");
     event.to_version = Some(worker.spec().version.clone());
     let started = Instant::now();
     let result: Result<u64, String> = async {
-        if let Ok(current) = state.current() {
-            event.state_bytes = current.payload.len() as u64;
+        let generation = state.generation();
+        if generation > 0 {
+            if epoch == 0 {
+                return Err("the state segment could not be attached".into());
+            }
             connection
-                .request(&Request::Restore {
-                    schema: current.schema,
-                    data: &current.payload,
-                })
+                .request(&restore_request(generation, Duration::ZERO))
                 .await
                 .map_err(|e| format!("restore: {e}"))?;
+            event.state_bytes = state.current().map_or(0, |c| c.payload.len() as u64);
         }
         let entries = route.journal().entries();
         for batch in entries.chunks(REPLAY_BATCH) {
@@ -795,4 +990,5 @@ pub async fn recover_restarted(
     }
     state.record(&event);
     supervisor.emit(event);
+    epoch
 }

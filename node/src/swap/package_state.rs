@@ -3,6 +3,7 @@
 //! window of the last swap, where durable checkpoints go, and what
 //! happened last (for `status`).
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
@@ -61,8 +62,26 @@ struct Tracked {
 #[derive(Debug)]
 pub struct PackageState {
     package: String,
-    segment: Mutex<Option<StateSegment>>,
+    segment: Mutex<Segment>,
     tracked: Mutex<Tracked>,
+}
+
+/// The package's segment and which one it is: the epoch grows with every
+/// new segment (creation, growth), so a worker holding an older one is
+/// handed the new fd before it reads or writes.
+#[derive(Debug, Default)]
+struct Segment {
+    segment: Option<StateSegment>,
+    epoch: u64,
+    /// Length of the last state published (sizes growth ahead of time).
+    last_len: u64,
+}
+
+impl std::ops::Deref for Segment {
+    type Target = Option<StateSegment>;
+    fn deref(&self) -> &Self::Target {
+        &self.segment
+    }
 }
 
 /// `status` view of a package's swap state.
@@ -95,7 +114,7 @@ impl PackageState {
     pub fn new(package: String) -> Self {
         Self {
             package,
-            segment: Mutex::new(None),
+            segment: Mutex::new(Segment::default()),
             tracked: Mutex::default(),
         }
     }
@@ -109,15 +128,19 @@ impl PackageState {
         self.tracked.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn segment(&self) -> MutexGuard<'_, Option<StateSegment>> {
+    fn segment(&self) -> MutexGuard<'_, Segment> {
         self.segment.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Publishes a state into the segment (made or grown as needed); returns its generation.
-    pub fn publish(&self, schema: u32, data: &[u8]) -> Result<u64, SegmentError> {
+    /// Makes sure the segment exists with buffers of at least `needed`
+    /// bytes: creates it, or grows it into a new one (doubling, so a growing
+    /// state is not copied at every checkpoint) that keeps both states and
+    /// their generations. Workers holding the old one must be handed the
+    /// new fd ([`PackageState::segment_fd`]); the old one is freed when the
+    /// last of them lets go.
+    pub fn reserve(&self, needed: u64) -> Result<(), SegmentError> {
         let mut segment = self.segment();
-        let needed = data.len() as u64;
-        let replace = match segment.as_ref() {
+        let replace = match segment.segment.as_ref() {
             None => Some(
                 StateSegment::create(needed.max(INITIAL_SEGMENT_CAPACITY)).map_err(|e| {
                     SegmentError::Create {
@@ -127,7 +150,6 @@ impl PackageState {
                 })?,
             ),
             Some(old) if old.capacity() < needed => {
-                // Double, so a growing state is not copied at every checkpoint.
                 let capacity = needed.max(old.capacity().saturating_mul(2));
                 Some(old.grown(capacity).map_err(|e| SegmentError::Create {
                     capacity,
@@ -137,14 +159,64 @@ impl PackageState {
             Some(_) => None,
         };
         if let Some(new) = replace {
-            *segment = Some(new);
+            segment.segment = Some(new);
+            segment.epoch += 1;
         }
-        let Some(segment) = segment.as_mut() else {
+        Ok(())
+    }
+
+    /// Grows the segment ahead of a swap when the last state uses more than
+    /// two thirds of a buffer, so the snapshot inside the pause fits.
+    pub fn reserve_headroom(&self) -> Result<(), SegmentError> {
+        let last = self.segment().last_len;
+        self.reserve(last.saturating_add(last / 2))
+    }
+
+    /// A duplicate of the segment's fd to hand to a worker, and its epoch.
+    pub fn segment_fd(&self) -> Result<(OwnedFd, u64), SegmentError> {
+        let segment = self.segment();
+        let Some(inner) = segment.segment.as_ref() else {
             return Err(SegmentError::Read(ReadError::Empty));
         };
-        let generation = segment.publish(schema, data)?;
+        let fd = inner
+            .fd()
+            .try_clone_to_owned()
+            .map_err(|e| SegmentError::Create {
+                capacity: inner.capacity(),
+                why: format!("duplicating the segment fd: {e}"),
+            })?;
+        Ok((fd, segment.epoch))
+    }
+
+    /// The epoch of the current segment (0: none yet).
+    pub fn segment_epoch(&self) -> u64 {
+        self.segment().epoch
+    }
+
+    /// Records a checkpoint a worker published into the segment.
+    pub fn note_published(&self, len: u64) {
+        self.segment().last_len = len;
+        self.tracked().checkpoint_unix_ms = Some(super::events::unix_ms());
+    }
+
+    /// Publishes a state into the segment from the node (made or grown as
+    /// needed; only while no worker writes); returns its generation.
+    pub fn publish(&self, schema: u32, data: &[u8]) -> Result<u64, SegmentError> {
+        self.reserve(data.len() as u64)?;
+        let mut segment = self.segment();
+        let Some(inner) = segment.segment.as_mut() else {
+            return Err(SegmentError::Read(ReadError::Empty));
+        };
+        let generation = inner.publish(schema, data)?;
+        segment.last_len = data.len() as u64;
+        drop(segment);
         self.tracked().checkpoint_unix_ms = Some(super::events::unix_ms());
         Ok(generation)
+    }
+
+    /// The generation of the current checkpoint (0: none).
+    pub fn generation(&self) -> u64 {
+        self.segment().as_ref().map_or(0, StateSegment::generation)
     }
 
     /// The current checkpoint.

@@ -45,6 +45,9 @@ pub enum AdminRequest {
         /// Version (default `0.0.0-dev+<sha256 prefix>`).
         #[serde(default)]
         version: Option<String>,
+        /// Linear memory the skill may use, MiB (default: the node's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_memory_mib: Option<u64>,
     },
     /// Roll `package` back to the version it ran before its last swap.
     Rollback {
@@ -69,6 +72,16 @@ pub enum AdminRequest {
         /// Only this package's events.
         #[serde(default)]
         package: Option<String>,
+    },
+    /// Fetch `package@version`'s blob from the mesh providers into this
+    /// node's store. Streams `{"kind":"progress",...}` lines, then one
+    /// `{"kind":"done",...}` line or an error (`no_providers`, ...):
+    /// `mesh_fetch.rs`.
+    Fetch {
+        /// Package name.
+        package: String,
+        /// Exact version.
+        version: String,
     },
     /// Mesh requests (catalog, intents, mesh status): `mesh_admin.rs`.
     #[serde(untagged)]

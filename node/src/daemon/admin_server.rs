@@ -86,6 +86,13 @@ async fn serve_connection(stream: UnixStream, ctx: NodeContext) -> std::io::Resu
                 Ok(AdminRequest::Events { package }) => {
                     return stream_events(&ctx, package, &mut write).await;
                 }
+                Ok(AdminRequest::Fetch { package, version }) => {
+                    let mut lines = super::mesh_fetch::admin_fetch(ctx.clone(), package, version);
+                    while let Some(line) = lines.recv().await {
+                        write_response(&mut write, &line).await?;
+                    }
+                    continue;
+                }
                 Ok(request) => handle(&ctx, request).await,
                 Err(e) => refuse("bad_request", format!("not an admin request: {e}")),
             }
@@ -193,7 +200,16 @@ async fn handle(ctx: &NodeContext, request: AdminRequest) -> AdminResponse {
             package,
             path,
             version,
-        } => match deploy_wasm(ctx, &package, Path::new(&path), version.as_deref()).await {
+            max_memory_mib,
+        } => match deploy_wasm(
+            ctx,
+            &package,
+            Path::new(&path),
+            version.as_deref(),
+            max_memory_mib,
+        )
+        .await
+        {
             Ok(done) => AdminResponse::Ok(serde_json::to_value(done).unwrap_or_default()),
             Err(e) => refuse(e.code(), e.to_string()),
         },
@@ -211,9 +227,9 @@ async fn handle(ctx: &NodeContext, request: AdminRequest) -> AdminResponse {
             crate::swap::fault::set_override(spec.clone());
             AdminResponse::Ok(serde_json::json!({ "faults": spec }))
         }
-        AdminRequest::Events { .. } => refuse(
+        AdminRequest::Events { .. } | AdminRequest::Fetch { .. } => refuse(
             "bad_request",
-            "events are streamed on their own connection".into(),
+            "events and fetches are streamed on their own connection".into(),
         ),
         AdminRequest::Status => AdminResponse::Ok(serde_json::json!({
             "node": ctx.supervisor.node_name(),

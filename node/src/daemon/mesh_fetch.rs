@@ -1,16 +1,31 @@
 //! How a node gets blobs it lacks: asks the peers whose status says they
 //! hold the blob, over the verified chunk protocol, and serves its own
-//! blobs to peers in turn.
+//! blobs to peers in turn. The same fetch runs for the release loop and for
+//! `clawmesh fetch` through the admin socket, which sees its progress.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use clawmesh_crdt::manifest::SignedManifest;
+use clawmesh_crdt::manifest::{PackageName, SignedManifest};
 use libp2p::PeerId;
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
 
+use super::NodeContext;
+use super::admin_protocol::{AdminError, AdminResponse};
 use super::release::{BlobFetcher, FetchFuture};
 use crate::blob_store::BlobStore;
-use crate::fetch::{FetchConfig, FetchMetrics, FetchProgress, ServeConfig, fetch, spawn_blob_server};
+use crate::fetch::{
+    FetchConfig, FetchError, FetchMetrics, FetchProgress, ServeConfig, fetch, spawn_blob_server,
+};
 use crate::mesh::{DriverHandle, MeshHandle};
+
+/// How often a fetch asked for over the admin socket reports its progress.
+const ADMIN_PROGRESS_EVERY: Duration = Duration::from_millis(250);
+/// Lines queued for the admin connection; a slow reader only delays the
+/// progress lines (they are dropped, the last one wins), never the fetch.
+const ADMIN_LINES: usize = 4;
+use crate::fetch::cli::NO_PROVIDERS_CODE as NO_PROVIDERS;
 
 /// Fetches from peers that report holding the blob.
 pub struct MeshFetcher {
@@ -35,28 +50,28 @@ impl MeshFetcher {
             metrics,
         }))
     }
+}
 
-    /// Peers whose status lists the blob among the ones they hold.
-    async fn providers(&self, sha256: [u8; 32]) -> Vec<PeerId> {
-        let me = self.mesh.local_peer_id();
-        self.driver
-            .inspect(move |core| {
-                core.status_table()
-                    .into_iter()
-                    .filter(|(_, packages)| packages.values().any(|st| st.blobs_held.contains(&sha256)))
-                    .filter_map(|(node, _)| node.parse::<PeerId>().ok())
-                    .filter(|peer| *peer != me)
-                    .collect()
-            })
-            .await
-            .unwrap_or_default()
-    }
+/// Peers whose status lists the blob among the ones they hold.
+async fn providers(mesh: &MeshHandle, driver: &DriverHandle, sha256: [u8; 32]) -> Vec<PeerId> {
+    let me = mesh.local_peer_id();
+    driver
+        .inspect(move |core| {
+            core.status_table()
+                .into_iter()
+                .filter(|(_, packages)| packages.values().any(|st| st.blobs_held.contains(&sha256)))
+                .filter_map(|(node, _)| node.parse::<PeerId>().ok())
+                .filter(|peer| *peer != me)
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
 }
 
 impl BlobFetcher for MeshFetcher {
     fn fetch<'a>(&'a self, manifest: &'a SignedManifest) -> FetchFuture<'a> {
         Box::pin(async move {
-            let providers = self.providers(manifest.manifest.sha256).await;
+            let providers = providers(&self.mesh, &self.driver, manifest.manifest.sha256).await;
             if providers.is_empty() {
                 return Err("no peer reports holding this blob yet".to_string());
             }
@@ -74,5 +89,118 @@ impl BlobFetcher for MeshFetcher {
             tracing::info!(blob = %report.blob, peers = report.peers_used.len(), liars = report.liars.len(), "blob fetched");
             Ok(())
         })
+    }
+}
+
+fn refuse(code: &str, message: String) -> AdminResponse {
+    AdminResponse::Error(AdminError {
+        code: code.to_string(),
+        message,
+    })
+}
+
+/// The manifest of `package@version`: from this node's package store, else
+/// from the mesh catalog (verified when it entered).
+async fn find_manifest(
+    ctx: &NodeContext,
+    driver: &DriverHandle,
+    package: &str,
+    version: &str,
+) -> Result<SignedManifest, AdminResponse> {
+    let name: PackageName = package
+        .parse()
+        .map_err(|e| refuse("bad_request", format!("package {package:?}: {e}")))?;
+    let v = semver::Version::parse(version)
+        .map_err(|e| refuse("bad_request", format!("version {version:?}: {e}")))?;
+    if let Some(signed) = ctx
+        .packages
+        .get(&name, &v, &ctx.trust)
+        .map_err(|e| refuse("invalid_manifest", e.to_string()))?
+    {
+        return Ok(signed);
+    }
+    let (n, ver) = (name.clone(), v.clone());
+    driver
+        .inspect(move |core| core.catalog().get(&n).and_then(|vs| vs.get(&ver)).cloned())
+        .await
+        .map_err(|_| refuse("no_mesh", "the mesh driver stopped".into()))?
+        .ok_or_else(|| {
+            refuse(
+                "not_published",
+                format!("{name}@{v} is neither published on this node nor in its mesh catalog"),
+            )
+        })
+}
+
+/// `clawmesh fetch` through the admin socket: fetches `package@version`'s
+/// blob from the mesh providers into this node's store. The returned lines
+/// are progress snapshots (`{"kind":"progress",...}`), then one last line:
+/// the report (`{"kind":"done",...}`) or an error (`no_providers`, ...).
+pub fn admin_fetch(ctx: NodeContext, package: String, version: String) -> mpsc::Receiver<AdminResponse> {
+    let (lines, rx) = mpsc::channel(ADMIN_LINES);
+    let span = tracing::info_span!("admin_fetch", %package, %version);
+    tokio::spawn(
+        async move {
+            let last = run_admin_fetch(&ctx, &package, &version, &lines).await;
+            // The client may be gone; the blob is in the store either way.
+            let _ = lines.send(last).await;
+        }
+        .instrument(span),
+    );
+    rx
+}
+
+async fn run_admin_fetch(
+    ctx: &NodeContext,
+    package: &str,
+    version: &str,
+    lines: &mpsc::Sender<AdminResponse>,
+) -> AdminResponse {
+    let Some(side) = ctx.mesh.get() else {
+        return refuse("no_mesh", "this node runs without the mesh".into());
+    };
+    let signed = match find_manifest(ctx, &side.driver, package, version).await {
+        Ok(s) => s,
+        Err(refused) => return refused,
+    };
+    let providers = providers(&side.network, &side.driver, signed.manifest.sha256).await;
+    let progress = FetchProgress::hidden();
+    let (config, metrics) = (FetchConfig::default(), FetchMetrics::default());
+    let fetching = fetch(
+        &side.network,
+        &ctx.blobs,
+        &signed.manifest,
+        providers,
+        &config,
+        &metrics,
+        &progress,
+    );
+    tokio::pin!(fetching);
+    let mut ticker = tokio::time::interval(ADMIN_PROGRESS_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let result = loop {
+        tokio::select! {
+            result = &mut fetching => break result,
+            _ = ticker.tick() => {
+                let mut line = serde_json::to_value(progress.snapshot()).unwrap_or_default();
+                line["kind"] = "progress".into();
+                // Full: the reader is slow; it gets the next snapshot instead.
+                let _ = lines.try_send(AdminResponse::Ok(line));
+            }
+        }
+    };
+    match result {
+        Ok(report) => AdminResponse::Ok(serde_json::json!({
+            "kind": "done",
+            "package": format!("{package}@{version}"),
+            "blob": report.blob.to_hex(),
+            "size": report.size,
+            "fetched_bytes": report.fetched_bytes,
+            "seconds": report.elapsed.as_secs_f64(),
+            "peers_used": report.peers_used.iter().map(|(p, n)| serde_json::json!({"peer": p.to_string(), "chunks": n})).collect::<Vec<_>>(),
+            "liars": report.liars.iter().map(|(p, c)| serde_json::json!({"peer": p.to_string(), "chunk": c})).collect::<Vec<_>>(),
+        })),
+        Err(e @ FetchError::NoProviders { .. }) => refuse(NO_PROVIDERS, e.to_string()),
+        Err(e) => refuse("fetch_failed", e.to_string()),
     }
 }

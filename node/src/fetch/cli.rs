@@ -1,5 +1,12 @@
-//! `clawmesh fetch PKG@VERSION --node DIR --peer ADDR...`: fetches a
-//! published package's blob from peers into a node's blob store.
+//! `clawmesh fetch PKG@VERSION --node DIR [--peer ADDR...]`: fetches a
+//! package's blob from peers into a node's blob store. Without `--peer` the
+//! running node fetches it from its mesh providers and streams its progress
+//! over the admin socket; with `--peer` the CLI fetches from those peers
+//! itself (the node need not run).
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,12 +20,18 @@ use libp2p::{Multiaddr, PeerId};
 
 use super::client::{FetchConfig, FetchError, fetch};
 use super::metrics::FetchMetrics;
-use super::progress::FetchProgress;
+use super::progress::{FetchProgress, ProgressSnapshot};
+use crate::daemon::admin_protocol::{AdminRequest, AdminResponse, MAX_ADMIN_LINE};
 use crate::data_dir::{DataDir, read_trust};
 use crate::mesh::{MeshConfig, MeshNetwork};
 
 /// Exit code when no peer could serve the whole blob (the release stays Pending).
 pub const EXIT_NO_PROVIDERS: u8 = 4;
+/// Admin error code of a fetch no peer could serve.
+pub const NO_PROVIDERS_CODE: &str = "no_providers";
+/// Longest silence on the admin socket during a fetch: the node sends a
+/// progress line every 250 ms, and each chunk has its own timeout there.
+const ADMIN_FETCH_SILENCE: Duration = Duration::from_secs(120);
 
 /// `clawmesh fetch` options.
 #[derive(Debug, Clone, Args)]
@@ -29,8 +42,9 @@ pub struct FetchArgs {
     /// The node's data directory (its blob store receives the blob).
     #[arg(long, env = "CLAWMESH_DATA_DIR")]
     pub node: PathBuf,
-    /// A peer that holds the blob, as a multiaddr ending in `/p2p/<peer id>`; repeat for more.
-    #[arg(long = "peer", required = true)]
+    /// A peer that holds the blob, as a multiaddr ending in `/p2p/<peer id>`;
+    /// repeat for more. Without it the running node fetches from the mesh.
+    #[arg(long = "peer")]
     pub peers: Vec<Multiaddr>,
     /// Trust root (default: `<node>/trust.toml`).
     #[arg(long)]
@@ -42,6 +56,9 @@ pub struct FetchArgs {
 
 /// Runs `clawmesh fetch`.
 pub fn run_fetch_command(args: FetchArgs) -> anyhow::Result<ExitCode> {
+    if args.peers.is_empty() {
+        return fetch_through_node(&args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -151,5 +168,91 @@ async fn fetch_command(args: FetchArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(EXIT_NO_PROVIDERS))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Asks the running node to fetch, drawing its progress lines.
+fn fetch_through_node(args: &FetchArgs) -> anyhow::Result<ExitCode> {
+    let Some((package, version)) = args.package.split_once('@') else {
+        bail!("package {:?} must be written name@version", args.package);
+    };
+    let socket = DataDir::new(&args.node).admin_socket();
+    let stream = UnixStream::connect(&socket).with_context(|| {
+        format!(
+            "cannot reach the node's admin socket {} (is `clawmesh node` running? or give --peer)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(ADMIN_FETCH_SILENCE))?;
+    stream.set_write_timeout(Some(ADMIN_FETCH_SILENCE))?;
+    let request = AdminRequest::Fetch {
+        package: package.to_owned(),
+        version: version.to_owned(),
+    };
+    let mut line = serde_json::to_vec(&request)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let progress = if args.json {
+        FetchProgress::hidden()
+    } else {
+        FetchProgress::stderr(&args.package)
+    };
+    let mut reader = BufReader::new(stream);
+    let outcome = loop {
+        let mut answer = String::new();
+        let n = std::io::Read::take(&mut reader, MAX_ADMIN_LINE as u64)
+            .read_line(&mut answer)
+            .context("reading the node's answer")?;
+        if n == 0 {
+            bail!("the node closed the admin connection before the fetch ended");
+        }
+        match serde_json::from_str::<AdminResponse>(&answer)
+            .with_context(|| format!("unreadable answer from the node: {answer:?}"))?
+        {
+            AdminResponse::Ok(value) if value["kind"] == "progress" => {
+                if let Ok(snapshot) = serde_json::from_value::<ProgressSnapshot>(value) {
+                    progress.show(snapshot);
+                }
+            }
+            AdminResponse::Ok(report) => break Ok(report),
+            AdminResponse::Error(e) => break Err(e),
+        }
+    };
+    progress.finish();
+    match outcome {
+        Ok(report) => {
+            if args.json {
+                println!("{report}");
+            } else {
+                println!(
+                    "fetched {} ({} bytes, blob {}) from {} peers in {:.2}s",
+                    args.package,
+                    report["size"],
+                    report["blob"].as_str().unwrap_or("?"),
+                    report["peers_used"].as_array().map_or(0, Vec::len),
+                    report["seconds"].as_f64().unwrap_or(0.0),
+                );
+                for liar in report["liars"].as_array().into_iter().flatten() {
+                    println!(
+                        "  peer {} served wrong bytes (chunk {}) and was dropped",
+                        liar["peer"].as_str().unwrap_or("?"),
+                        liar["chunk"]
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if e.code == NO_PROVIDERS_CODE => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"package": args.package, "status": "no_providers", "message": e.message})
+                );
+            } else {
+                eprintln!("clawmesh fetch: {}", e.message);
+            }
+            Ok(ExitCode::from(EXIT_NO_PROVIDERS))
+        }
+        Err(e) => bail!("{}: {}", e.code, e.message),
     }
 }

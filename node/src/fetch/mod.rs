@@ -31,7 +31,7 @@ pub use plan::{
     DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_MAX_PEER_FAILURES, DEFAULT_REQUESTS_PER_PEER,
     DEFAULT_STEAL_AFTER, FetchPlan, PeerStanding, PlanConfig, PlanStatus, RequestEnd, RequestId,
 };
-pub use progress::FetchProgress;
+pub use progress::{FetchProgress, ProgressSnapshot};
 pub use server::{
     AlreadyServing, ChunkServe, DEFAULT_MAX_SERVE_STREAMS, DEFAULT_SERVE_CHUNK_TIMEOUT,
     DEFAULT_SERVE_REQUEST_TIMEOUT, ServeConfig, serve, spawn_blob_server,

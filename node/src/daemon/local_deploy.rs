@@ -128,13 +128,15 @@ pub fn remember_deployed(ctx: &NodeContext, package: &str, entry: Option<Deploye
 }
 
 /// Runs a raw component file as `package` (the sidecar's path): stores it
-/// as a blob and deploys or swaps to it with default limits. The version is
+/// as a blob and deploys or swaps to it with default limits (but
+/// `max_memory_mib` of linear memory when given). The version is
 /// `version` or `0.0.0-dev+<first 12 hex of its sha256>`.
 pub async fn deploy_wasm(
     ctx: &NodeContext,
     package: &str,
     path: &Path,
     version: Option<&str>,
+    max_memory_mib: Option<u64>,
 ) -> Result<Deployed, LocalDeployError> {
     let start = Instant::now();
     let _: PackageName = package
@@ -164,12 +166,16 @@ pub async fn deploy_wasm(
             .to_string(),
         None => format!("0.0.0-dev+{}", &id.to_hex()[..12]),
     };
+    let mut limits = SkillLimits::default();
+    if let Some(mib) = max_memory_mib {
+        limits.wasm_memory_bytes = mib.saturating_mul(1 << 20);
+    }
     run_blob(
         ctx,
         package,
         &version,
         id,
-        SkillLimits::default(),
+        limits,
         "wasm",
         start,
     )

@@ -71,6 +71,7 @@ fn deploy(socket: &Path, package: &str, wasm: &Path) -> anyhow::Result<String> {
             package: package.to_string(),
             path: path.display().to_string(),
             version: None,
+            max_memory_mib: None,
         },
     )?;
     Ok(super::timeline_line(&answer))

@@ -1,9 +1,12 @@
 //! `clawmesh bench swap`: hot swaps under closed-loop load on a throwaway
-//! node. Each cycle swaps the counter from 1.0.0 to counter_v2 (state
-//! migrated) and rolls it back (a flip within the warm window, the state
-//! brought forward by replaying the journal), while `bench invoke`'s
-//! closed loop keeps `c` connections busy. Prints failed requests (goal 0),
-//! the pause of swaps and of rollbacks (p50/p99) and rollback wall time.
+//! node. Each cycle swaps a skill to its next version (state migrated) and
+//! rolls it back (a flip within the warm window, the state brought forward
+//! by replaying the journal), while `bench invoke`'s closed loop keeps `c`
+//! connections busy on that skill. State size 0 is the counter (8 bytes,
+//! load `add`); a size of N MiB is the kv sample filled with N MiB of
+//! values (load `get` of a small key), swapped kv-v1 → kv-v2. Prints per
+//! size failed requests (goal 0), the pause of swaps and of rollbacks
+//! (p50/p99) and rollback wall time.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,7 +18,7 @@ use serde::Serialize;
 
 use crate::bench::duration_arg::parse_duration;
 use crate::bench::load::{LoadConfig, LoadTarget, run_closed_loop};
-use crate::bench::throwaway_node::{COUNTER_OP, COUNTER_PACKAGE, ThrowawayNode};
+use crate::bench::throwaway_node::{COUNTER_FILE, COUNTER_OP, COUNTER_PACKAGE, ThrowawayNode};
 use crate::daemon::{AdminRequest, admin_call};
 
 /// Most swap cycles a run makes.
@@ -42,7 +45,20 @@ pub struct BenchSwapArgs {
     /// Machine-readable figures on stdout.
     #[arg(long)]
     pub json: bool,
+    /// State sizes to measure, MiB, comma-separated (0: the counter; more:
+    /// the kv sample filled with that much state).
+    #[arg(long, value_delimiter = ',', default_value = "0", value_parser = clap::value_parser!(u64).range(0..=MAX_STATE_MIB))]
+    pub state_mib: Vec<u64>,
 }
+
+/// Largest state the kv sample is filled with (its 10 000 keys × 64 KiB).
+pub const MAX_STATE_MIB: u64 = 512;
+
+/// The stateful sample used for state sizes above 0.
+const KV_PACKAGE: &str = "dev.clawmesh.kv";
+
+/// Bytes of each kv value written to fill the state.
+const KV_VALUE_BYTES: usize = 64 * 1024;
 
 /// Percentiles of a set of microsecond figures.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -72,9 +88,11 @@ impl Spread {
     }
 }
 
-/// What a run measured.
+/// What a run measured, per state size.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchSwapReport {
+    /// Size asked for, MiB (0: the counter).
+    pub state_mib: u64,
     /// Swap cycles completed.
     pub swaps: u32,
     /// Swaps or rollbacks that aborted.
@@ -103,44 +121,64 @@ pub fn run_bench_swap(args: BenchSwapArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let report = runtime.block_on(measure(&args))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        let ms = |us: u64| us as f64 / 1000.0;
-        println!(
-            "swaps: {} (aborted: {}), state {} B, c={}",
-            report.swaps, report.aborted, report.state_bytes, args.connections
-        );
-        println!(
-            "failed requests: {} (of {})",
-            report.failed_requests,
-            report.failed_requests + report.ok_requests
-        );
-        println!(
-            "swap pause: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (of which drain p50 {:.3} ms)",
-            ms(report.swap_pause.p50_us),
-            ms(report.swap_pause.p99_us),
-            ms(report.swap_pause.max_us),
-            ms(report.swap_drain.p50_us)
-        );
-        println!(
-            "rollback: pause p50 {:.3} ms, p99 {:.3} ms; wall p50 {:.3} ms, p99 {:.3} ms; {} calls replayed (p50)",
-            ms(report.rollback_pause.p50_us),
-            ms(report.rollback_pause.p99_us),
-            ms(report.rollback_wall.p50_us),
-            ms(report.rollback_wall.p99_us),
-            report.replayed_p50
-        );
+    let mut reports = Vec::new();
+    for &mib in &args.state_mib {
+        let report = runtime.block_on(measure(&args, mib))?;
+        if !args.json {
+            print_report(&report, args.connections);
+        }
+        reports.push(report);
     }
-    Ok(if report.failed_requests == 0 {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    Ok(if reports.iter().all(|r| r.failed_requests == 0) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
 }
 
-async fn measure(args: &BenchSwapArgs) -> anyhow::Result<BenchSwapReport> {
+fn print_report(report: &BenchSwapReport, connections: usize) {
+    let ms = |us: u64| us as f64 / 1000.0;
+    println!(
+        "state {} MiB ({} B): swaps: {} (aborted: {}), c={}",
+        report.state_mib, report.state_bytes, report.swaps, report.aborted, connections
+    );
+    println!(
+        "  failed requests: {} (of {})",
+        report.failed_requests,
+        report.failed_requests + report.ok_requests
+    );
+    println!(
+        "  swap pause: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (of which drain p50 {:.3} ms)",
+        ms(report.swap_pause.p50_us),
+        ms(report.swap_pause.p99_us),
+        ms(report.swap_pause.max_us),
+        ms(report.swap_drain.p50_us)
+    );
+    println!(
+        "  rollback: pause p50 {:.3} ms, p99 {:.3} ms; wall p50 {:.3} ms, p99 {:.3} ms; {} calls replayed (p50)",
+        ms(report.rollback_pause.p50_us),
+        ms(report.rollback_pause.p99_us),
+        ms(report.rollback_wall.p50_us),
+        ms(report.rollback_wall.p99_us),
+        report.replayed_p50
+    );
+}
+
+/// The skill a size is measured on: how to deploy its two versions and
+/// what the load calls.
+struct Subject {
+    package: &'static str,
+    from: PathBuf,
+    to: PathBuf,
+    max_memory_mib: Option<u64>,
+    op: &'static str,
+    body: Bytes,
+}
+
+async fn measure(args: &BenchSwapArgs, state_mib: u64) -> anyhow::Result<BenchSwapReport> {
     let exe = match &args.exe {
         Some(exe) => exe.clone(),
         None => std::env::current_exe().context("locating the clawmesh binary")?,
@@ -149,13 +187,34 @@ async fn measure(args: &BenchSwapArgs) -> anyhow::Result<BenchSwapReport> {
         .skills_dir
         .clone()
         .unwrap_or_else(crate::cli::default_skills_dir);
-    let v2 = skills.join("counter_v2.wasm");
-    anyhow::ensure!(
-        v2.is_file(),
-        "{} is missing: build the sample skills",
-        v2.display()
-    );
-    eprintln!("bench: starting a throwaway node with {COUNTER_PACKAGE}");
+    let subject = if state_mib == 0 {
+        Subject {
+            package: COUNTER_PACKAGE,
+            from: skills.join(COUNTER_FILE),
+            to: skills.join("counter_v2.wasm"),
+            max_memory_mib: None,
+            op: COUNTER_OP,
+            body: Bytes::new(),
+        }
+    } else {
+        Subject {
+            package: KV_PACKAGE,
+            from: skills.join("kv_v1.wasm"),
+            to: skills.join("kv_v2.wasm"),
+            // The store, its snapshot and the restore's copy, with room.
+            max_memory_mib: Some((state_mib * 4).max(64) + 64),
+            op: "get",
+            body: Bytes::from_static(b"hot"),
+        }
+    };
+    for file in [&subject.from, &subject.to] {
+        anyhow::ensure!(
+            file.is_file(),
+            "{} is missing: build the sample skills",
+            file.display()
+        );
+    }
+    eprintln!("bench: starting a throwaway node ({} MiB of state)", state_mib);
     let node = ThrowawayNode::start(&exe, &skills).await?;
     let socket = PathBuf::from(&node.info.admin_socket);
     let host_port = node
@@ -168,10 +227,25 @@ async fn measure(args: &BenchSwapArgs) -> anyhow::Result<BenchSwapReport> {
         .await?
         .next()
         .with_context(|| format!("{host_port} resolves to no address"))?;
+    if subject.package != COUNTER_PACKAGE {
+        let socket = socket.clone();
+        let (package, from, memory) = (
+            subject.package,
+            subject.from.clone(),
+            subject.max_memory_mib,
+        );
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            admin_call(&socket, &deploy_request(package, &from, memory))
+                .with_context(|| format!("deploying {package}"))?;
+            fill_kv(addr, package, state_mib)
+        })
+        .await
+        .context("fill task")??;
+    }
     let target = LoadTarget {
         addr,
-        path: format!("/v1/skills/{COUNTER_PACKAGE}/{COUNTER_OP}"),
-        body: Bytes::new(),
+        path: format!("/v1/skills/{}/{}", subject.package, subject.op),
+        body: subject.body.clone(),
     };
     let config = LoadConfig {
         connections: args.connections,
@@ -189,16 +263,14 @@ async fn measure(args: &BenchSwapArgs) -> anyhow::Result<BenchSwapReport> {
             }
             let swapped = admin_call(
                 &socket,
-                &AdminRequest::DeployWasm {
-                    package: COUNTER_PACKAGE.into(),
-                    path: v2.display().to_string(),
-                    version: None,
-                },
+                &deploy_request(subject.package, &subject.to, subject.max_memory_mib),
             );
             match swapped {
                 Ok(v) => {
                     out.swap_pause
                         .push(v["swap"]["timings"]["pause_us"].as_u64().unwrap_or(0));
+                    out.swap_drain
+                        .push(v["swap"]["timings"]["drain_us"].as_u64().unwrap_or(0));
                     out.state_bytes = v["swap"]["state_bytes"].as_u64().unwrap_or(0);
                 }
                 Err(error) => {
@@ -211,7 +283,7 @@ async fn measure(args: &BenchSwapArgs) -> anyhow::Result<BenchSwapReport> {
             match admin_call(
                 &socket,
                 &AdminRequest::Rollback {
-                    package: COUNTER_PACKAGE.into(),
+                    package: subject.package.into(),
                 },
             ) {
                 Ok(v) => {
@@ -235,6 +307,7 @@ async fn measure(args: &BenchSwapArgs) -> anyhow::Result<BenchSwapReport> {
     drop(node);
     let mut c = cycles;
     Ok(BenchSwapReport {
+        state_mib,
         swaps: c.done,
         aborted: c.aborted,
         failed_requests: load.errors + load.warmup_errors,
@@ -246,6 +319,51 @@ async fn measure(args: &BenchSwapArgs) -> anyhow::Result<BenchSwapReport> {
         replayed_p50: Spread::of(&mut c.replayed).p50_us,
         state_bytes: c.state_bytes,
     })
+}
+
+fn deploy_request(package: &str, wasm: &std::path::Path, max_memory_mib: Option<u64>) -> AdminRequest {
+    AdminRequest::DeployWasm {
+        package: package.into(),
+        path: wasm.display().to_string(),
+        version: None,
+        max_memory_mib,
+    }
+}
+
+/// Puts `mib` MiB of 64 KiB values into the kv sample, plus the small key
+/// the load reads.
+fn fill_kv(addr: std::net::SocketAddr, package: &str, mib: u64) -> anyhow::Result<()> {
+    let path = format!("/v1/skills/{package}/put");
+    post(addr, &path, b"hot\nx")?;
+    let values = (mib as usize * (1 << 20)).div_ceil(KV_VALUE_BYTES);
+    for i in 0..values {
+        let mut body = format!("fill{i:05}\n").into_bytes();
+        body.extend((0..KV_VALUE_BYTES).map(|j| (i.wrapping_mul(31) + j) as u8));
+        post(addr, &path, &body)?;
+    }
+    Ok(())
+}
+
+/// One blocking HTTP/1.1 POST; fails unless the answer is 200.
+fn post(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).context("connecting to the node")?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    let mut answer = Vec::new();
+    stream.take(1 << 20).read_to_end(&mut answer)?;
+    let status = answer.get(9..12).unwrap_or_default();
+    anyhow::ensure!(
+        status == b"200",
+        "POST {path}: {}",
+        String::from_utf8_lossy(&answer[..answer.len().min(300)])
+    );
+    Ok(())
 }
 
 #[derive(Debug, Default)]

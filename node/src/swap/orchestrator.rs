@@ -173,8 +173,25 @@ async fn snapshot_to_segment(
     state: &PackageState,
     worker: &SupervisedWorker,
 ) -> Result<SegmentWrite, String> {
+    snapshot_to_segment_for(state, worker, None).await
+}
+
+/// [`snapshot_to_segment`]; on growth the new segment also goes to
+/// `reader` at once (a worker waiting for this snapshot in the old segment
+/// stops waiting when it arrives).
+async fn snapshot_to_segment_for(
+    state: &PackageState,
+    worker: &SupervisedWorker,
+    reader: Option<&SupervisedWorker>,
+) -> Result<SegmentWrite, String> {
     for _ in 0..MAX_GROWTHS {
+        let epoch = state.segment_epoch();
         ensure_attached(state, worker).await?;
+        if let Some(reader) = reader
+            && state.segment_epoch() != epoch
+        {
+            ensure_attached(state, reader).await?;
+        }
         let payload = worker
             .request(&Request::SnapshotToSegment)
             .await
@@ -182,6 +199,9 @@ async fn snapshot_to_segment(
         let write = settle_write(state, &payload)?;
         if write.published {
             return Ok(write);
+        }
+        if let Some(reader) = reader {
+            ensure_attached(state, reader).await?;
         }
     }
     Err("the state kept outgrowing the segment".into())
@@ -544,7 +564,7 @@ async fn paused_steps(
             package,
             "snapshot",
             config.snapshot_timeout,
-            snapshot_to_segment(state, old),
+            snapshot_to_segment_for(state, old, Some(new)),
         )
         .await;
         (result, us(start))
@@ -585,6 +605,13 @@ async fn paused_steps(
     } else {
         // The segment grew during the snapshot (the new worker waited on the
         // old one), or the restore failed: once more, in order, to know.
+        tracing::info!(
+            package,
+            target,
+            published = write.generation,
+            restored = ?restored.as_ref().err(),
+            "pipelined restore missed; restoring again in order"
+        );
         let start = Instant::now();
         restore_from(state, new, write.generation, config.restore_timeout).await?;
         event.timings.restore_us = us(start);
@@ -745,7 +772,7 @@ async fn rollback_paused(
             package,
             "snapshot",
             config.snapshot_timeout,
-            snapshot_to_segment(state, new),
+            snapshot_to_segment_for(state, new, Some(old)),
         )
         .await;
         (result, us(start))
@@ -767,7 +794,10 @@ async fn rollback_paused(
     event.timings.snapshot_us = snapshot_us;
     event.state_bytes = write.len;
     let start = Instant::now();
-    let down = if down.is_err() && write.generation == target && old.segment_epoch() != state.segment_epoch() {
+    let down = if down
+        .as_ref()
+        .is_err_and(|e| e.to_string().contains("new segment"))
+    {
         // The segment grew under the old worker: try again on the new one.
         restore_from(state, old, write.generation, config.restore_timeout).await
     } else {

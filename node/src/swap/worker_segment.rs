@@ -36,6 +36,14 @@ impl ReceivedFds {
         fds.push_back(fd);
     }
 
+    fn has_pending(&self) -> bool {
+        !self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
     fn pop(&self) -> Option<OwnedFd> {
         self.0
             .lock()
@@ -192,7 +200,7 @@ impl SegmentState {
         wait: Duration,
     ) -> Result<Result<(), CallError>, String> {
         let segment = self.segment.as_ref().ok_or("no state segment attached")?;
-        wait_for_generation(segment, generation, wait)?;
+        wait_for_generation(segment, generation, wait, &self.fds)?;
         read_generation(segment, generation, &mut self.scratch)?;
         let restored = instance.restore(&self.scratch);
         if restored.is_ok() {
@@ -237,13 +245,25 @@ impl SegmentState {
 
 /// Waits (bounded, polling) until the segment's generation reaches `target`:
 /// a restore may be sent before the snapshot in another process finished.
-fn wait_for_generation(segment: &StateSegment, target: u64, wait: Duration) -> Result<(), String> {
+/// Gives up early when a new segment's fd arrived: the state was published
+/// into a grown segment this worker will attach next.
+fn wait_for_generation(
+    segment: &StateSegment,
+    target: u64,
+    wait: Duration,
+    fds: &ReceivedFds,
+) -> Result<(), String> {
     let deadline = Instant::now() + wait;
     let mut spins = 0u32;
     loop {
         let generation = segment.generation();
         if generation >= target {
             return Ok(());
+        }
+        if fds.has_pending() {
+            return Err(format!(
+                "generation {target} went to a new segment (this one is at {generation})"
+            ));
         }
         if Instant::now() >= deadline {
             return Err(format!(
@@ -366,8 +386,13 @@ mod tests {
     #[test]
     fn waiting_for_an_unpublished_generation_is_bounded() {
         let segment = StateSegment::create(4096).unwrap();
-        let error = wait_for_generation(&segment, 1, Duration::from_millis(5)).unwrap_err();
+        let fds = ReceivedFds::default();
+        let error = wait_for_generation(&segment, 1, Duration::from_millis(5), &fds).unwrap_err();
         assert!(error.contains("not published"), "{error}");
+        // A new segment on its way ends the wait at once.
+        fds.push(segment.fd().try_clone_to_owned().unwrap());
+        let error = wait_for_generation(&segment, 1, Duration::from_secs(60), &fds).unwrap_err();
+        assert!(error.contains("new segment"), "{error}");
     }
 
     fn node_segment(state: &SegmentState) -> &StateSegment {

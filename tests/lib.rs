@@ -113,6 +113,11 @@ impl NodeProcess {
     /// Starts a node on `data_dir` with `extra` arguments and waits until it
     /// says it serves (its stderr line), with a bounded wait.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`NodeProcess::start`] with extra environment variables for the node.
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::{BufRead, BufReader};
         use std::process::Stdio;
         let mut child = Command::new(clawmesh_bin())
@@ -120,6 +125,7 @@ impl NodeProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env_remove("RUST_BACKTRACE")
             .stderr(Stdio::piped())
@@ -158,6 +164,12 @@ impl NodeProcess {
     /// The node's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits for a node that is expected to exit by itself (a fault
+    /// injection that kills it) and returns how it exited.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("waiting for the node")
     }
 
     /// Stops the node with SIGTERM and waits for it (bounded), returning
@@ -315,6 +327,30 @@ pub fn admin_raw(node_dir: &Path, line: &str) -> serde_json::Value {
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer).unwrap();
     serde_json::from_str(&answer).expect("admin answer is JSON")
+}
+
+/// One admin request as JSON; `Ok(the "ok" value)` or `Err((code, message))`.
+pub fn admin(node_dir: &Path, request: serde_json::Value) -> Result<serde_json::Value, (String, String)> {
+    use std::io::{BufRead, BufReader, Write};
+    let stream = std::os::unix::net::UnixStream::connect(node_dir.join("admin.sock")).expect("admin socket");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+    let mut line = serde_json::to_vec(&request).unwrap();
+    line.push(b'\n');
+    (&stream).write_all(&line).unwrap();
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).unwrap();
+    if answer.is_empty() {
+        return Err(("closed".into(), "the node closed the connection".into()));
+    }
+    let v: serde_json::Value = serde_json::from_str(&answer).expect("admin answer is JSON");
+    match (v.get("ok"), v.get("error")) {
+        (Some(ok), _) => Ok(ok.clone()),
+        (_, Some(e)) => Err((
+            e["code"].as_str().unwrap_or_default().into(),
+            e["message"].as_str().unwrap_or_default().into(),
+        )),
+        _ => panic!("not an admin response: {v}"),
+    }
 }
 
 /// A mesh of `n` nodes on loopback: node 0 is the bootstrap peer, the others

@@ -13,99 +13,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use clawmesh_e2e::{Publisher, clawmesh_bin, http_post};
-
-/// A `clawmesh node` child with extra environment (the shared helper has
-/// none), killed on drop.
-struct NodeProcess {
-    child: std::process::Child,
-    http: String,
-}
-
-impl NodeProcess {
-    fn start(data_dir: &Path, env: &[(&str, &str)]) -> Self {
-        use std::process::{Command, Stdio};
-        let _ = std::fs::remove_file(data_dir.join("node.json"));
-        let mut child = Command::new(clawmesh_bin())
-            .arg("node")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .envs(env.iter().copied())
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn clawmesh node");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut announced = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[node] {line}");
-                if !announced && line.contains(" serving on ") {
-                    announced = true;
-                    let _ = tx.send(());
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!("node did not start");
-        }
-        let info: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(data_dir.join("node.json")).unwrap()).unwrap();
-        Self {
-            child,
-            http: info["http"].as_str().unwrap().to_string(),
-        }
-    }
-
-    fn http(&self) -> &str {
-        &self.http
-    }
-
-    /// Waits for a node that killed itself (fault injection) to be gone.
-    fn wait_killed(mut self) {
-        let status = self.child.wait().unwrap();
-        assert!(!status.success(), "the node was expected to die by SIGKILL");
-    }
-}
-
-impl Drop for NodeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use clawmesh_e2e::{NodeProcess, Publisher, admin, http_post};
 
 const COUNTER: &str = "dev.clawmesh.counter";
-
-/// One admin request; returns Ok(value) or Err((code, message)).
-fn admin(
-    node_dir: &Path,
-    request: serde_json::Value,
-) -> Result<serde_json::Value, (String, String)> {
-    let stream = UnixStream::connect(node_dir.join("admin.sock")).expect("admin socket");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    let mut line = serde_json::to_vec(&request).unwrap();
-    line.push(b'\n');
-    (&stream).write_all(&line).unwrap();
-    let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer).unwrap();
-    if answer.is_empty() {
-        return Err(("closed".into(), "the node closed the connection".into()));
-    }
-    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
-    match (v.get("ok"), v.get("error")) {
-        (Some(ok), _) => Ok(ok.clone()),
-        (_, Some(e)) => Err((
-            e["code"].as_str().unwrap().into(),
-            e["message"].as_str().unwrap().into(),
-        )),
-        _ => panic!("not a response: {v}"),
-    }
-}
 
 fn deploy(node_dir: &Path, version: &str) -> Result<serde_json::Value, (String, String)> {
     admin(
@@ -414,7 +324,7 @@ fn a_node_killed_at_any_swap_step_comes_back_from_its_last_durable_checkpoint() 
     // Periodic checkpoints off: the test decides what is durable.
     let interval = ("CLAWMESH_CHECKPOINT_INTERVAL_MS", "3600000");
     for step in ["prewarm", "pause", "snapshot", "restore", "health", "flip"] {
-        let node = NodeProcess::start(&node_dir, &[interval]);
+        let mut node = NodeProcess::start_with_env(&node_dir, &[], &[interval]);
         if step == "prewarm" {
             deploy(&node_dir, "1.0.0").unwrap();
         }
@@ -440,9 +350,10 @@ fn a_node_killed_at_any_swap_step_comes_back_from_its_last_durable_checkpoint() 
         .unwrap();
         let outcome = deploy(&node_dir, "2.0.0");
         assert!(outcome.is_err(), "the node died at {step}: {outcome:?}");
-        node.wait_killed();
+        let status = node.wait_exit();
+        assert!(!status.success(), "the node was expected to die by SIGKILL");
     }
-    let node = NodeProcess::start(&node_dir, &[interval]);
+    let node = NodeProcess::start_with_env(&node_dir, &[], &[interval]);
     assert_eq!(get_when_serving(&node), durable);
     let age = swap_status(&node_dir)["checkpoint_age_ms"].as_u64();
     assert!(age.is_some(), "status says how old the checkpoint is");
@@ -553,7 +464,11 @@ fn a_trap_inside_handle_keeps_every_acknowledged_call() {
     publisher.publish(&node_dir, "fixture_trap_handle.wasm", TRAPS, "1.0.0", &[]);
     // No periodic checkpoint: the state since the deploy's checkpoint lives
     // only in the journal, which the worker replays into the new instance.
-    let node = NodeProcess::start(&node_dir, &[("CLAWMESH_CHECKPOINT_INTERVAL_MS", "3600000")]);
+    let node = NodeProcess::start_with_env(
+        &node_dir,
+        &[],
+        &[("CLAWMESH_CHECKPOINT_INTERVAL_MS", "3600000")],
+    );
     admin(
         &node_dir,
         serde_json::json!({"op": "deploy", "package": TRAPS, "version": "1.0.0"}),

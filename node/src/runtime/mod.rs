@@ -10,6 +10,7 @@ pub mod cgroup;
 pub mod connection;
 pub mod errors;
 pub mod frame;
+pub mod frame_reader;
 pub mod http;
 pub mod metrics;
 pub mod route;

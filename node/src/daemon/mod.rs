@@ -154,16 +154,11 @@ async fn serve(args: NodeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding HTTP on {}", args.http))?;
     let http_addr = listener.local_addr()?;
-    let app = crate::runtime::router(http_state);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
-    let http_task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-    });
+    let http_task = tokio::spawn(crate::runtime::http::serve(listener, http_state, async move {
+        let _ = http_stop.wait_for(|s| *s).await;
+    }));
 
     let admin_path = data.admin_socket();
     let admin_task = admin_server::spawn(&admin_path, ctx.clone(), stop_rx.clone())?;

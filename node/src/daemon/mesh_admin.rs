@@ -204,7 +204,7 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
         }
         MeshRequest::MeshStatus => {
             let view = mesh.releases.lock().await.clone();
-            let (table, targets, quarantine, peers, rejected) = mesh
+            let (table, targets, quarantine, peers, rejected, heads, intents) = mesh
                 .driver
                 .inspect(|core| {
                     let table = core.status_table();
@@ -216,7 +216,27 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
                         .collect();
                     let peers: Vec<String> = core.peers().map(ToString::to_string).collect();
                     let rejected: Vec<String> = core.rejected().iter().map(|r| format!("{r:?}")).collect();
-                    (table, targets, quarantine, peers, rejected)
+                    // Heads and intent digests let a user (and the tests)
+                    // check that a refused frame changed no document.
+                    let heads: BTreeMap<String, Vec<String>> = core
+                        .heads()
+                        .into_iter()
+                        .map(|(doc, hs)| (doc.name(), hs.iter().map(|h| hex::encode(h.0)).collect()))
+                        .collect();
+                    let intents: Vec<serde_json::Value> = core
+                        .intents()
+                        .iter()
+                        .map(|i| {
+                            serde_json::json!({
+                                "digest": i.digest_hex(),
+                                "package": i.intent.package.to_string(),
+                                "version": i.intent.version.to_string(),
+                                "action": i.intent.action.to_string(),
+                                "clock": i.intent.clock,
+                            })
+                        })
+                        .collect();
+                    (table, targets, quarantine, peers, rejected, heads, intents)
                 })
                 .await
                 .map_err(|_| stopped())?;
@@ -256,6 +276,8 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
                 "quarantine": quarantine,
                 "rejected": rejected,
                 "refused": view.refused,
+                "heads": heads,
+                "intents": intents,
                 "local": view.packages.iter().map(|(p, s)| (p.to_string(), serde_json::json!({
                     "state": s.state.as_str(),
                     "version": s.version.as_ref().map(ToString::to_string),

@@ -9,11 +9,18 @@
 //!
 //! Protocol (docs/MESH.md, "Sync"): one automerge sync state per (peer,
 //! document); a connection starts a sync of every document; a local or
-//! received change is offered to every connected peer and announced (heads
-//! only, under 1 KiB) over gossip; announced heads we lack restart the sync
-//! of that document with the announcer; every `anti_entropy_interval_ms` one
-//! random connected peer gets a fresh sync of every document, which repairs
+//! received change is offered to every connected peer — at once for the
+//! catalog and the intents, after `status_push_delay_ms` for a status shard so
+//! that the status writes of many nodes travel together — and a local one is
+//! announced (heads only, under 1 KiB) over gossip; announced heads still
+//! unknown here `announce_pull_delay_ms` later (pushes usually deliver them
+//! first) restart the sync of that document with the announcer; every
+//! `anti_entropy_interval_ms` one random connected peer gets a new sync round
+//! of every document from the heads both sides last shared, which repairs
 //! what gossip missed across a partition.
+//!
+//! Timers are the caller's: [`PeerCore::poll_timeout`] says when the core
+//! next needs a [`PeerInput::Tick`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -47,6 +54,8 @@ pub const MAX_ANNOUNCED_HEADS_PER_DOCUMENT: usize = 4;
 pub const MAX_FRUITLESS_ROUNDS: u32 = 16;
 /// Bytes a sync frame adds around the automerge message.
 const FRAME_OVERHEAD_BYTES: usize = 64;
+/// Announced heads waiting to be pulled if pushes do not bring them.
+pub const MAX_PENDING_PULLS: usize = 256;
 
 /// Tuning of a [`PeerCore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,6 +78,17 @@ pub struct PeerConfig {
     /// sends the peer nothing until its next frame or the next anti-entropy
     /// round with it.
     pub max_unanswered_frames_per_peer: usize,
+    /// How long a change to a status shard waits before it is offered to
+    /// peers. Every node writes its status at each step of a release, so a
+    /// mesh-wide release is a burst of status changes; offering them together
+    /// costs one sync round per peer instead of one per change. Catalog and
+    /// intent changes are offered at once.
+    pub status_push_delay_ms: u64,
+    /// How long announced heads may stay unknown here before the core pulls
+    /// them from the announcer (the pushes of connected peers usually bring
+    /// them first, and a pull from every announcement would cost a sync round
+    /// with the author per change per node).
+    pub announce_pull_delay_ms: u64,
 }
 
 impl Default for PeerConfig {
@@ -82,6 +102,8 @@ impl Default for PeerConfig {
             rate_window_ms: 10_000,
             compact_after_bytes: 4 * 1024 * 1024,
             max_unanswered_frames_per_peer: 64,
+            status_push_delay_ms: 250,
+            announce_pull_delay_ms: 400,
         }
     }
 }
@@ -184,6 +206,13 @@ struct PeerSession {
     fruitless_rounds: BTreeMap<DocumentId, u32>,
 }
 
+/// Announced heads this core lacked when the announcement came.
+#[derive(Debug)]
+struct PendingPull {
+    due_ms: u64,
+    heads: Vec<ChangeHash>,
+}
+
 /// What the documents currently say, validated.
 #[derive(Debug, Default)]
 struct MeshView {
@@ -209,8 +238,18 @@ pub struct PeerCore<P> {
     docs: BTreeMap<DocumentId, MeshDocument>,
     unpersisted_bytes: BTreeMap<DocumentId, usize>,
     peers: BTreeMap<P, PeerSession>,
+    /// Heads last shared with peers that disconnected, so a reconnection
+    /// resumes the sync from there instead of from empty (bounded by
+    /// `max_peers`).
+    shared_with_departed: BTreeMap<P, BTreeMap<DocumentId, Vec<ChangeHash>>>,
     next_anti_entropy_ms: u64,
     announce_pending: BTreeSet<DocumentId>,
+    /// Changed documents not yet offered to peers → when to offer them.
+    push_due: BTreeMap<DocumentId, u64>,
+    /// Announced heads to pull from the announcer if still unknown when due.
+    pull_due: BTreeMap<(DocumentId, P), PendingPull>,
+    /// Time of the input being handled.
+    now_ms: u64,
     view: MeshView,
 }
 
@@ -240,8 +279,12 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             docs,
             unpersisted_bytes: BTreeMap::new(),
             peers: BTreeMap::new(),
+            shared_with_departed: BTreeMap::new(),
             next_anti_entropy_ms: 0,
             announce_pending: BTreeSet::new(),
+            push_due: BTreeMap::new(),
+            pull_due: BTreeMap::new(),
+            now_ms: 0,
             view: MeshView::default(),
         }
     }
@@ -317,15 +360,45 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         self.peers.keys()
     }
 
+    /// When the core next needs a [`PeerInput::Tick`]: the earliest of a
+    /// delayed push, a pending pull and the next anti-entropy round (none
+    /// while no peer is connected and nothing waits).
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let anti_entropy = (!self.peers.is_empty()).then_some(self.next_anti_entropy_ms);
+        [self.pending_offer_due(), anti_entropy]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// When the earliest delayed push or pending pull falls due, if any:
+    /// the part of [`PeerCore::poll_timeout`] that is not the periodic
+    /// anti-entropy.
+    pub fn pending_offer_due(&self) -> Option<u64> {
+        let announce = (!self.announce_pending.is_empty()).then_some(self.now_ms);
+        let push = self.push_due.values().min().copied();
+        let pull = self.pull_due.values().map(|p| p.due_ms).min();
+        [announce, push, pull].into_iter().flatten().min()
+    }
+
     /// Feeds one event; returns what to do, in order.
     pub fn handle(&mut self, now_ms: u64, input: PeerInput<P>) -> Vec<PeerAction<P>> {
         let mut actions = Vec::new();
+        self.now_ms = self.now_ms.max(now_ms);
         match input {
             PeerInput::Connected(peer) => {
                 if !self.peers.contains_key(&peer) && self.peers.len() < self.config.max_peers {
+                    let sync = self
+                        .shared_with_departed
+                        .remove(&peer)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(id, heads)| (id, resumed_sync(heads)))
+                        .collect();
                     self.peers.insert(
                         peer.clone(),
                         PeerSession {
+                            sync,
                             window_start_ms: now_ms,
                             ..PeerSession::default()
                         },
@@ -334,7 +407,11 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                 }
             }
             PeerInput::Disconnected(peer) => {
-                self.peers.remove(&peer);
+                if let Some(session) = self.peers.remove(&peer) {
+                    self.remember_shared_heads(peer, session);
+                }
+                self.pull_due
+                    .retain(|(_, from), _| self.peers.contains_key(from));
             }
             PeerInput::Message { from, bytes } => self.on_frame(now_ms, from, &bytes, &mut actions),
             PeerInput::HeadsAnnounced { from, bytes } => {
@@ -346,7 +423,12 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                         now_ms.saturating_add(self.config.anti_entropy_interval_ms);
                     if let Some(peer) = self.random_peer() {
                         if let Some(session) = self.peers.get_mut(&peer) {
-                            session.sync.clear();
+                            // A new round from the heads both sides last
+                            // shared: stuck or lost exchanges start over, and
+                            // the bloom filter covers only what changed since.
+                            for state in session.sync.values_mut() {
+                                *state = resumed_sync(state.shared_heads.clone());
+                            }
                             session.fruitless_rounds.clear();
                             session.unanswered_frames = 0;
                         }
@@ -400,8 +482,77 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                 self.after_local_write(id, what, result, &mut actions);
             }
         }
+        self.offer_due_changes(&mut actions);
+        self.pull_due_heads(&mut actions);
         self.flush_announcements(&mut actions);
         actions
+    }
+
+    fn remember_shared_heads(&mut self, peer: P, session: PeerSession) {
+        if self.shared_with_departed.len() >= self.config.max_peers
+            && let Some(oldest) = self.shared_with_departed.keys().next().cloned()
+        {
+            self.shared_with_departed.remove(&oldest);
+        }
+        let shared = session
+            .sync
+            .into_iter()
+            .filter(|(_, state)| !state.shared_heads.is_empty())
+            .map(|(id, state)| (id, state.shared_heads))
+            .collect();
+        self.shared_with_departed.insert(peer, shared);
+    }
+
+    /// Offers the documents whose push delay is over to every connected peer.
+    fn offer_due_changes(&mut self, actions: &mut Vec<PeerAction<P>>) {
+        let now = self.now_ms;
+        let due: Vec<DocumentId> = self
+            .push_due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let peers: Vec<P> = self.peers.keys().cloned().collect();
+        for id in due {
+            self.push_due.remove(&id);
+            for peer in &peers {
+                self.sync_document(peer, id, actions);
+            }
+        }
+    }
+
+    /// Pulls announced heads that pushes did not bring in time.
+    fn pull_due_heads(&mut self, actions: &mut Vec<PeerAction<P>>) {
+        let now = self.now_ms;
+        let due: Vec<(DocumentId, P)> = self
+            .pull_due
+            .iter()
+            .filter(|(_, pull)| pull.due_ms <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            let Some(pull) = self.pull_due.remove(&key) else {
+                continue;
+            };
+            let (id, from) = key;
+            let Some(doc) = self.docs.get_mut(&id) else {
+                continue;
+            };
+            if pull.heads.iter().all(|head| doc.has_change(head)) {
+                continue;
+            }
+            if let Some(state) = self
+                .peers
+                .get_mut(&from)
+                .and_then(|session| session.sync.get_mut(&id))
+            {
+                *state = resumed_sync(state.shared_heads.clone());
+            }
+            self.sync_document(&from, id, actions);
+        }
     }
 
     fn after_local_write<E: ToString>(
@@ -526,7 +677,9 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         if !self.peers.contains_key(&from) {
             return;
         }
-        let mut lacking = BTreeSet::new();
+        let due_ms = self
+            .now_ms
+            .saturating_add(self.config.announce_pull_delay_ms);
         for entry in &announcement.documents {
             let Some(id) = entry.document.as_ref().and_then(DocumentId::from_wire) else {
                 continue;
@@ -534,23 +687,34 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             let Some(doc) = self.docs.get_mut(&id) else {
                 continue;
             };
-            let unknown = entry.heads.iter().any(|head| {
-                ChangeHash::try_from(head.as_slice()).is_ok_and(|hash| !doc.has_change(&hash))
-            });
-            if unknown {
-                lacking.insert(id);
+            let unknown: Vec<ChangeHash> = entry
+                .heads
+                .iter()
+                .filter_map(|head| ChangeHash::try_from(head.as_slice()).ok())
+                .filter(|hash| !doc.has_change(hash))
+                .collect();
+            if unknown.is_empty() {
+                continue;
             }
-        }
-        for id in lacking {
-            if let Some(session) = self.peers.get_mut(&from) {
-                session.sync.insert(id, sync::State::new());
+            let key = (id, from.clone());
+            if !self.pull_due.contains_key(&key) && self.pull_due.len() >= MAX_PENDING_PULLS {
+                // Anti-entropy repairs what a full pull table misses.
+                continue;
             }
-            self.sync_document(&from, id, actions);
+            // A later announcement names newer heads; keep the first due time.
+            let due_ms = self.pull_due.get(&key).map_or(due_ms, |p| p.due_ms);
+            self.pull_due.insert(
+                key,
+                PendingPull {
+                    due_ms,
+                    heads: unknown,
+                },
+            );
         }
     }
 
     /// A document changed (locally, or by a frame from `source`): persist,
-    /// offer it to every other peer, announce, and refresh what it means.
+    /// schedule its offer to the peers, announce, and refresh what it means.
     fn document_changed(
         &mut self,
         id: DocumentId,
@@ -571,15 +735,15 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                 actions.push(PeerAction::Persist { doc: id, bytes });
             }
         }
-        let others: Vec<P> = self
-            .peers
-            .keys()
-            .filter(|peer| Some(*peer) != source)
-            .cloned()
-            .collect();
-        for peer in others {
-            self.sync_document(&peer, id, actions);
-        }
+        // The source already has the change; the offer to it is the reply
+        // `on_frame` sends, and at offer time automerge's state says it
+        // needs nothing more.
+        let delay = match id {
+            DocumentId::Status { .. } => self.config.status_push_delay_ms,
+            DocumentId::Catalog | DocumentId::Intents => 0,
+        };
+        let due = self.now_ms.saturating_add(delay);
+        self.push_due.entry(id).or_insert(due);
         // Only the author announces: a received change has already been
         // announced by its author and is pushed on to every other peer above,
         // so re-announcing would cost N² gossip messages per change.
@@ -738,6 +902,16 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
     }
 }
 
+/// A sync state that starts a new round from `shared_heads` (the heads both
+/// sides were known to hold), as automerge does for a reconnecting peer. If
+/// the peer has since lost them, automerge's reset brings it back to a full
+/// sync.
+fn resumed_sync(shared_heads: Vec<ChangeHash>) -> sync::State {
+    let mut state = sync::State::new();
+    state.shared_heads = shared_heads;
+    state
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -880,15 +1054,24 @@ mod tests {
             }
         }
 
+        /// Delivers every queued input; when the queue is empty, moves the
+        /// clock to the earliest delayed push or pull and ticks that core.
         fn run(&mut self) {
             for _ in 0..100_000 {
-                let Some((from, to, input)) = self.queue.pop_front() else {
-                    return;
-                };
-                if self.blocked.contains(&(from, to)) {
+                if let Some((from, to, input)) = self.queue.pop_front() {
+                    if !self.blocked.contains(&(from, to)) {
+                        self.input(to, input);
+                    }
                     continue;
                 }
-                self.input(to, input);
+                let next = (0..self.cores.len())
+                    .filter_map(|who| self.cores[who].pending_offer_due().map(|at| (at, who)))
+                    .min();
+                let Some((at, who)) = next else {
+                    return;
+                };
+                self.now = self.now.max(at);
+                self.input(who, PeerInput::Tick);
             }
             panic!("network did not settle");
         }
@@ -1176,6 +1359,11 @@ mod tests {
                 bytes: announcement,
             },
         );
+        // A push may still bring the change: no pull yet.
+        assert!(actions.is_empty(), "{actions:?}");
+        let due = PeerConfig::default().announce_pull_delay_ms;
+        assert_eq!(net.cores[1].pending_offer_due(), Some(due));
+        let actions = net.cores[1].handle(due, PeerInput::Tick);
         assert!(
             actions
                 .iter()

@@ -86,6 +86,10 @@ pub enum MeshWork {
     Deployed(PackageName, Version),
     /// The previous version was restored.
     RolledBack(PackageName),
+    /// The core asked for a tick at this time (a delayed push or a pull; see
+    /// `PeerCore::pending_offer_due`), as the node's driver sleeps until
+    /// `PeerCore::poll_timeout`.
+    CoreTimer,
 }
 
 /// One simulated node.
@@ -101,6 +105,8 @@ pub struct MeshPeer {
     document_bytes: BTreeMap<DocumentId, usize>,
     /// Targets not yet fed to the controllers (after a restart from disk).
     resume_pending: bool,
+    /// When the scheduled `CoreTimer` fires, if one is scheduled.
+    core_timer_at: Option<u64>,
 }
 
 fn node_id(index: NodeIndex) -> String {
@@ -161,6 +167,7 @@ impl SimPeer for MeshPeer {
             failing: BTreeSet::new(),
             document_bytes,
             resume_pending: disk.is_some(),
+            core_timer_at: None,
         })
     }
 
@@ -188,9 +195,14 @@ impl SimPeer for MeshPeer {
                 }
             }
             PeerEvent::Command(command) => self.command(now_ms, command, &mut run),
+            PeerEvent::WorkDone(MeshWork::CoreTimer) => {
+                self.core_timer_at = None;
+                run.core.push_back(PeerInput::Tick);
+            }
             PeerEvent::WorkDone(work) => self.work_done(now_ms, work, &mut run),
         }
         self.drain(now_ms, &mut run);
+        self.schedule_core_timer(now_ms, &mut run);
         run.effects
     }
 
@@ -240,6 +252,23 @@ struct Cascade {
 }
 
 impl MeshPeer {
+    /// Asks for a `CoreTimer` when the core has a push or pull due before
+    /// the one already scheduled (the periodic `Tick` covers anti-entropy).
+    fn schedule_core_timer(&mut self, now_ms: u64, run: &mut Cascade) {
+        let Some(due) = self.core.pending_offer_due() else {
+            return;
+        };
+        if self.core_timer_at.is_some_and(|at| at <= due) {
+            return;
+        }
+        let at = due.max(now_ms);
+        self.core_timer_at = Some(at);
+        run.effects.push(PeerEffect::Schedule {
+            after_ms: at - now_ms,
+            work: MeshWork::CoreTimer,
+        });
+    }
+
     fn drain(&mut self, now_ms: u64, run: &mut Cascade) {
         while let Some(input) = run.core.pop_front() {
             run.steps += 1;
@@ -432,6 +461,8 @@ impl MeshPeer {
             MeshWork::RolledBack(package) => {
                 (package, ReleaseInput::RolledBack { outcome: Ok(()) })
             }
+            // Handled in `handle`: it ticks the core, not a controller.
+            MeshWork::CoreTimer => return,
         };
         self.feed_controller(now_ms, &package, input, run);
     }

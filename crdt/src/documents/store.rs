@@ -251,6 +251,9 @@ impl MeshDocument {
     /// The next sync message for the peer whose sync state is `state`, if
     /// there is anything to say.
     pub fn generate_sync_message(&mut self, state: &mut sync::State) -> Option<Vec<u8>> {
+        if nothing_new_for(state, &self.doc.get_heads()) {
+            return None;
+        }
         self.doc
             .sync()
             .generate_sync_message(state)
@@ -297,6 +300,18 @@ impl MeshDocument {
         }
         Ok(changed)
     }
+}
+
+/// Whether automerge would answer "nothing to send" for this sync state:
+/// our heads are the ones we last sent, and the peer either holds the same
+/// heads or has not yet acknowledged what we sent. automerge reaches the same
+/// answer only after building a bloom filter and collecting the changes to
+/// send, which is most of a sync's cost when a change is offered to peers
+/// that already have it.
+fn nothing_new_for(state: &sync::State, our_heads: &[ChangeHash]) -> bool {
+    state.have_responded
+        && state.last_sent_heads == our_heads
+        && (state.in_flight || state.their_heads.as_deref() == Some(our_heads))
 }
 
 /// Rough per-change overhead (hash, actor, sequence, op encoding) used by the

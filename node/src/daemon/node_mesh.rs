@@ -14,7 +14,8 @@ use super::release::BlobFetcher;
 use super::{NodeArgs, NodeContext};
 use crate::mesh::{DocStore, DriverConfig, MAX_SYNC_FRAME, MeshConfig, MeshHandle, MeshNetwork, spawn_driver};
 
-/// How often the peer core gets a tick (announcements, anti-entropy).
+/// Longest wait between two ticks of the peer core (it is also woken when
+/// its `poll_timeout` asks); lost sync sessions restart on these ticks.
 const CORE_TICK: Duration = Duration::from_millis(200);
 /// Longest wait for the swarm to report its listen addresses.
 const LISTEN_WAIT: Duration = Duration::from_secs(10);

@@ -1,5 +1,6 @@
 //! The mesh driver: owns a `PeerCore<PeerId>`, feeds it network events, local
-//! writes and a periodic tick, and carries out its actions over a
+//! writes and a `Tick` whenever the core's `poll_timeout` falls due (at least
+//! every `DriverConfig::tick`), and carries out its actions over a
 //! `MeshHandle` and a `DocStore`.
 //!
 //! All decisions are the core's; this task only does I/O. It runs the core
@@ -34,7 +35,9 @@ pub struct DriverConfig {
     pub peer: PeerConfig,
     /// The mesh's trust root.
     pub trust: TrustRoot,
-    /// How often the core gets a `Tick` (anti-entropy, announcements).
+    /// Longest wait between two `Tick`s of the core; it gets them sooner
+    /// when its `poll_timeout` asks (delayed pushes, pulls, anti-entropy).
+    /// Lost sync sessions are restarted on these ticks.
     pub tick: Duration,
     /// Seed of the core's anti-entropy choices and actor id: fresh per start.
     pub seed: u64,
@@ -190,9 +193,9 @@ impl Driver {
             }
             Err(error) => warn!(%error, "mesh already stopped"),
         }
-        let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_tick = Instant::now() + tick;
         loop {
+            let wake = self.core_wake(next_tick);
             tokio::select! {
                 event = events.recv() => match event {
                     Some(event) => self.on_net_event(event).await,
@@ -203,10 +206,23 @@ impl Driver {
                     Some(DriverInput::Inspect(job)) => job(&mut self.core),
                     None => break,
                 },
-                _ = ticker.tick() => self.on_tick().await,
+                _ = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= next_tick {
+                        next_tick = Instant::now() + tick;
+                    }
+                    self.on_tick().await;
+                }
             }
         }
         debug!("mesh driver stopped");
+    }
+
+    /// When the core wants its next tick, but no later than `fallback`.
+    fn core_wake(&self, fallback: Instant) -> Instant {
+        self.core
+            .poll_timeout()
+            .map(|at_ms| self.started + Duration::from_millis(at_ms))
+            .map_or(fallback, |at| at.min(fallback))
     }
 
     fn now_ms(&self) -> u64 {

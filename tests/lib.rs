@@ -118,9 +118,25 @@ impl NodeProcess {
 
     /// [`NodeProcess::start`] with extra environment variables for the node.
     pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_wrapped(&[], data_dir, extra, env)
+    }
+
+    /// [`NodeProcess::start_with_env`] with the node run through `wrapper`
+    /// (e.g. `["ip", "netns", "exec", NAME]`), which must exec the node so
+    /// that the child's pid is the node's.
+    pub fn start_wrapped(wrapper: &[&str], data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::{BufRead, BufReader};
         use std::process::Stdio;
-        let mut child = Command::new(clawmesh_bin())
+        let bin = clawmesh_bin();
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = command
             .arg("node")
             .arg("--data-dir")
             .arg(data_dir)
@@ -432,6 +448,126 @@ impl Mesh {
                     Err(format!("{local}"))
                 }
             });
+        }
+    }
+}
+
+/// A mesh of nodes split into two groups by a network the test owns: each
+/// node in a network namespace of its own, its veth on its group's bridge,
+/// the two bridges joined by one veth pair in a namespace of the test's.
+/// Taking that pair down partitions the groups; bringing it up heals them.
+/// Every namespace (and with it every link) is deleted on drop, panics included.
+pub struct NetnsLab {
+    /// The bridges' namespace.
+    pub bridge_ns: String,
+    /// Per node: its namespace.
+    pub node_ns: Vec<String>,
+    created: Vec<String>,
+}
+
+/// Subnet of the lab's nodes (the namespaces isolate it from the host's).
+const LAB_SUBNET: &str = "10.77.0";
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+impl NetnsLab {
+    /// Builds the lab for nodes `0..n`, `group_a` on one bridge and the
+    /// rest on the other. `Err` says why namespaces are not available here
+    /// (not root, no iproute2, no permission); nothing is left behind.
+    pub fn create(n: usize, group_a: &[usize]) -> Result<Self, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("not running as root".into());
+        }
+        static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("cmt-{}-{run}", std::process::id());
+        let mut lab = Self {
+            bridge_ns: format!("{id}-br"),
+            node_ns: (0..n).map(|i| format!("{id}-n{i}")).collect(),
+            created: Vec::new(),
+        };
+        lab.build(group_a)?;
+        Ok(lab)
+    }
+
+    fn add_ns(&mut self, name: &str) -> Result<(), String> {
+        ip(&["netns", "add", name])?;
+        self.created.push(name.to_string());
+        ip(&["-n", name, "link", "set", "lo", "up"])
+    }
+
+    fn build(&mut self, group_a: &[usize]) -> Result<(), String> {
+        let br = self.bridge_ns.clone();
+        self.add_ns(&br)?;
+        for bridge in ["bra", "brb"] {
+            ip(&["-n", &br, "link", "add", bridge, "type", "bridge"])?;
+            ip(&["-n", &br, "link", "set", bridge, "up"])?;
+        }
+        ip(&["-n", &br, "link", "add", "xa", "type", "veth", "peer", "name", "xb"])?;
+        ip(&["-n", &br, "link", "set", "xa", "master", "bra"])?;
+        ip(&["-n", &br, "link", "set", "xb", "master", "brb"])?;
+        for (i, ns) in self.node_ns.clone().iter().enumerate() {
+            self.add_ns(ns)?;
+            let port = format!("v{i}");
+            ip(&["-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+            let bridge = if group_a.contains(&i) { "bra" } else { "brb" };
+            ip(&["-n", &br, "link", "set", &port, "master", bridge])?;
+            ip(&["-n", &br, "link", "set", &port, "up"])?;
+            ip(&["-n", ns, "addr", "add", &format!("{}/24", self.addr(i)), "dev", "eth0"])?;
+            ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+        }
+        self.heal()
+    }
+
+    /// Node `i`'s address.
+    pub fn addr(&self, i: usize) -> String {
+        format!("{LAB_SUBNET}.{}", i + 1)
+    }
+
+    /// The wrapper that runs a command in node `i`'s namespace. `nsenter
+    /// --net` switches the network namespace only; `ip netns exec` (used when
+    /// util-linux's nsenter is missing) also remounts /sys, which hides the
+    /// cgroup hierarchy from the node (its skills then run without limits).
+    pub fn wrapper(&self, i: usize) -> Vec<String> {
+        let ns = &self.node_ns[i];
+        let nsenter = Command::new("nsenter").arg("--version").output().is_ok_and(|o| o.status.success());
+        if nsenter {
+            vec!["nsenter".into(), format!("--net=/run/netns/{ns}"), "--".into()]
+        } else {
+            vec!["ip".into(), "netns".into(), "exec".into(), ns.clone()]
+        }
+    }
+
+    /// Takes the link between the two groups down.
+    pub fn split(&self) {
+        for end in ["xa", "xb"] {
+            ip(&["-n", &self.bridge_ns, "link", "set", end, "down"]).unwrap();
+        }
+    }
+
+    /// Brings the link between the two groups back up.
+    pub fn heal(&self) -> Result<(), String> {
+        for end in ["xa", "xb"] {
+            ip(&["-n", &self.bridge_ns, "link", "set", end, "up"])?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for NetnsLab {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes the links in it (and their veth peers).
+        for ns in self.created.iter().rev() {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                eprintln!("cleaning up: {e}");
+            }
         }
     }
 }

@@ -261,3 +261,64 @@ async fn corrupt_chunks_never_land_and_no_providers_is_reported() {
         }
     }
 }
+
+/// `clawmesh fetch PKG@VERSION --node DIR` with no `--peer`, on real node
+/// processes: the node fetches from its mesh (the manifest came through the
+/// mesh catalog, the blob from the one peer holding it) and the CLI gets the
+/// report over the admin socket; a blob no reachable peer holds exits 4.
+#[test]
+fn cli_fetch_without_peers_goes_through_the_running_node() {
+    use clawmesh_e2e::{Mesh, admin_raw, clawmesh_fails, clawmesh_ok, wait_for};
+    const COUNTER: &str = "dev.clawmesh.counter";
+    const CONVERGE: std::time::Duration = std::time::Duration::from_secs(60);
+    let mut mesh = Mesh::start(2);
+    let holder = mesh.bootstrap.rsplit('/').next().unwrap().to_string();
+    let catalog_has = |node: usize, version: &str| {
+        let request = format!(r#"{{"op":"catalog","package":"{COUNTER}"}}"#);
+        let answer = admin_raw(&mesh.dirs[node], &request);
+        let versions = answer["ok"]["versions"].clone();
+        if versions.as_array().is_some_and(|v| v.iter().any(|x| x == version)) {
+            Ok(())
+        } else {
+            Err(format!("{answer}"))
+        }
+    };
+    mesh.publisher.publish(&mesh.dirs[0], "counter.wasm", COUNTER, "1.0.0", &[]);
+    wait_for("node1 to learn 1.0.0 from the mesh", CONVERGE, || catalog_has(1, "1.0.0"));
+
+    let package = format!("{COUNTER}@1.0.0");
+    let out = clawmesh_ok(&["fetch", &package, "--node", mesh.node(1), "--json"]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(report["kind"], "done", "{report}");
+    let size = report["size"].as_u64().unwrap();
+    assert!(size > 0);
+    assert_eq!(report["fetched_bytes"].as_u64(), Some(size), "{report}");
+    assert_eq!(report["peers_used"][0]["peer"], holder.as_str(), "{report}");
+    assert_eq!(report["liars"].as_array().map(Vec::len), Some(0));
+    let blob: [u8; 32] = hex::decode(report["blob"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let store = clawmesh_node::data_dir::DataDir::new(&mesh.dirs[1])
+        .blob_store()
+        .unwrap();
+    assert_eq!(BlobId::of(&store.get(&BlobId(blob)).unwrap()), BlobId(blob));
+
+    // Held now: nothing is fetched again.
+    let again: serde_json::Value = serde_json::from_str(
+        clawmesh_ok(&["fetch", &package, "--node", mesh.node(1), "--json"]).trim(),
+    )
+    .unwrap();
+    assert_eq!(again["fetched_bytes"].as_u64(), Some(0), "{again}");
+
+    // 2.0.0's only holder stops: node1 knows the manifest, nobody serves the blob.
+    // Another component, so another blob than the one node1 now holds.
+    mesh.publisher.publish(&mesh.dirs[0], "counter_v2.wasm", COUNTER, "2.0.0", &[]);
+    wait_for("node1 to learn 2.0.0 from the mesh", CONVERGE, || catalog_has(1, "2.0.0"));
+    mesh.stop(0);
+    let err = clawmesh_fails(
+        &["fetch", &format!("{COUNTER}@2.0.0"), "--node", mesh.node(1)],
+        4,
+    );
+    assert!(err.contains("no provider"), "{err}");
+}

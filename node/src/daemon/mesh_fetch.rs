@@ -163,7 +163,15 @@ async fn run_admin_fetch(
         Ok(s) => s,
         Err(refused) => return refused,
     };
-    let providers = providers(&side.network, &side.driver, signed.manifest.sha256).await;
+    // Peers whose status says they hold it first; then every connected peer,
+    // since a status lists blobs only for packages under release there (a
+    // peer without the blob answers "not held" at once).
+    let mut providers = providers(&side.network, &side.driver, signed.manifest.sha256).await;
+    for peer in side.network.connected_peers().await.unwrap_or_default() {
+        if !providers.contains(&peer) {
+            providers.push(peer);
+        }
+    }
     let progress = FetchProgress::hidden();
     let (config, metrics) = (FetchConfig::default(), FetchMetrics::default());
     let fetching = fetch(

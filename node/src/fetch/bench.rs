@@ -52,6 +52,12 @@ pub struct BenchFetchArgs {
     /// Peers holding the blob.
     #[arg(long, default_value_t = 3)]
     pub holders: usize,
+    /// Chunks asked for in one request (one stream); default: the planner's.
+    #[arg(long)]
+    pub chunks_per_request: Option<usize>,
+    /// Requests in flight to one peer; default: the planner's.
+    #[arg(long)]
+    pub requests_per_peer: Option<usize>,
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
@@ -182,7 +188,13 @@ pub async fn bench(args: &BenchFetchArgs) -> anyhow::Result<BenchFetchFigures> {
         raw_copy(&fetcher, peer, 1).await?;
     }
     let store = BlobStore::open(dirs.path().join("fetcher"), BlobStoreLimits::default())?;
-    let config = FetchConfig::default();
+    let mut config = FetchConfig::default();
+    if let Some(n) = args.chunks_per_request {
+        config.plan.max_chunks_per_request = n.clamp(1, super::wire::MAX_CHUNKS_PER_REQUEST);
+    }
+    if let Some(n) = args.requests_per_peer {
+        config.plan.max_requests_per_peer = n.clamp(1, 64);
+    }
     let source = Arc::new(Libp2pSource::new(
         fetcher.mesh.stream_control(),
         config.chunk_timeout,
@@ -274,6 +286,8 @@ mod tests {
             size_mib: 100,
             chunk_kib: 1024,
             holders: 3,
+            chunks_per_request: None,
+            requests_per_peer: None,
             json: false,
         })
         .unwrap();
@@ -290,6 +304,8 @@ mod tests {
             size_mib: 2,
             chunk_kib: 64,
             holders: 2,
+            chunks_per_request: None,
+            requests_per_peer: None,
             json: false,
         })
         .await

@@ -312,9 +312,11 @@ pub async fn fetch_blob(
         }
     };
     abort_all(&mut running);
+    let transferred = started.elapsed();
     drop(to_writer);
     // Verified chunks already queued land in the temp file either way (resume).
     let written = writer.await.map_err(joined);
+    let drained = started.elapsed();
     progress.finish();
     let liars = plan.liars();
     match outcome {
@@ -343,7 +345,7 @@ pub async fn fetch_blob(
             metrics.fetches_completed.inc();
             metrics.peers_used.inc_by(peers_used.len() as u64);
             let elapsed = started.elapsed();
-            info!(fetched, peers = peers_used.len(), liars = %fmt_liars(&liars), ?elapsed, "blob fetched and verified");
+            info!(fetched, peers = peers_used.len(), liars = %fmt_liars(&liars), ?transferred, ?drained, ?elapsed, "blob fetched and verified");
             Ok(FetchReport {
                 blob,
                 size: layout.size,

@@ -12,7 +12,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg, PosixFadviseAdvice, posix_fadvise};
+use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
 use super::layout::ChunkLayout;
@@ -97,13 +97,14 @@ pub struct PartialBlob {
     /// sha256 of chunks `0..prefix_next`, all held.
     prefix: Sha256,
     prefix_next: u32,
-    /// Offset up to which disk writeback was started.
+    /// Hashed offset at the last sync.
     flushed_to: u64,
 }
 
-/// Writeback of the hashed prefix is started once this much is dirty, so the
-/// fsync before the rename finds little left to write.
-const WRITEBACK_STEP: u64 = 8 << 20;
+/// The file is synced to disk each time this much more of it is hashed, on
+/// the fetch's disk thread while the transfer runs, so the fsync before the
+/// rename finds little left to write.
+const SYNC_STEP: u64 = 16 << 20;
 
 impl PartialBlob {
     /// The temp file a fetch of `blob` writes to.
@@ -219,15 +220,8 @@ impl PartialBlob {
             self.prefix_next += 1;
         }
         let hashed_to = self.layout.offset(self.prefix_next).min(self.layout.size);
-        if hashed_to - self.flushed_to >= WRITEBACK_STEP || hashed_to == self.layout.size {
-            // Starts writeback of the hashed range (its pages are not read
-            // again); only an advice, so a refusal changes nothing.
-            if let (Ok(off), Ok(len)) = (
-                i64::try_from(self.flushed_to),
-                i64::try_from(hashed_to - self.flushed_to),
-            ) {
-                let _ = posix_fadvise(&*self.file, off, len, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
-            }
+        if hashed_to - self.flushed_to >= SYNC_STEP {
+            self.file.sync_data().map_err(io_err("fsync", &self.path))?;
             self.flushed_to = hashed_to;
         }
         Ok(())

@@ -414,7 +414,17 @@ fn a_state_larger_than_a_frame_swaps_and_rolls_back_through_the_segment() {
     let memory = ["--max-memory-mib", "512"];
     publisher.publish(&node_dir, "kv_v1.wasm", KV, "1.0.0", &memory);
     publisher.publish(&node_dir, "kv_v2.wasm", KV, "2.0.0", &memory);
-    let node = NodeProcess::start(&node_dir, &[]);
+    // No periodic checkpoint: the test decides when the state is
+    // snapshotted. A debug build moving 20 MiB under parallel tests needs
+    // more than the default 1 s per step.
+    let node = NodeProcess::start_with_env(
+        &node_dir,
+        &[],
+        &[
+            ("CLAWMESH_CHECKPOINT_INTERVAL_MS", "3600000"),
+            ("CLAWMESH_SWAP_STEP_TIMEOUT_MS", "10000"),
+        ],
+    );
     admin(
         &node_dir,
         serde_json::json!({"op": "deploy", "package": KV, "version": "1.0.0"}),
@@ -428,6 +438,10 @@ fn a_state_larger_than_a_frame_swaps_and_rolls_back_through_the_segment() {
         let (status, answer) = kv_call(&node, "put", &body);
         assert_eq!(status, 200, "put: {}", String::from_utf8_lossy(&answer));
     }
+    // The checkpoint finds the 64 KiB segment too small and grows it.
+    let checkpoint =
+        admin(&node_dir, serde_json::json!({"op": "checkpoint", "package": KV})).unwrap();
+    assert!(checkpoint["state_bytes"].as_u64().unwrap() > 16 << 20);
     let swapped = admin(
         &node_dir,
         serde_json::json!({"op": "deploy", "package": KV, "version": "2.0.0"}),

@@ -109,8 +109,23 @@ pub fn swap_config(ctx: &NodeContext) -> SwapConfig {
     {
         config.checkpoint_interval = Duration::from_millis(ms.max(1));
     }
+    // Slow machines and debug builds with large states; the paused steps
+    // then add up past the hold bound of a queued call (docs/SWAP.md).
+    if let Some(ms) = std::env::var(STEP_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let step = Duration::from_millis(ms.max(1));
+        config.drain_timeout = step;
+        config.snapshot_timeout = step;
+        config.restore_timeout = step;
+        config.health_timeout = step;
+    }
     config
 }
+
+/// Overrides the timeout of each paused swap step, ms.
+pub const STEP_TIMEOUT_ENV: &str = "CLAWMESH_SWAP_STEP_TIMEOUT_MS";
 
 /// Records what the node runs, so a restarted node brings it back.
 pub fn remember_deployed(ctx: &NodeContext, package: &str, entry: Option<DeployedEntry>) {

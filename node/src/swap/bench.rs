@@ -201,8 +201,9 @@ async fn measure(args: &BenchSwapArgs, state_mib: u64) -> anyhow::Result<BenchSw
             package: KV_PACKAGE,
             from: skills.join("kv_v1.wasm"),
             to: skills.join("kv_v2.wasm"),
-            // The store, its snapshot and the restore's copy, with room.
-            max_memory_mib: Some((state_mib * 4).max(64) + 64),
+            // The store, the snapshot being built (a growing Vec) and the
+            // restore's copies: 64 MiB of state needs about 300 MiB.
+            max_memory_mib: Some(state_mib * 6 + 128),
             op: "get",
             body: Bytes::from_static(b"hot"),
         }

@@ -197,6 +197,7 @@ async fn snapshot_to_segment_for(
             .await
             .map_err(|e| e.to_string())?;
         let write = settle_write(state, &payload)?;
+        tracing::debug!(?write, epoch = state.segment_epoch(), "snapshot into the segment");
         if write.published {
             return Ok(write);
         }
@@ -796,7 +797,7 @@ async fn rollback_paused(
     let start = Instant::now();
     let down = if down
         .as_ref()
-        .is_err_and(|e| e.to_string().contains("new segment"))
+        .is_err_and(|e| e.to_string().contains(super::worker_segment::MOVED_MESSAGE))
     {
         // The segment grew under the old worker: try again on the new one.
         restore_from(state, old, write.generation, config.restore_timeout).await

@@ -159,8 +159,19 @@ impl PackageState {
             Some(_) => None,
         };
         if let Some(new) = replace {
-            segment.segment = Some(new);
+            let old = segment.segment.replace(new);
             segment.epoch += 1;
+            // A worker may be waiting in the old segment for the snapshot
+            // that did not fit (a pipelined restore): publish a marker there
+            // so it stops waiting and asks for the new one. Nobody else
+            // writes the old segment now (the writer just said it did not
+            // fit, or no snapshot is under way), and its states are copied.
+            if let Some(mut old) = old
+                && old.generation() > 0
+                && let Err(error) = old.publish(super::worker_segment::MOVED_SCHEMA, &[])
+            {
+                tracing::warn!(%error, "could not mark the outgrown state segment");
+            }
         }
         Ok(())
     }

@@ -16,6 +16,14 @@ use clawmesh_wasm_abi::{CallError, SkillInstance, SkillState};
 use super::journal::{MAX_JOURNAL_BYTES, MAX_JOURNAL_ENTRIES};
 use crate::runtime::frame::SegmentWrite;
 
+/// Schema of the marker the node publishes into a segment it replaced by a
+/// bigger one: a worker that waited there for a state learns it went to
+/// the new segment (skills must not use this schema).
+pub const MOVED_SCHEMA: u32 = u32::MAX;
+
+/// How a restore that met the marker fails (the node matches on it).
+pub const MOVED_MESSAGE: &str = "the state went to a grown segment";
+
 /// Fds received but not yet claimed by an `AttachSegment` frame. A node
 /// sends one per attach, so more than this means a misbehaving peer.
 pub const MAX_QUEUED_FDS: usize = 8;
@@ -34,14 +42,6 @@ impl ReceivedFds {
             fds.pop_front();
         }
         fds.push_back(fd);
-    }
-
-    fn has_pending(&self) -> bool {
-        !self
-            .0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_empty()
     }
 
     fn pop(&self) -> Option<OwnedFd> {
@@ -156,6 +156,7 @@ impl SegmentState {
             .ok_or("attach-segment frame arrived without an fd")?;
         let segment =
             StateSegment::from_fd(fd).map_err(|e| format!("attaching the state segment: {e}"))?;
+        tracing::debug!(capacity = segment.capacity(), generation = segment.generation(), "state segment attached");
         // A grown segment keeps the generations, so the baseline stays valid.
         self.segment = Some(segment);
         Ok(())
@@ -200,7 +201,8 @@ impl SegmentState {
         wait: Duration,
     ) -> Result<Result<(), CallError>, String> {
         let segment = self.segment.as_ref().ok_or("no state segment attached")?;
-        wait_for_generation(segment, generation, wait, &self.fds)?;
+        tracing::debug!(generation, at = segment.generation(), "restore from the segment");
+        wait_for_generation(segment, generation, wait)?;
         read_generation(segment, generation, &mut self.scratch)?;
         let restored = instance.restore(&self.scratch);
         if restored.is_ok() {
@@ -245,25 +247,15 @@ impl SegmentState {
 
 /// Waits (bounded, polling) until the segment's generation reaches `target`:
 /// a restore may be sent before the snapshot in another process finished.
-/// Gives up early when a new segment's fd arrived: the state was published
-/// into a grown segment this worker will attach next.
-fn wait_for_generation(
-    segment: &StateSegment,
-    target: u64,
-    wait: Duration,
-    fds: &ReceivedFds,
-) -> Result<(), String> {
+/// If that snapshot did not fit, the node publishes [`MOVED_SCHEMA`] there
+/// instead, which the read then refuses.
+fn wait_for_generation(segment: &StateSegment, target: u64, wait: Duration) -> Result<(), String> {
     let deadline = Instant::now() + wait;
     let mut spins = 0u32;
     loop {
         let generation = segment.generation();
         if generation >= target {
             return Ok(());
-        }
-        if fds.has_pending() {
-            return Err(format!(
-                "generation {target} went to a new segment (this one is at {generation})"
-            ));
         }
         if Instant::now() >= deadline {
             return Err(format!(
@@ -305,6 +297,9 @@ fn read_generation(
         ));
     }
     .map_err(|e| format!("reading generation {generation}: {e}"))?;
+    if meta.schema == MOVED_SCHEMA {
+        return Err(format!("{MOVED_MESSAGE} (generation {generation})"));
+    }
     if meta.generation != generation {
         return Err(format!(
             "read generation {} instead of {generation} (a writer raced)",
@@ -386,13 +381,28 @@ mod tests {
     #[test]
     fn waiting_for_an_unpublished_generation_is_bounded() {
         let segment = StateSegment::create(4096).unwrap();
-        let fds = ReceivedFds::default();
-        let error = wait_for_generation(&segment, 1, Duration::from_millis(5), &fds).unwrap_err();
+        let error = wait_for_generation(&segment, 1, Duration::from_millis(5)).unwrap_err();
         assert!(error.contains("not published"), "{error}");
-        // A new segment on its way ends the wait at once.
-        fds.push(segment.fd().try_clone_to_owned().unwrap());
-        let error = wait_for_generation(&segment, 1, Duration::from_secs(60), &fds).unwrap_err();
-        assert!(error.contains("new segment"), "{error}");
+    }
+
+    #[test]
+    fn a_waiting_restore_learns_that_its_state_went_to_a_grown_segment() {
+        let state = super::super::PackageState::new("p".into());
+        state.publish(1, b"small").unwrap();
+        let (fd, _) = state.segment_fd().unwrap();
+        let old = StateSegment::from_fd(fd).unwrap();
+        // The snapshot the worker waits for (generation 2) did not fit.
+        state.reserve(1 << 20).unwrap();
+        wait_for_generation(&old, 2, Duration::from_secs(60)).unwrap();
+        let mut out = SkillState {
+            schema: 0,
+            data: Vec::new(),
+        };
+        let error = read_generation(&old, 2, &mut out).unwrap_err();
+        assert!(error.contains(MOVED_MESSAGE), "{error}");
+        // The grown segment still has the state, at the same generation.
+        assert_eq!(state.generation(), 1);
+        assert_eq!(state.current().unwrap().payload, b"small");
     }
 
     fn node_segment(state: &SegmentState) -> &StateSegment {

@@ -1,9 +1,9 @@
 //! The `clawmesh worker` process: hosts one skill version and serves the
 //! node's frames over a Unix socket.
 //!
-//! Three threads: a reader turns socket bytes into frames, the calling
-//! thread runs them one at a time against the (single-threaded) skill
-//! instance, and a writer batches the answers back. The worker connects to
+//! One serving thread: it reads whatever frames the node sent, runs them
+//! one at a time against the (single-threaded) skill instance and writes
+//! their answers back in one write (see [`serve`]). The worker connects to
 //! the node first, then loads the skill and sends a `Hello` frame (id 0):
 //! `Ok` when ready, `Err(LoadFailed)` naming the problem otherwise. It exits
 //! when the node's end of the socket closes, and asks the kernel to kill it
@@ -13,9 +13,8 @@ use std::ffi::OsString;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clawmesh_wasm_abi::{
@@ -26,19 +25,20 @@ use clawmesh_wasm_abi::{
 use super::frame::{self, FailureCode, LENGTH_PREFIX, Request, Response, WorkerFailure};
 use crate::swap::worker_segment::{ReceivedFds, SegmentState};
 
-/// Frames read ahead of the skill: the node's in-flight bound is the real
-/// limit, this only stops a misbehaving peer from queueing without end.
-pub const MAX_QUEUED_FRAMES: usize = 4096;
+/// Bytes read from the node's socket at once: many pipelined frames.
+const READ_BUFFER: usize = 64 * 1024;
 
-/// Answers waiting for the writer thread.
-const MAX_QUEUED_ANSWERS: usize = 4096;
+/// Answers gathered before one write to the node.
+const WRITE_BUFFER: usize = 64 * 1024;
 
-/// Spent buffers kept for reuse per direction, so steady traffic allocates
-/// no frame buffers.
-const SPARE_BUFFERS: usize = 64;
+/// Frame buffers that grew past this are freed after use, so one large
+/// frame does not pin memory.
+const MAX_KEPT_CAPACITY: usize = 64 * 1024;
 
-/// Buffers that grew past this are freed rather than kept.
-const MAX_SPARE_CAPACITY: usize = 64 * 1024;
+/// Answers are written at the latest this long after the first of them
+/// was made, even while more frames are buffered (a slow call must not
+/// hold back the answers before it).
+const MAX_ANSWER_HOLD: Duration = Duration::from_millis(1);
 
 /// Default call deadline in milliseconds (the 1 s).
 pub const DEFAULT_DEADLINE_MS: u64 = 1000;
@@ -117,34 +117,21 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     frame::encode_response(frame::HELLO_ID, &Response::Ok(&[]), &mut hello)?;
     (&stream).write_all(&hello).context("sending hello")?;
 
-    let (frames_tx, frames) = sync_channel(MAX_QUEUED_FRAMES);
-    let (answers, answers_rx) = sync_channel(MAX_QUEUED_ANSWERS);
-    let (bodies_back, spare_bodies) = sync_channel(SPARE_BUFFERS);
-    let (answers_back, spare_answers) = sync_channel(SPARE_BUFFERS);
     let reader = stream.try_clone().context("cloning the socket")?;
-    let writer = stream;
     let fds = ReceivedFds::default();
-    let received = fds.clone();
-    std::thread::Builder::new()
-        .name("worker-read".into())
-        .spawn(move || read_frames(reader, received, frames_tx, spare_bodies))?;
     let mut skill = skill;
-    skill.segment = SegmentState::new(fds);
-    let writer = std::thread::Builder::new()
-        .name("worker-write".into())
-        .spawn(move || write_answers(writer, answers_rx, answers_back))?;
-    let served = serve(
+    skill.segment = SegmentState::new(fds.clone());
+    serve(
         skill,
-        frames,
-        answers,
-        ServePools {
-            bodies_back,
-            answers: spare_answers,
-        },
-    );
-    // The writer ends once `serve` dropped its sender and everything is sent.
-    let _ = writer.join();
-    served
+        BufReader::with_capacity(
+            READ_BUFFER,
+            FdReader {
+                stream: reader,
+                fds,
+            },
+        ),
+        BufWriter::with_capacity(WRITE_BUFFER, stream),
+    )
 }
 
 /// The loaded skill and what is needed to replace a poisoned instance.
@@ -240,78 +227,72 @@ impl Read for FdReader {
     }
 }
 
-fn read_frames(
-    stream: UnixStream,
-    fds: ReceivedFds,
-    frames: SyncSender<Vec<u8>>,
-    spares: Receiver<Vec<u8>>,
-) {
-    let mut reader = BufReader::with_capacity(64 * 1024, FdReader { stream, fds });
+/// Serves frames on this one thread until the node goes away or says
+/// `Shutdown`: each read takes whatever the node has sent (often many
+/// pipelined frames), the frames run one after the other against the
+/// (single-threaded) instance, and their answers leave in one write before
+/// the thread would wait on the socket again. No thread hand-offs per call.
+fn serve(
+    mut skill: Skill,
+    mut reader: BufReader<FdReader>,
+    mut writer: BufWriter<UnixStream>,
+) -> anyhow::Result<()> {
+    let mut body = Vec::new();
+    let mut out = Vec::new();
+    // When the oldest answer not yet written was made.
+    let mut holding_since: Option<Instant> = None;
     loop {
+        if reader.buffer().len() < LENGTH_PREFIX {
+            flush(&mut writer, &mut holding_since)?;
+        }
         let mut prefix = [0u8; LENGTH_PREFIX];
         if reader.read_exact(&mut prefix).is_err() {
-            return; // node closed the socket: time to go
+            break; // node closed the socket: time to go
         }
         let length = match frame::frame_length(prefix) {
             Ok(length) => length,
             Err(error) => {
                 tracing::error!(%error, "node sent a bad frame length; closing");
-                return;
+                break;
             }
         };
-        let mut body = spare(&spares);
+        if reader.buffer().len() < length {
+            flush(&mut writer, &mut holding_since)?;
+        }
         body.resize(length, 0);
-        if reader.read_exact(&mut body).is_err() || frames.send(body).is_err() {
-            return;
+        if reader.read_exact(&mut body).is_err() {
+            break;
         }
-    }
-}
-
-fn write_answers(stream: UnixStream, answers: Receiver<Vec<u8>>, spares: SyncSender<Vec<u8>>) {
-    let mut writer = BufWriter::with_capacity(64 * 1024, stream);
-    while let Ok(first) = answers.recv() {
-        if writer.write_all(&first).is_err() {
-            return;
-        }
-        recycle(&spares, first);
-        // Flush only when nothing else is ready: answers batch under load.
-        while let Ok(next) = answers.try_recv() {
-            if writer.write_all(&next).is_err() {
-                return;
-            }
-            recycle(&spares, next);
-        }
-        if writer.flush().is_err() {
-            return;
-        }
-    }
-}
-
-/// Runs frames against the skill until the node goes away or says `Shutdown`.
-fn serve(
-    mut skill: Skill,
-    frames: Receiver<Vec<u8>>,
-    answers: SyncSender<Vec<u8>>,
-    pools: ServePools,
-) -> anyhow::Result<()> {
-    while let Ok(body) = frames.recv() {
-        let mut out = spare(&pools.answers);
+        out.clear();
         let flow = answer(&mut skill, &body, &mut out)?;
-        recycle(&pools.bodies_back, body);
-        send(&answers, out)?;
+        writer.write_all(&out).context("writing to the node")?;
         if let Flow::Stop = flow {
-            return Ok(());
+            break;
+        }
+        let now = Instant::now();
+        if now.duration_since(*holding_since.get_or_insert(now)) >= MAX_ANSWER_HOLD {
+            flush(&mut writer, &mut holding_since)?;
+        }
+        for buffer in [&mut body, &mut out] {
+            if buffer.capacity() > MAX_KEPT_CAPACITY {
+                *buffer = Vec::new();
+            }
         }
     }
+    // The node may be gone already; nothing is left to tell it otherwise.
+    let _ = writer.flush();
     Ok(())
 }
 
-/// The buffer pools the calling thread uses.
-struct ServePools {
-    /// Where spent request buffers go back to the reader.
-    bodies_back: SyncSender<Vec<u8>>,
-    /// Spare answer buffers returned by the writer.
-    answers: Receiver<Vec<u8>>,
+/// Writes the answers held so far.
+fn flush(
+    writer: &mut BufWriter<UnixStream>,
+    holding_since: &mut Option<Instant>,
+) -> anyhow::Result<()> {
+    if holding_since.take().is_some() {
+        writer.flush().context("writing to the node")?;
+    }
+    Ok(())
 }
 
 /// Whether to keep serving after an answer.
@@ -431,31 +412,6 @@ fn bad_request(id: u64, message: &str, out: &mut Vec<u8>) -> anyhow::Result<()> 
     };
     frame::encode_response(id, &Response::Err(failure), out)?;
     Ok(())
-}
-
-/// A buffer from `spares`, or a new one when none is waiting.
-fn spare(spares: &Receiver<Vec<u8>>) -> Vec<u8> {
-    spares.try_recv().unwrap_or_default()
-}
-
-/// Hands a spent buffer back to the thread that fills it, unless it grew
-/// big (one large frame must not pin memory) or the pool is full.
-fn recycle(spares: &SyncSender<Vec<u8>>, mut buffer: Vec<u8>) {
-    if buffer.capacity() <= MAX_SPARE_CAPACITY {
-        buffer.clear();
-        let _ = spares.try_send(buffer);
-    }
-}
-
-fn send(answers: &SyncSender<Vec<u8>>, frame: Vec<u8>) -> anyhow::Result<()> {
-    match answers.try_send(frame) {
-        Ok(()) => Ok(()),
-        // The writer is behind: wait for it (the node bounds what is in flight).
-        Err(TrySendError::Full(frame)) => answers
-            .send(frame)
-            .map_err(|_| anyhow::anyhow!("writer thread stopped")),
-        Err(TrySendError::Disconnected(_)) => bail!("writer thread stopped"),
-    }
 }
 
 /// Stable failure code (and the skill's own code) of a call error.

@@ -168,17 +168,9 @@ async fn ensure_attached(state: &PackageState, worker: &SupervisedWorker) -> Res
 }
 
 /// Asks `worker` to snapshot straight into the segment, growing the segment
-/// (and handing the new one over) while the state does not fit.
-async fn snapshot_to_segment(
-    state: &PackageState,
-    worker: &SupervisedWorker,
-) -> Result<SegmentWrite, String> {
-    snapshot_to_segment_for(state, worker, None).await
-}
-
-/// [`snapshot_to_segment`]; on growth the new segment also goes to
-/// `reader` at once (a worker waiting for this snapshot in the old segment
-/// stops waiting when it arrives).
+/// (and handing the new one over) while the state does not fit; on growth
+/// the new segment also goes to `reader` (a worker waiting for this
+/// snapshot, told by the marker in the old segment to ask again).
 async fn snapshot_to_segment_for(
     state: &PackageState,
     worker: &SupervisedWorker,
@@ -220,6 +212,55 @@ fn settle_write(state: &PackageState, payload: &[u8]) -> Result<SegmentWrite, St
     Ok(write)
 }
 
+/// How long a snapshot that passed its timeout may still take before its
+/// worker is killed (the paused steps stay below a held call's 5 s bound).
+pub const SNAPSHOT_GRACE: Duration = Duration::from_millis(500);
+
+/// A snapshot into the segment (the route paused and drained), bounded by
+/// `timeout`. The worker publishes by itself, so one that passed the
+/// timeout may still publish: it gets [`SNAPSHOT_GRACE`] more while the
+/// route stays paused, then is killed (SIGKILL: restarted from checkpoint
+/// and journal) so it cannot publish once calls run again. If it published
+/// meanwhile, that state is what the paused route served: the journal is
+/// emptied to match it (and the warm window closed: the pre-swap state
+/// left the other buffer). Either way the step fails.
+async fn settled_snapshot(
+    state: &PackageState,
+    route: &Route<SupervisedWorker>,
+    worker: &SupervisedWorker,
+    reader: Option<&SupervisedWorker>,
+    timeout: Duration,
+) -> Result<SegmentWrite, SwapError> {
+    let package = state.package();
+    let failed = |why: String| SwapError::Step {
+        package: package.to_string(),
+        step: "snapshot",
+        why,
+    };
+    let before = state.generation();
+    let work = snapshot_to_segment_for(state, worker, reader);
+    tokio::pin!(work);
+    match tokio::time::timeout(timeout, &mut work).await {
+        Ok(result) => return result.map_err(failed),
+        Err(_) => {}
+    }
+    let late = tokio::time::timeout(SNAPSHOT_GRACE, &mut work).await;
+    if !matches!(late, Ok(Ok(_))) {
+        tracing::warn!(package, pid = ?worker.pid(), "snapshot hung past its grace; killing the worker");
+        if let Some(pid) = worker.pid().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    if state.generation() > before {
+        route.journal().take();
+        state.close_window();
+    }
+    Err(failed(format!("timed out after {timeout:?}")))
+}
+
 /// Snapshots `worker` into the segment and empties the journal (the route
 /// must be paused and drained); returns the state's schema and size.
 async fn snapshot_into_segment(
@@ -228,13 +269,7 @@ async fn snapshot_into_segment(
     worker: &SupervisedWorker,
     timeout: Duration,
 ) -> Result<(u32, u64, Vec<JournalEntry>), SwapError> {
-    let write = bounded(
-        state.package(),
-        "snapshot",
-        timeout,
-        snapshot_to_segment(state, worker),
-    )
-    .await?;
+    let write = settled_snapshot(state, route, worker, None, timeout).await?;
     Ok((write.schema, write.len, route.journal().take()))
 }
 
@@ -561,13 +596,8 @@ async fn paused_steps(
     let target = state.generation() + 1;
     let start = Instant::now();
     let snapshot = async {
-        let result = bounded(
-            package,
-            "snapshot",
-            config.snapshot_timeout,
-            snapshot_to_segment_for(state, old, Some(new)),
-        )
-        .await;
+        let result =
+            settled_snapshot(state, route, old, Some(new), config.snapshot_timeout).await;
         (result, us(start))
     };
     let wait = config.snapshot_timeout;
@@ -769,13 +799,8 @@ async fn rollback_paused(
     let target = state.generation() + 1;
     let start = Instant::now();
     let snapshot = async {
-        let result = bounded(
-            package,
-            "snapshot",
-            config.snapshot_timeout,
-            snapshot_to_segment_for(state, new, Some(old)),
-        )
-        .await;
+        let result =
+            settled_snapshot(state, route, new, Some(old), config.snapshot_timeout).await;
         (result, us(start))
     };
     let down = bounded(

@@ -191,6 +191,59 @@ impl RejectedEntry {
     }
 }
 
+/// Reads every entry of `doc` through `accept`, which validates the entry's
+/// (possibly conflicting) values and keeps what is valid; entries past
+/// `max_entries` and entries `accept` refuses are reported in `rejected`.
+pub(crate) fn read_entries(
+    doc: &MeshDocument,
+    max_entries: usize,
+    rejected: &mut Vec<RejectedEntry>,
+    mut accept: impl FnMut(&str, &[Option<Vec<u8>>]) -> Result<(), String>,
+) {
+    let id = doc.id();
+    for (index, (key, values)) in doc.entries().into_iter().enumerate() {
+        if index >= max_entries {
+            rejected.push(RejectedEntry::new(
+                id,
+                &key,
+                format!("past the document's {max_entries} entry limit"),
+            ));
+            continue;
+        }
+        if let Err(reason) = accept(&key, &values) {
+            rejected.push(RejectedEntry::new(id, &key, reason));
+        }
+    }
+}
+
+/// Of the conflicting values of one key, the valid one with the lowest
+/// `rank` (ties: the first), so every node picks the same one whatever the
+/// merge order; if none is valid, why the last one was not.
+pub(crate) fn best_value<T, R: Ord>(
+    values: &[Option<Vec<u8>>],
+    mut check: impl FnMut(&[u8]) -> Result<T, String>,
+    rank: impl Fn(&[u8], &T) -> R,
+) -> Result<T, String> {
+    let mut best: Option<(R, T)> = None;
+    let mut last_error = String::from("no value");
+    for value in values {
+        let Some(bytes) = value else {
+            last_error = "value is not a byte scalar".to_string();
+            continue;
+        };
+        match check(bytes) {
+            Ok(valid) => {
+                let r = rank(bytes, &valid);
+                if best.as_ref().is_none_or(|(b, _)| r < *b) {
+                    best = Some((r, valid));
+                }
+            }
+            Err(err) => last_error = err,
+        }
+    }
+    best.map(|(_, valid)| valid).ok_or(last_error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use prost::Message as _;
 use semver::Version;
 
-use super::{MeshDocument, RejectedEntry, VerifyCache, WriteError};
+use super::{MeshDocument, RejectedEntry, VerifyCache, WriteError, best_value, read_entries};
 use crate::manifest::{PackageName, SignedManifest};
 use crate::proto::v1::SignedEnvelope;
 use crate::signing::digest;
@@ -40,26 +40,14 @@ pub fn read_catalog(
     catalog: &mut ManifestCatalog,
     rejected: &mut Vec<RejectedEntry>,
 ) {
-    let id = doc.id();
-    for (index, (key, values)) in doc.entries().into_iter().enumerate() {
-        if index >= max_entries {
-            rejected.push(RejectedEntry::new(
-                id,
-                &key,
-                format!("past the document's {max_entries} entry limit"),
-            ));
-            continue;
-        }
-        match parse_catalog_entry(&key, &values, trust, cache) {
-            Ok(manifest) => {
-                catalog
-                    .entry(manifest.manifest.name.clone())
-                    .or_default()
-                    .insert(manifest.manifest.version.clone(), manifest);
-            }
-            Err(reason) => rejected.push(RejectedEntry::new(id, &key, reason)),
-        }
-    }
+    read_entries(doc, max_entries, rejected, |key, values| {
+        let manifest = parse_catalog_entry(key, values, trust, cache)?;
+        catalog
+            .entry(manifest.manifest.name.clone())
+            .or_default()
+            .insert(manifest.manifest.version.clone(), manifest);
+        Ok(())
+    });
     cache.finish_read();
 }
 
@@ -69,14 +57,8 @@ fn parse_catalog_entry(
     trust: &TrustRoot,
     cache: &mut VerifyCache<SignedManifest>,
 ) -> Result<SignedManifest, String> {
-    let mut best: Option<([u8; 32], SignedManifest)> = None;
-    let mut last_error = String::from("no value");
-    for value in values {
-        let Some(bytes) = value else {
-            last_error = "value is not a byte scalar".to_string();
-            continue;
-        };
-        let verified = cache
+    let check = |bytes: &[u8]| {
+        cache
             .get_or_verify(bytes, |bytes| {
                 SignedEnvelope::decode(bytes)
                     .map_err(|err| format!("malformed envelope: {err}"))
@@ -91,18 +73,11 @@ fn parse_catalog_entry(
                 } else {
                     Err(format!("manifest is {expected}, stored under another key"))
                 }
-            });
-        match verified {
-            Ok(manifest) => {
-                let rank = digest(&manifest.envelope.payload);
-                if best.as_ref().is_none_or(|(d, _)| rank < *d) {
-                    best = Some((rank, manifest));
-                }
-            }
-            Err(err) => last_error = err,
-        }
-    }
-    best.map(|(_, manifest)| manifest).ok_or(last_error)
+            })
+    };
+    best_value(values, check, |_, manifest| {
+        digest(&manifest.envelope.payload)
+    })
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 
 use prost::Message as _;
 
-use super::{DocumentId, MeshDocument, RejectedEntry, VerifyCache, WriteError};
+use super::{MeshDocument, RejectedEntry, VerifyCache, WriteError, best_value, read_entries};
 use crate::intent::SignedIntent;
 use crate::manifest::PackageName;
 use crate::proto::v1::SignedEnvelope;
@@ -34,24 +34,9 @@ pub fn read_intents(
     intents: &mut Vec<SignedIntent>,
     rejected: &mut Vec<RejectedEntry>,
 ) {
-    let id: DocumentId = doc.id();
-    for (index, (key, values)) in doc.entries().into_iter().enumerate() {
-        if index >= max_entries {
-            rejected.push(RejectedEntry::new(
-                id,
-                &key,
-                format!("past the document's {max_entries} entry limit"),
-            ));
-            continue;
-        }
-        let mut accepted: Option<SignedIntent> = None;
-        let mut last_error = String::from("no value");
-        for value in &values {
-            let Some(bytes) = value else {
-                last_error = "value is not a byte scalar".to_string();
-                continue;
-            };
-            let verified = cache
+    read_entries(doc, max_entries, rejected, |key, values| {
+        let check = |bytes: &[u8]| {
+            cache
                 .get_or_verify(bytes, |bytes| {
                     SignedEnvelope::decode(bytes)
                         .map_err(|err| format!("malformed envelope: {err}"))
@@ -66,28 +51,19 @@ pub fn read_intents(
                     } else {
                         Err(format!("intent is {expected}, stored under another key"))
                     }
-                });
-            match verified {
-                // Same key means same digest means same signed bytes: any valid one will do.
-                Ok(intent) => {
-                    accepted = Some(intent);
-                    break;
-                }
-                Err(err) => last_error = err,
-            }
-        }
-        match accepted {
-            Some(intent) => intents.push(intent),
-            None => rejected.push(RejectedEntry::new(id, &key, last_error)),
-        }
-    }
+                })
+        };
+        // Same key means same digest means same signed bytes: any valid one will do.
+        intents.push(best_value(values, check, |_, _| ())?);
+        Ok(())
+    });
     cache.finish_read();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::documents::DocumentLimits;
+    use crate::documents::{DocumentId, DocumentLimits};
     use crate::intent::{Intent, IntentAction};
     use crate::signing::PublisherKey;
     use crate::trust::TrustedPublisher;

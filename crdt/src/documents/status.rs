@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use prost::Message as _;
 use semver::Version;
 
-use super::{DocumentId, MeshDocument, RejectedEntry, WriteError, status_shard};
+use super::{
+    DocumentId, MeshDocument, RejectedEntry, WriteError, best_value, read_entries, status_shard,
+};
 use crate::arbitration::FailureReport;
 use crate::manifest::{PackageName, version_from_proto, version_to_proto};
 use crate::proto::v1 as wire;
@@ -199,22 +201,11 @@ pub fn read_status_into(
     rejected: &mut Vec<RejectedEntry>,
 ) {
     let id = doc.id();
-    for (index, (key, values)) in doc.entries().into_iter().enumerate() {
-        if index >= max_entries {
-            rejected.push(RejectedEntry::new(
-                id,
-                &key,
-                format!("past the document's {max_entries} entry limit"),
-            ));
-            continue;
-        }
-        match parse_status_entry(id, &key, &values) {
-            Ok((node, package, status)) => {
-                table.entry(node).or_default().insert(package, status);
-            }
-            Err(reason) => rejected.push(RejectedEntry::new(id, &key, reason)),
-        }
-    }
+    read_entries(doc, max_entries, rejected, |key, values| {
+        let (node, package, status) = parse_status_entry(id, key, values)?;
+        table.entry(node).or_default().insert(package, status);
+        Ok(())
+    });
 }
 
 fn parse_status_entry(
@@ -243,31 +234,15 @@ fn parse_status_entry(
         .map_err(|err| format!("bad package name: {err}"))?;
     // Only the node writes its key, so conflicts mean a forgery or a reset
     // node: take the decodable value with the latest report, ties by bytes.
-    let mut best: Option<(u64, Vec<u8>, PackageStatus)> = None;
-    let mut last_error = String::from("no value");
-    for value in values {
-        let Some(bytes) = value else {
-            last_error = "value is not a byte scalar".to_string();
-            continue;
-        };
-        let decoded = wire::PackageStatus::decode(bytes.as_slice())
+    let decode = |bytes: &[u8]| {
+        wire::PackageStatus::decode(bytes)
             .map_err(|err| format!("malformed status: {err}"))
-            .and_then(PackageStatus::from_wire);
-        match decoded {
-            Ok(status) => {
-                let rank = (status.updated_at_ms, bytes.clone());
-                if best
-                    .as_ref()
-                    .is_none_or(|(at, b, _)| (*at, b.clone()) < rank)
-                {
-                    best = Some((rank.0, rank.1, status));
-                }
-            }
-            Err(err) => last_error = err,
-        }
-    }
-    best.map(|(_, _, status)| (node.to_string(), package, status))
-        .ok_or(last_error)
+            .and_then(PackageStatus::from_wire)
+    };
+    let latest = |bytes: &[u8], status: &PackageStatus| {
+        std::cmp::Reverse((status.updated_at_ms, bytes.to_vec()))
+    };
+    best_value(values, decode, latest).map(|status| (node.to_string(), package, status))
 }
 
 /// Every failure the table reports, for [`crate::arbitration::derive_quarantine`].

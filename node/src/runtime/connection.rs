@@ -391,6 +391,10 @@ async fn write_loop(
             Outgoing::WithFd(bytes, fd) => send_with_fd(&mut write, &bytes, fd).await,
             first => {
                 append(&mut batch, first);
+                // Lets the calls that are ready to run queue theirs too, so
+                // under load one write carries many frames (and wakes the
+                // worker once); idle, this returns at once.
+                tokio::task::yield_now().await;
                 // Everything already queued goes out in the same write.
                 while batch.len() < RETAINED_WRITE_BUFFER {
                     match queue.try_recv() {

@@ -97,13 +97,46 @@ pub struct PartialBlob {
     /// sha256 of chunks `0..prefix_next`, all held.
     prefix: Sha256,
     prefix_next: u32,
-    /// Hashed offset at the last sync.
+    /// Hashed offset at the last sync request.
     flushed_to: u64,
+    /// Syncs the file on its own thread, so writing never waits for the disk.
+    syncer: Option<Syncer>,
 }
 
-/// The file is synced to disk each time this much more of it is hashed, on
-/// the fetch's disk thread while the transfer runs, so the fsync before the
-/// rename finds little left to write.
+#[derive(Debug)]
+struct Syncer {
+    /// One pending request at most: a sync asked while one is queued is
+    /// covered by it.
+    ask: std::sync::mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+}
+
+impl Syncer {
+    fn start(file: File) -> io::Result<Self> {
+        let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("fetch-sync".into())
+            .spawn(move || {
+                while asked.recv().is_ok() {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })?;
+        Ok(Self { ask, thread })
+    }
+
+    /// Waits for the syncs asked so far; the first error, if any.
+    fn stop(self) -> io::Result<()> {
+        drop(self.ask);
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("the fetch's sync thread panicked")))
+    }
+}
+
+/// A sync of the file is asked each time this much more of it is hashed; it
+/// runs on a thread of its own while the transfer goes on, so the fsync
+/// before the rename finds little left to write.
 const SYNC_STEP: u64 = 16 << 20;
 
 impl PartialBlob {
@@ -170,6 +203,7 @@ impl PartialBlob {
             prefix: Sha256::new(),
             prefix_next: 0,
             flushed_to: 0,
+            syncer: None,
         })
     }
 
@@ -221,7 +255,14 @@ impl PartialBlob {
         }
         let hashed_to = self.layout.offset(self.prefix_next).min(self.layout.size);
         if hashed_to - self.flushed_to >= SYNC_STEP {
-            self.file.sync_data().map_err(io_err("fsync", &self.path))?;
+            if self.syncer.is_none() {
+                let file = self.file.try_clone().map_err(io_err("dup", &self.path))?;
+                self.syncer = Some(Syncer::start(file).map_err(io_err("start syncing", &self.path))?);
+            }
+            if let Some(syncer) = &self.syncer {
+                // Full: a sync is queued already and will cover this range.
+                let _ = syncer.ask.try_send(());
+            }
             self.flushed_to = hashed_to;
         }
         Ok(())
@@ -241,6 +282,9 @@ impl PartialBlob {
         // Chunks held since `open` and not yet followed by a written one.
         self.advance_prefix(None)?;
         let sha256 = BlobId(std::mem::take(&mut self.prefix).finalize().into());
+        if let Some(syncer) = self.syncer.take() {
+            syncer.stop().map_err(io_err("fsync", &self.path))?;
+        }
         self.file.sync_all().map_err(io_err("fsync", &self.path))?;
         // Every chunk was checked against these hashes before it was written.
         match self.store.install_hashed_file(

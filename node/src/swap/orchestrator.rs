@@ -950,7 +950,11 @@ fn start_checkpoint_task(supervisor: &Supervisor, state: &Arc<PackageState>, con
     let weak = Arc::downgrade(state);
     let config = config.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(config.checkpoint_interval);
+        // The first checkpoint one interval after the deploy's own, not at once.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + config.checkpoint_interval,
+            config.checkpoint_interval,
+        );
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

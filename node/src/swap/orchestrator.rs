@@ -240,9 +240,8 @@ async fn settled_snapshot(
     let before = state.generation();
     let work = snapshot_to_segment_for(state, worker, reader);
     tokio::pin!(work);
-    match tokio::time::timeout(timeout, &mut work).await {
-        Ok(result) => return result.map_err(failed),
-        Err(_) => {}
+    if let Ok(result) = tokio::time::timeout(timeout, &mut work).await {
+        return result.map_err(failed);
     }
     let late = tokio::time::timeout(SNAPSHOT_GRACE, &mut work).await;
     if !matches!(late, Ok(Ok(_))) {

@@ -1,7 +1,7 @@
 //! Commands that speak to the mesh through a node: `release`, `rollback`,
 //! and the mesh-wide `status` table.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ fn unix_ms() -> u64 {
 }
 
 /// Signs an intent one past the node's known clock and submits it.
-fn submit_intent(node: &NodeDir, key: &PathBuf, package: &str, version: &str, action: IntentAction) -> anyhow::Result<serde_json::Value> {
+fn submit_intent(node: &NodeDir, key: &Path, package: &str, version: &str, action: IntentAction) -> anyhow::Result<serde_json::Value> {
     let key = read_secret_key(key)?;
     let known = mesh_call(node, MeshRequest::IntentClock { package: package.into() })?;
     let clock = known["clock"].as_u64().context("node answered no clock")? + 1;

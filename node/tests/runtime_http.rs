@@ -4,33 +4,8 @@
 mod runtime_common;
 
 use clawmesh_node::runtime::{RuntimeHttpState, SkillLimits, router};
-use runtime_common::Harness;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// One HTTP/1.1 exchange with `Connection: close`: (status, body).
-async fn exchange(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
+use runtime_common::{Harness, http_exchange};
+use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invoke_status_metrics_and_probes_over_http() {
@@ -45,15 +20,15 @@ async fn invoke_status_metrics_and_probes_over_http() {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
     assert_eq!(
-        exchange(addr, "POST", "/v1/skills/counter/add", b"41").await,
+        http_exchange(addr, "POST", "/v1/skills/counter/add", b"41").await,
         (200, "41".into())
     );
     assert_eq!(
-        exchange(addr, "POST", "/v1/skills/counter/add", b"").await,
+        http_exchange(addr, "POST", "/v1/skills/counter/add", b"").await,
         (200, "42".into())
     );
 
-    let (status, body) = exchange(addr, "POST", "/v1/skills/counter/add", b"many").await;
+    let (status, body) = http_exchange(addr, "POST", "/v1/skills/counter/add", b"many").await;
     let error: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (status, error["error"]["code"].as_str()),
@@ -65,21 +40,21 @@ async fn invoke_status_metrics_and_probes_over_http() {
         "{body}"
     );
 
-    let (status, body) = exchange(addr, "POST", "/v1/skills/absent/get", b"").await;
+    let (status, body) = http_exchange(addr, "POST", "/v1/skills/absent/get", b"").await;
     let error: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         (status, error["error"]["code"].as_str()),
         (404, Some("no_such_skill"))
     );
 
-    let (status, body) = exchange(addr, "GET", "/v1/status", b"").await;
+    let (status, body) = http_exchange(addr, "GET", "/v1/status", b"").await;
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status, 200);
     assert_eq!(json["skills"][0]["package"], "counter");
     assert_eq!(json["skills"][0]["state"], "ready");
     assert!(json["cgroups"]["version"].is_string(), "{body}");
 
-    let (status, body) = exchange(addr, "GET", "/metrics", b"").await;
+    let (status, body) = http_exchange(addr, "GET", "/metrics", b"").await;
     assert_eq!(status, 200);
     for expected in [
         "clawmesh_skill_requests_total{package=\"counter\"} 3",
@@ -91,8 +66,8 @@ async fn invoke_status_metrics_and_probes_over_http() {
     // Unknown package names come from the network: no label series for them.
     assert!(!body.contains("absent"), "{body}");
 
-    assert_eq!(exchange(addr, "GET", "/livez", b"").await.0, 200);
-    let (status, body) = exchange(addr, "GET", "/readyz", b"").await;
+    assert_eq!(http_exchange(addr, "GET", "/livez", b"").await.0, 200);
+    let (status, body) = http_exchange(addr, "GET", "/readyz", b"").await;
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!((status, json["ready"].as_bool()), (200, Some(true)));
     assert!(json["cgroups"].is_object(), "{body}");

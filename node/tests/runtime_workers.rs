@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use clawmesh_node::runtime::frame::Request;
 use clawmesh_node::runtime::{CgroupLimits, CgroupSupport, DeployError, SkillLimits, WorkerState};
-use runtime_common::{Harness, wait_for_restart};
+use runtime_common::{Harness, http_exchange, http_exchange_declaring, wait_for_restart};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter_answers_pipelined_calls_and_reports_status() {
@@ -403,10 +403,7 @@ async fn state_moves_out_and_in_through_snapshot_and_restore_frames() {
         .unwrap_err();
     assert_eq!(error.code(), "skill_error", "{error}");
     // The segment frame without its fd is refused, and the worker goes on.
-    let error = worker
-        .request(&Request::AttachSegment)
-        .await
-        .unwrap_err();
+    let error = worker.request(&Request::AttachSegment).await.unwrap_err();
     assert_eq!(error.code(), "bad_request", "{error}");
     assert!(error.to_string().contains("without an fd"), "{error}");
     harness.shutdown().await;
@@ -439,37 +436,6 @@ async fn a_trap_in_handle_is_reported_and_the_worker_serves_the_next_call() {
     harness.shutdown().await;
 }
 
-/// One HTTP/1.1 exchange with `Connection: close`: (status, body).
-async fn http_exchange(addr: std::net::SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    http_exchange_declaring(addr, method, path, body.len(), body).await
-}
-
-/// Like [`http_exchange`], with a Content-Length of `declared` whatever the
-/// body sent.
-async fn http_exchange_declaring(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    declared: usize,
-    body: &[u8],
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {declared}\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response[9..12].parse().unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_http_server_answers_invoke_directly_and_everything_else_through_the_router() {
     use clawmesh_node::runtime::{RuntimeHttpState, http};
@@ -498,12 +464,20 @@ async fn the_node_http_server_answers_invoke_directly_and_everything_else_throug
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("\"skill_error\""), "{body}");
     let (status, body) = http_exchange(addr, "POST", "/v1/skills/absent/get", b"").await;
-    assert_eq!((status, body.contains("\"no_such_skill\"")), (404, true), "{body}");
+    assert_eq!(
+        (status, body.contains("\"no_such_skill\"")),
+        (404, true),
+        "{body}"
+    );
     // A body over one frame is refused from its Content-Length, unread.
     let too_large = clawmesh_node::runtime::frame::MAX_PAYLOAD + 1;
     let (status, body) =
         http_exchange_declaring(addr, "POST", "/v1/skills/counter/add", too_large, b"").await;
-    assert_eq!((status, body.contains("\"input_too_large\"")), (413, true), "{body}");
+    assert_eq!(
+        (status, body.contains("\"input_too_large\"")),
+        (413, true),
+        "{body}"
+    );
 
     // Through the router: escaped segments are decoded the same way, other
     // methods and routes answer as the router does.
@@ -511,9 +485,22 @@ async fn the_node_http_server_answers_invoke_directly_and_everything_else_throug
         http_exchange(addr, "POST", "/v1/skills/count%65r/add", b"").await,
         (200, "42".into())
     );
-    assert_eq!(http_exchange(addr, "GET", "/v1/skills/counter/add", b"").await.0, 405);
-    assert_eq!(http_exchange(addr, "POST", "/v1/skills/counter", b"").await.0, 404);
-    assert_eq!(http_exchange(addr, "GET", "/livez", b"").await, (200, "ok\n".into()));
+    assert_eq!(
+        http_exchange(addr, "GET", "/v1/skills/counter/add", b"")
+            .await
+            .0,
+        405
+    );
+    assert_eq!(
+        http_exchange(addr, "POST", "/v1/skills/counter", b"")
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        http_exchange(addr, "GET", "/livez", b"").await,
+        (200, "ok\n".into())
+    );
     let (status, body) = http_exchange(addr, "GET", "/metrics", b"").await;
     assert_eq!(status, 200);
     assert!(

@@ -116,3 +116,39 @@ pub async fn wait_for_restart(mut lifecycle: watch::Receiver<Lifecycle>, restart
         Err(_) => panic!("no restart within 60 s: {:?}", *lifecycle.borrow()),
     }
 }
+
+/// One HTTP/1.1 exchange with `Connection: close`: (status, body).
+pub async fn http_exchange(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String) {
+    http_exchange_declaring(addr, method, path, body.len(), body).await
+}
+
+/// Like [`http_exchange`], with a Content-Length of `declared` whatever the
+/// body sent.
+pub async fn http_exchange_declaring(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    declared: usize,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {declared}\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    (status, body)
+}

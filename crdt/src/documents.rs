@@ -191,6 +191,29 @@ impl RejectedEntry {
     }
 }
 
+/// A stored signed envelope, decoded and verified by `verify` (through
+/// `cache`), that must be stored under the key `key_of` names for it.
+pub(crate) fn verified_entry<T: Clone, E: fmt::Display>(
+    cache: &mut VerifyCache<T>,
+    bytes: &[u8],
+    key: &str,
+    verify: impl FnOnce(wire::SignedEnvelope) -> Result<T, E>,
+    key_of: impl FnOnce(&T) -> String,
+) -> Result<T, String> {
+    use prost::Message as _;
+    let value = cache.get_or_verify(bytes, |bytes| {
+        wire::SignedEnvelope::decode(bytes)
+            .map_err(|err| format!("malformed envelope: {err}"))
+            .and_then(|envelope| verify(envelope).map_err(|err| err.to_string()))
+    })?;
+    let expected = key_of(&value);
+    if expected == key {
+        Ok(value)
+    } else {
+        Err(format!("entry is {expected}, stored under another key"))
+    }
+}
+
 /// Reads every entry of `doc` through `accept`, which validates the entry's
 /// (possibly conflicting) values and keeps what is valid; entries past
 /// `max_entries` and entries `accept` refuses are reported in `rejected`.

@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 use prost::Message as _;
 use semver::Version;
 
-use super::{MeshDocument, RejectedEntry, VerifyCache, WriteError, best_value, read_entries};
+use super::{
+    MeshDocument, RejectedEntry, VerifyCache, WriteError, best_value, read_entries, verified_entry,
+};
 use crate::manifest::{PackageName, SignedManifest};
-use crate::proto::v1::SignedEnvelope;
 use crate::signing::digest;
 use crate::trust::TrustRoot;
 
@@ -58,22 +59,13 @@ fn parse_catalog_entry(
     cache: &mut VerifyCache<SignedManifest>,
 ) -> Result<SignedManifest, String> {
     let check = |bytes: &[u8]| {
-        cache
-            .get_or_verify(bytes, |bytes| {
-                SignedEnvelope::decode(bytes)
-                    .map_err(|err| format!("malformed envelope: {err}"))
-                    .and_then(|envelope| {
-                        SignedManifest::verify(envelope, trust).map_err(|err| err.to_string())
-                    })
-            })
-            .and_then(|manifest| {
-                let expected = catalog_key(&manifest.manifest.name, &manifest.manifest.version);
-                if expected == key {
-                    Ok(manifest)
-                } else {
-                    Err(format!("manifest is {expected}, stored under another key"))
-                }
-            })
+        verified_entry(
+            cache,
+            bytes,
+            key,
+            |envelope| SignedManifest::verify(envelope, trust),
+            |m| catalog_key(&m.manifest.name, &m.manifest.version),
+        )
     };
     best_value(values, check, |_, manifest| {
         digest(&manifest.envelope.payload)

@@ -8,10 +8,11 @@
 
 use prost::Message as _;
 
-use super::{MeshDocument, RejectedEntry, VerifyCache, WriteError, best_value, read_entries};
+use super::{
+    MeshDocument, RejectedEntry, VerifyCache, WriteError, best_value, read_entries, verified_entry,
+};
 use crate::intent::SignedIntent;
 use crate::manifest::PackageName;
-use crate::proto::v1::SignedEnvelope;
 use crate::trust::TrustRoot;
 
 /// The intents key of an intent for `package` with `digest`.
@@ -36,22 +37,13 @@ pub fn read_intents(
 ) {
     read_entries(doc, max_entries, rejected, |key, values| {
         let check = |bytes: &[u8]| {
-            cache
-                .get_or_verify(bytes, |bytes| {
-                    SignedEnvelope::decode(bytes)
-                        .map_err(|err| format!("malformed envelope: {err}"))
-                        .and_then(|envelope| {
-                            SignedIntent::verify(envelope, trust).map_err(|err| err.to_string())
-                        })
-                })
-                .and_then(|intent| {
-                    let expected = intent_key(&intent.intent.package, &intent.digest);
-                    if expected == key {
-                        Ok(intent)
-                    } else {
-                        Err(format!("intent is {expected}, stored under another key"))
-                    }
-                })
+            verified_entry(
+                cache,
+                bytes,
+                key,
+                |envelope| SignedIntent::verify(envelope, trust),
+                |i| intent_key(&i.intent.package, &i.digest),
+            )
         };
         // Same key means same digest means same signed bytes: any valid one will do.
         intents.push(best_value(values, check, |_, _| ())?);

@@ -38,10 +38,19 @@ pub struct MeshFetcher {
 
 impl MeshFetcher {
     /// Serves this node's blobs to peers and returns the fetcher.
-    pub fn start(mesh: MeshHandle, driver: DriverHandle, store: BlobStore) -> anyhow::Result<Arc<Self>> {
+    pub fn start(
+        mesh: MeshHandle,
+        driver: DriverHandle,
+        store: BlobStore,
+    ) -> anyhow::Result<Arc<Self>> {
         let metrics = FetchMetrics::default();
-        spawn_blob_server(&mesh, Arc::new(store.clone()), ServeConfig::default(), metrics.clone())
-            .map_err(|e| anyhow::anyhow!("serving blobs: {e:?}"))?;
+        spawn_blob_server(
+            &mesh,
+            Arc::new(store.clone()),
+            ServeConfig::default(),
+            metrics.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("serving blobs: {e:?}"))?;
         Ok(Arc::new(Self {
             mesh,
             driver,
@@ -68,12 +77,32 @@ async fn providers(mesh: &MeshHandle, driver: &DriverHandle, sha256: [u8; 32]) -
         .unwrap_or_default()
 }
 
+/// Peers to ask for a blob: those whose status says they hold it first,
+/// then every other connected peer. A status lists blobs only for packages
+/// under release there and may not have reached this node yet (status
+/// changes travel in batches); a peer without the blob answers "not held"
+/// at once.
+async fn candidate_peers(
+    mesh: &MeshHandle,
+    driver: &DriverHandle,
+    sha256: [u8; 32],
+) -> Vec<PeerId> {
+    let mut peers = providers(mesh, driver, sha256).await;
+    for peer in mesh.connected_peers().await.unwrap_or_default() {
+        if !peers.contains(&peer) {
+            peers.push(peer);
+        }
+    }
+    peers
+}
+
 impl BlobFetcher for MeshFetcher {
     fn fetch<'a>(&'a self, manifest: &'a SignedManifest) -> FetchFuture<'a> {
         Box::pin(async move {
-            let providers = providers(&self.mesh, &self.driver, manifest.manifest.sha256).await;
+            let providers =
+                candidate_peers(&self.mesh, &self.driver, manifest.manifest.sha256).await;
             if providers.is_empty() {
-                return Err("no peer reports holding this blob yet".to_string());
+                return Err("no peer is connected to fetch this blob from".to_string());
             }
             let report = fetch(
                 &self.mesh,
@@ -136,7 +165,11 @@ async fn find_manifest(
 /// blob from the mesh providers into this node's store. The returned lines
 /// are progress snapshots (`{"kind":"progress",...}`), then one last line:
 /// the report (`{"kind":"done",...}`) or an error (`no_providers`, ...).
-pub fn admin_fetch(ctx: NodeContext, package: String, version: String) -> mpsc::Receiver<AdminResponse> {
+pub fn admin_fetch(
+    ctx: NodeContext,
+    package: String,
+    version: String,
+) -> mpsc::Receiver<AdminResponse> {
     let (lines, rx) = mpsc::channel(ADMIN_LINES);
     let span = tracing::info_span!("admin_fetch", %package, %version);
     tokio::spawn(
@@ -163,15 +196,7 @@ async fn run_admin_fetch(
         Ok(s) => s,
         Err(refused) => return refused,
     };
-    // Peers whose status says they hold it first; then every connected peer,
-    // since a status lists blobs only for packages under release there (a
-    // peer without the blob answers "not held" at once).
-    let mut providers = providers(&side.network, &side.driver, signed.manifest.sha256).await;
-    for peer in side.network.connected_peers().await.unwrap_or_default() {
-        if !providers.contains(&peer) {
-            providers.push(peer);
-        }
-    }
+    let providers = candidate_peers(&side.network, &side.driver, signed.manifest.sha256).await;
     let progress = FetchProgress::hidden();
     let (config, metrics) = (FetchConfig::default(), FetchMetrics::default());
     let fetching = fetch(

@@ -489,10 +489,12 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
     }
 
     fn remember_shared_heads(&mut self, peer: P, session: PeerSession) {
+        // Full: forget the lowest peer id's heads (deterministic, not the
+        // oldest); that peer's next connection syncs from empty.
         if self.shared_with_departed.len() >= self.config.max_peers
-            && let Some(oldest) = self.shared_with_departed.keys().next().cloned()
+            && let Some(evicted) = self.shared_with_departed.keys().next().cloned()
         {
-            self.shared_with_departed.remove(&oldest);
+            self.shared_with_departed.remove(&evicted);
         }
         let shared = session
             .sync

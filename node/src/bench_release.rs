@@ -20,6 +20,7 @@ use clawmesh_crdt::trust::{TrustRoot, TrustedPublisher};
 use clawmesh_crdt::{Intent, IntentAction, SignedIntent};
 use serde::Serialize;
 
+use crate::bench::args::LocalBinaries;
 use crate::bench::histogram::LatencyHistogram;
 use crate::daemon::mesh_admin::MeshRequest;
 use crate::data_dir::DataDir;
@@ -41,9 +42,9 @@ pub struct BenchReleaseArgs {
     /// Releases to time.
     #[arg(long, default_value_t = 20)]
     pub releases: usize,
-    /// Where the built sample skills are.
-    #[arg(long, env = "CLAWMESH_SKILLS_DIR")]
-    pub skills_dir: Option<PathBuf>,
+    /// What the mesh's nodes run.
+    #[command(flatten)]
+    pub local: LocalBinaries,
     /// Machine-readable report.
     #[arg(long)]
     pub json: bool,
@@ -53,9 +54,6 @@ pub struct BenchReleaseArgs {
     /// release, only the mesh path and a worker start are timed).
     #[arg(long, value_enum, default_value_t = BlobMode::Distinct)]
     pub blobs: BlobMode,
-    /// The clawmesh binary to start nodes with (default: this one).
-    #[arg(long, hide = true)]
-    pub exe: Option<PathBuf>,
 }
 
 /// How the versions' blobs relate.
@@ -123,14 +121,7 @@ pub fn run_bench_release(args: BenchReleaseArgs) -> anyhow::Result<ExitCode> {
     if args.nodes < 2 || args.releases == 0 {
         bail!("--nodes must be at least 2 and --releases at least 1");
     }
-    let exe = match &args.exe {
-        Some(e) => e.clone(),
-        None => std::env::current_exe().context("locating the clawmesh binary")?,
-    };
-    let skills = args
-        .skills_dir
-        .clone()
-        .unwrap_or_else(crate::cli::default_skills_dir);
+    let (exe, skills) = args.local.resolve()?;
     let wasm = std::fs::read(skills.join("counter.wasm")).with_context(|| {
         format!(
             "reading counter.wasm in {} (run scripts/build-skills)",

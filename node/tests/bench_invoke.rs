@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clawmesh_node::bench::{BenchInvokeArgs, measure_invoke};
+use clawmesh_node::bench::{BenchInvokeArgs, LocalBinaries, measure_invoke};
 use clawmesh_node::cli::ui::Ui;
 
 fn skills_dir() -> PathBuf {
@@ -27,8 +27,10 @@ fn bench_invoke_against_a_throwaway_node_reports_figures_without_errors() {
         package: None,
         op: None,
         data: String::new(),
-        skills_dir: Some(skills_dir()),
-        exe: Some(env!("CARGO_BIN_EXE_clawmesh").into()),
+        local: LocalBinaries {
+            skills_dir: Some(skills_dir()),
+            exe: Some(env!("CARGO_BIN_EXE_clawmesh").into()),
+        },
         json: false,
     };
     let report = measure_invoke(&args).unwrap().expect("not interrupted");

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
 
 use super::duration_arg::parse_duration;
@@ -41,15 +42,38 @@ pub struct BenchInvokeArgs {
     /// which the counter's `add` reads as 1).
     #[arg(long, default_value = "")]
     pub data: String,
-    /// Where the built sample skills are (for the throwaway node).
-    #[arg(long, env = "CLAWMESH_SKILLS_DIR")]
-    pub skills_dir: Option<PathBuf>,
-    /// The clawmesh binary the throwaway node runs (default: this one).
-    #[arg(long, hide = true)]
-    pub exe: Option<PathBuf>,
+    /// What the throwaway node runs.
+    #[command(flatten)]
+    pub local: LocalBinaries,
     /// Machine-readable figures on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The binary and sample skills a bench starts its own nodes from.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LocalBinaries {
+    /// Where the built sample skills are.
+    #[arg(long, env = "CLAWMESH_SKILLS_DIR")]
+    pub skills_dir: Option<PathBuf>,
+    /// The clawmesh binary the bench's nodes run (default: this one).
+    #[arg(long, hide = true)]
+    pub exe: Option<PathBuf>,
+}
+
+impl LocalBinaries {
+    /// The clawmesh binary and the sample skills directory, defaults filled in.
+    pub fn resolve(&self) -> anyhow::Result<(PathBuf, PathBuf)> {
+        let exe = match &self.exe {
+            Some(exe) => exe.clone(),
+            None => std::env::current_exe().context("locating the clawmesh binary")?,
+        };
+        let skills = self
+            .skills_dir
+            .clone()
+            .unwrap_or_else(crate::cli::default_skills_dir);
+        Ok((exe, skills))
+    }
 }
 
 #[cfg(test)]

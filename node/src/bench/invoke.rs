@@ -1,7 +1,6 @@
 //! `clawmesh bench invoke`: the skill hot path under closed-loop load,
 //! next to a plain hyper server loaded the same way in the same run.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -120,14 +119,7 @@ async fn skill_target(args: &BenchInvokeArgs) -> anyhow::Result<SkillTarget> {
             throwaway: None,
         });
     }
-    let exe = match &args.exe {
-        Some(exe) => exe.clone(),
-        None => std::env::current_exe().context("locating the clawmesh binary")?,
-    };
-    let skills: PathBuf = args
-        .skills_dir
-        .clone()
-        .unwrap_or_else(crate::cli::default_skills_dir);
+    let (exe, skills) = args.local.resolve()?;
     eprintln!("bench: starting a throwaway node with {COUNTER_PACKAGE}");
     let node = ThrowawayNode::start(&exe, &skills).await?;
     eprintln!(

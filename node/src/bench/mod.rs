@@ -11,7 +11,7 @@ pub mod load;
 pub mod report;
 pub mod throwaway_node;
 
-pub use args::BenchInvokeArgs;
+pub use args::{BenchInvokeArgs, LocalBinaries};
 pub use histogram::LatencyHistogram;
 pub use invoke::{measure_invoke, run_bench_invoke};
 pub use report::BenchInvokeReport;

@@ -16,6 +16,7 @@ use anyhow::Context;
 use axum::body::Bytes;
 use serde::Serialize;
 
+use crate::bench::args::LocalBinaries;
 use crate::bench::duration_arg::parse_duration;
 use crate::bench::load::{LoadConfig, LoadTarget, run_closed_loop};
 use crate::bench::throwaway_node::{COUNTER_FILE, COUNTER_OP, COUNTER_PACKAGE, ThrowawayNode};
@@ -36,12 +37,9 @@ pub struct BenchSwapArgs {
     /// Longest the load runs; swaps stop when it ends.
     #[arg(short = 'd', long, default_value = "60s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// Where the built sample skills are.
-    #[arg(long, env = "CLAWMESH_SKILLS_DIR")]
-    pub skills_dir: Option<PathBuf>,
-    /// The clawmesh binary the throwaway node runs (default: this one).
-    #[arg(long, hide = true)]
-    pub exe: Option<PathBuf>,
+    /// What the throwaway node runs.
+    #[command(flatten)]
+    pub local: LocalBinaries,
     /// Machine-readable figures on stdout.
     #[arg(long)]
     pub json: bool,
@@ -179,14 +177,7 @@ struct Subject {
 }
 
 async fn measure(args: &BenchSwapArgs, state_mib: u64) -> anyhow::Result<BenchSwapReport> {
-    let exe = match &args.exe {
-        Some(exe) => exe.clone(),
-        None => std::env::current_exe().context("locating the clawmesh binary")?,
-    };
-    let skills = args
-        .skills_dir
-        .clone()
-        .unwrap_or_else(crate::cli::default_skills_dir);
+    let (exe, skills) = args.local.resolve()?;
     let subject = if state_mib == 0 {
         Subject {
             package: COUNTER_PACKAGE,
@@ -215,7 +206,10 @@ async fn measure(args: &BenchSwapArgs, state_mib: u64) -> anyhow::Result<BenchSw
             file.display()
         );
     }
-    eprintln!("bench: starting a throwaway node ({} MiB of state)", state_mib);
+    eprintln!(
+        "bench: starting a throwaway node ({} MiB of state)",
+        state_mib
+    );
     let node = ThrowawayNode::start(&exe, &skills).await?;
     let socket = PathBuf::from(&node.info.admin_socket);
     let host_port = node
@@ -322,7 +316,11 @@ async fn measure(args: &BenchSwapArgs, state_mib: u64) -> anyhow::Result<BenchSw
     })
 }
 
-fn deploy_request(package: &str, wasm: &std::path::Path, max_memory_mib: Option<u64>) -> AdminRequest {
+fn deploy_request(
+    package: &str,
+    wasm: &std::path::Path,
+    max_memory_mib: Option<u64>,
+) -> AdminRequest {
     AdminRequest::DeployWasm {
         package: package.into(),
         path: wasm.display().to_string(),

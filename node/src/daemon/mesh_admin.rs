@@ -135,6 +135,10 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
                 .get(&name, &v, &ctx.trust)
                 .map_err(|e| ("invalid_manifest", e.to_string()))?
                 .ok_or_else(|| ("not_published", format!("{package}@{version} is not published on this node")))?;
+            // Its blob is in the store: announce it as a DHT provider record too.
+            if let Err(e) = mesh.network.start_providing(signed.manifest.sha256).await {
+                tracing::warn!(error = %e, "published blob not provided on the DHT");
+            }
             mesh.driver
                 .submit(PeerInput::PublishManifest(signed))
                 .await

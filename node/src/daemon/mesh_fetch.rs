@@ -1,8 +1,11 @@
 //! How a node gets blobs it lacks: asks the peers whose status says they
-//! hold the blob, over the verified chunk protocol, and serves its own
-//! blobs to peers in turn. The same fetch runs for the release loop and for
-//! `clawmesh fetch` through the admin socket, which sees its progress.
+//! hold the blob, then the connected peers, then the providers the DHT
+//! knows, over the verified chunk protocol; and serves its own blobs to
+//! peers in turn, announcing each one it holds as a DHT provider record.
+//! The same fetch runs for the release loop and for `clawmesh fetch`
+//! through the admin socket, which sees its progress.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +17,7 @@ use tracing::Instrument as _;
 use super::NodeContext;
 use super::admin_protocol::{AdminError, AdminResponse};
 use super::release::{BlobFetcher, FetchFuture};
-use crate::blob_store::BlobStore;
+use crate::blob_store::{BlobId, BlobStore};
 use crate::fetch::{
     FetchConfig, FetchError, FetchMetrics, FetchProgress, ServeConfig, fetch, spawn_blob_server,
 };
@@ -26,6 +29,17 @@ const ADMIN_PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// progress lines (they are dropped, the last one wins), never the fetch.
 const ADMIN_LINES: usize = 4;
 use crate::fetch::cli::NO_PROVIDERS_CODE as NO_PROVIDERS;
+/// Bound on the DHT provider lookup before a fetch. The lookup answers as
+/// soon as its query ends (a round trip or two to the peers closest to the
+/// key) or `KAD_PROVIDERS` are found; this only caps a DHT with peers that
+/// do not answer.
+const KAD_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most providers taken from one DHT lookup.
+const KAD_PROVIDERS: usize = 16;
+/// How often the blobs provided on the DHT are reconciled with the store
+/// (blobs that landed by a path that did not announce them, blobs removed
+/// by garbage collection). Kad itself re-publishes the records that stay.
+const PROVIDE_RESCAN: Duration = Duration::from_secs(600);
 
 /// Fetches from peers that report holding the blob.
 pub struct MeshFetcher {
@@ -51,6 +65,10 @@ impl MeshFetcher {
             metrics.clone(),
         )
         .map_err(|e| anyhow::anyhow!("serving blobs: {e:?}"))?;
+        tokio::spawn(
+            announce_blobs(mesh.clone(), store.clone())
+                .instrument(tracing::info_span!("provide_blobs")),
+        );
         Ok(Arc::new(Self {
             mesh,
             driver,
@@ -77,30 +95,109 @@ async fn providers(mesh: &MeshHandle, driver: &DriverHandle, sha256: [u8; 32]) -
         .unwrap_or_default()
 }
 
+/// Announces every blob of the store as a DHT provider record at start,
+/// then reconciles every `PROVIDE_RESCAN` (new blobs provided, removed ones
+/// no longer). Blobs that land through a fetch or a publish announced to
+/// the node are provided at once by those paths.
+async fn announce_blobs(mesh: MeshHandle, store: BlobStore) {
+    let mut rescan = tokio::time::interval(PROVIDE_RESCAN);
+    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        rescan.tick().await;
+        let held: BTreeSet<BlobId> = match store.list() {
+            Ok(ids) => ids.into_iter().collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot list the blob store; provider records unchanged");
+                continue;
+            }
+        };
+        let Ok(provided) = mesh.provided_blobs().await else {
+            return;
+        };
+        let provided: BTreeSet<BlobId> = provided.into_iter().map(BlobId).collect();
+        for gone in provided.difference(&held) {
+            if mesh.stop_providing(gone.0).await.is_err() {
+                return;
+            }
+        }
+        let mut announced = 0usize;
+        for new in held.difference(&provided) {
+            match mesh.start_providing(new.0).await {
+                Ok(()) => announced += 1,
+                Err(crate::mesh::ProvideError::Stopped(_)) => return,
+                Err(error) => tracing::warn!(blob = %new, %error, "blob not provided"),
+            }
+        }
+        tracing::debug!(held = held.len(), announced, "blob provider records reconciled");
+    }
+}
+
+/// Peers to ask for a blob, in order, and which of them the DHT named.
+struct Candidates {
+    peers: Vec<PeerId>,
+    /// Every provider the DHT lookup returned (some may also be listed by
+    /// a status or connected).
+    from_kad: Vec<PeerId>,
+}
+
 /// Peers to ask for a blob: those whose status says they hold it first,
-/// then every other connected peer. A status lists blobs only for packages
-/// under release there and may not have reached this node yet (status
-/// changes travel in batches); a peer without the blob answers "not held"
-/// at once.
+/// then every other connected peer, then the providers the DHT knows.
+/// A status lists blobs only for packages under release there and may not
+/// have reached this node yet (status changes travel in batches); a peer
+/// without the blob answers "not held" at once. The DHT finds holders that
+/// no status lists and that are not connected (a blob published and not
+/// released, a mesh larger than `max_peers`); the lookup runs alongside
+/// the status read, dials the providers it finds, and is bounded by
+/// `KAD_LOOKUP_TIMEOUT`.
+///
+/// The list is built before the fetch starts rather than letting a
+/// provider found later join a running fetch: `fetch` takes its providers
+/// up front, the lookup is short next to a blob transfer, and a fetch that
+/// ends with `NoProviders` is retried by the release loop with a fresh list.
 async fn candidate_peers(
     mesh: &MeshHandle,
     driver: &DriverHandle,
     sha256: [u8; 32],
-) -> Vec<PeerId> {
-    let mut peers = providers(mesh, driver, sha256).await;
-    for peer in mesh.connected_peers().await.unwrap_or_default() {
-        if !peers.contains(&peer) {
+) -> Candidates {
+    let lookup = async {
+        mesh.get_providers(sha256, KAD_PROVIDERS, KAD_LOOKUP_TIMEOUT)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::debug!(%error, "no DHT provider lookup");
+                Vec::new()
+            })
+    }
+    .instrument(tracing::debug_span!("kad_providers"));
+    let (mut peers, connected, from_kad) = tokio::join!(
+        providers(mesh, driver, sha256),
+        async { mesh.connected_peers().await.unwrap_or_default() },
+        lookup,
+    );
+    let me = mesh.local_peer_id();
+    for peer in connected.into_iter().chain(from_kad.iter().copied()) {
+        if peer != me && !peers.contains(&peer) {
             peers.push(peer);
         }
     }
-    peers
+    tracing::debug!(candidates = peers.len(), from_kad = from_kad.len(), "fetch candidates");
+    Candidates { peers, from_kad }
+}
+
+/// Announces a blob that just landed in the store; a failure only delays
+/// its record to the next rescan.
+async fn provide(mesh: &MeshHandle, sha256: [u8; 32]) {
+    if let Err(error) = mesh.start_providing(sha256).await {
+        tracing::warn!(blob = %BlobId(sha256), %error, "fetched blob not provided");
+    }
 }
 
 impl BlobFetcher for MeshFetcher {
     fn fetch<'a>(&'a self, manifest: &'a SignedManifest) -> FetchFuture<'a> {
         Box::pin(async move {
             let providers =
-                candidate_peers(&self.mesh, &self.driver, manifest.manifest.sha256).await;
+                candidate_peers(&self.mesh, &self.driver, manifest.manifest.sha256)
+                    .await
+                    .peers;
             if providers.is_empty() {
                 return Err("no peer is connected to fetch this blob from".to_string());
             }
@@ -116,6 +213,7 @@ impl BlobFetcher for MeshFetcher {
             .await
             .map_err(|e| e.to_string())?;
             tracing::info!(blob = %report.blob, peers = report.peers_used.len(), liars = report.liars.len(), "blob fetched");
+            provide(&self.mesh, manifest.manifest.sha256).await;
             Ok(())
         })
     }
@@ -196,7 +294,8 @@ async fn run_admin_fetch(
         Ok(s) => s,
         Err(refused) => return refused,
     };
-    let providers = candidate_peers(&side.network, &side.driver, signed.manifest.sha256).await;
+    let candidates = candidate_peers(&side.network, &side.driver, signed.manifest.sha256).await;
+    let providers = candidates.peers;
     let progress = FetchProgress::hidden();
     let (config, metrics) = (FetchConfig::default(), FetchMetrics::default());
     let fetching = fetch(
@@ -222,6 +321,9 @@ async fn run_admin_fetch(
             }
         }
     };
+    if result.is_ok() {
+        provide(&side.network, signed.manifest.sha256).await;
+    }
     match result {
         Ok(report) => AdminResponse::Ok(serde_json::json!({
             "kind": "done",
@@ -232,6 +334,7 @@ async fn run_admin_fetch(
             "seconds": report.elapsed.as_secs_f64(),
             "peers_used": report.peers_used.iter().map(|(p, n)| serde_json::json!({"peer": p.to_string(), "chunks": n})).collect::<Vec<_>>(),
             "liars": report.liars.iter().map(|(p, c)| serde_json::json!({"peer": p.to_string(), "chunk": c})).collect::<Vec<_>>(),
+            "kad_providers": candidates.from_kad.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })),
         Err(e @ FetchError::NoProviders { .. }) => refuse(NO_PROVIDERS, e.to_string()),
         Err(e) => refuse("fetch_failed", e.to_string()),

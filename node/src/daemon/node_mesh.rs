@@ -43,6 +43,8 @@ pub async fn start(
     config.listen = args.listen.clone();
     config.bootstrap = args.bootstrap.clone();
     let (network, events) = MeshNetwork::spawn(config).context("starting the mesh")?;
+    // The mesh's counters (peers, sync, DHT provider records and lookups) on `/metrics`.
+    ctx.supervisor.metrics().register_more(|registry| network.metrics().register_under_clawmesh(registry));
     let peer_id = network.local_peer_id();
 
     let mut peer = PeerConfig {

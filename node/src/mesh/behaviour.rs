@@ -6,8 +6,10 @@ use libp2p::{allow_block_list, connection_limits, gossipsub, identify, kad, ping
 
 use super::config::{
     HEADS_TOPIC, IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, MAX_CONNECTIONS_PER_PEER, MAX_GOSSIP_RPC,
-    MAX_HEADS_MESSAGE, MAX_PENDING_CONNECTIONS, MeshConfig,
+    MAX_HEADS_MESSAGE, MAX_PENDING_CONNECTIONS, MeshConfig, PROVIDER_PUBLICATION_INTERVAL,
+    PROVIDER_RECORD_TTL,
 };
+use super::providers::ProviderStore;
 
 /// Every protocol a clawmesh node speaks. The block list and connection
 /// limits come first so they refuse a connection before the others set
@@ -18,7 +20,7 @@ pub(crate) struct MeshBehaviour {
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
-    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) kad: kad::Behaviour<ProviderStore>,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) streams: libp2p_stream::Behaviour,
 }
@@ -65,11 +67,17 @@ impl MeshBehaviour {
             .set_substreams_timeout(cfg.request_timeout)
             // We bootstrap on our own timer (MeshConfig::bootstrap_interval).
             .set_periodic_bootstrap_interval(None)
-            // The DHT is only for finding peers: store nobody's records.
-            .set_record_filtering(kad::StoreInserts::FilterBoth);
+            // Nothing a peer sends is stored unchecked: the swarm task
+            // validates provider records (ProviderStore::insert_remote) and
+            // the store keeps no value records.
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            // Kad re-publishes our own provider records (the store's
+            // `provided()`) on this interval; remote ones expire after the TTL.
+            .set_provider_publication_interval(Some(PROVIDER_PUBLICATION_INTERVAL))
+            .set_provider_record_ttl(Some(PROVIDER_RECORD_TTL));
         let mut kad = kad::Behaviour::with_config(
             local_peer_id,
-            kad::store::MemoryStore::new(local_peer_id),
+            ProviderStore::new(local_peer_id),
             kad_config,
         );
         // Without this, kad stays a client on loopback and private addresses

@@ -1,9 +1,11 @@
 //! Requests from `MeshHandle`s to the swarm task, each with its reply channel.
 
+use std::time::Duration;
+
 use libp2p::{Multiaddr, PeerId};
 use tokio::sync::oneshot;
 
-use super::handle::{HeadsDelivery, PublishError, SendError};
+use super::handle::{HeadsDelivery, LookupError, ProvideError, PublishError, SendError};
 
 /// One request to the swarm task.
 pub(crate) enum Command {
@@ -29,6 +31,23 @@ pub(crate) enum Command {
     },
     ListenAddrs {
         reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    StartProviding {
+        blob: [u8; 32],
+        reply: oneshot::Sender<Result<(), ProvideError>>,
+    },
+    StopProviding {
+        blob: [u8; 32],
+        reply: oneshot::Sender<()>,
+    },
+    ProvidedBlobs {
+        reply: oneshot::Sender<Vec<[u8; 32]>>,
+    },
+    GetProviders {
+        blob: [u8; 32],
+        limit: usize,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<Vec<PeerId>, LookupError>>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,

@@ -41,6 +41,20 @@ pub const COMMAND_QUEUE: usize = 256;
 /// heads events are dropped (and counted) rather than stalling the swarm.
 pub const EVENT_QUEUE: usize = 1024;
 
+/// How long a provider record lives in a remote node's store (kad's
+/// provider record TTL). Three publication intervals: a provider that
+/// missed two re-publications is still listed.
+pub const PROVIDER_RECORD_TTL: Duration = Duration::from_secs(3 * 60 * 60);
+/// How often kad re-publishes this node's own provider records.
+pub const PROVIDER_PUBLICATION_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// Provider lookups (`MeshHandle::get_providers`) running at once; more are
+/// refused with `LookupError::Busy`.
+pub const MAX_PENDING_LOOKUPS: usize = 32;
+/// Most providers one lookup returns (Kademlia's k).
+pub const MAX_PROVIDERS_PER_LOOKUP: usize = 20;
+/// Longest a provider lookup may be given.
+pub const MAX_LOOKUP_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Default `MeshConfig::max_peers`.
 pub const DEFAULT_MAX_PEERS: usize = 64;
 /// Default `MeshConfig::send_queue`.

@@ -1,10 +1,15 @@
 //! `MeshHandle`: the cloneable way the rest of the node talks to the mesh.
 
+use std::time::Duration;
+
 use libp2p::{Multiaddr, PeerId, gossipsub};
 use tokio::sync::{mpsc, oneshot};
 
 use super::command::Command;
-use super::config::MAX_HEADS_BYTES;
+use super::config::{
+    MAX_HEADS_BYTES, MAX_LOOKUP_TIMEOUT, MAX_PENDING_LOOKUPS, MAX_PROVIDERS_PER_LOOKUP,
+};
+use super::providers::MAX_PROVIDED_BLOBS;
 use super::metrics::MeshMetrics;
 
 /// The swarm task has stopped (shut down, or it failed); nothing more can be done.
@@ -57,6 +62,31 @@ pub enum PublishError {
     /// Gossipsub refused the message (signing or encoding failed).
     #[error("gossipsub refused the heads announcement: {0}")]
     Gossip(#[source] gossipsub::PublishError),
+    /// The mesh has stopped.
+    #[error(transparent)]
+    Stopped(#[from] MeshStopped),
+}
+
+/// Why this node could not start providing a blob.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProvideError {
+    /// The node already provides `MAX_PROVIDED_BLOBS` blobs.
+    #[error("this node already provides {MAX_PROVIDED_BLOBS} blobs")]
+    TooManyBlobs,
+    /// The mesh has stopped.
+    #[error(transparent)]
+    Stopped(#[from] MeshStopped),
+}
+
+/// Why a provider lookup did not run.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LookupError {
+    /// `MAX_PENDING_LOOKUPS` lookups are already running.
+    #[error("{MAX_PENDING_LOOKUPS} provider lookups are already running")]
+    Busy,
+    /// A limit of zero providers or a zero timeout.
+    #[error("a provider lookup needs a positive limit and timeout")]
+    Empty,
     /// The mesh has stopped.
     #[error(transparent)]
     Stopped(#[from] MeshStopped),
@@ -162,6 +192,53 @@ impl MeshHandle {
     /// Addresses the node is listening on.
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, MeshStopped> {
         self.request(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// Announces on the DHT that this node holds the blob whose sha256 is
+    /// `blob` (the record key is the 32 digest bytes): stores our own
+    /// provider record and sends it to the peers closest to the key. Kad
+    /// re-publishes it every `PROVIDER_PUBLICATION_INTERVAL` until
+    /// `stop_providing`. Providing a blob already provided does nothing.
+    pub async fn start_providing(&self, blob: [u8; 32]) -> Result<(), ProvideError> {
+        self.request(|reply| Command::StartProviding { blob, reply })
+            .await?
+    }
+
+    /// Stops announcing `blob` (our record elsewhere expires after its TTL).
+    pub async fn stop_providing(&self, blob: [u8; 32]) -> Result<(), MeshStopped> {
+        self.request(|reply| Command::StopProviding { blob, reply })
+            .await
+    }
+
+    /// The blobs this node announces as provider.
+    pub async fn provided_blobs(&self) -> Result<Vec<[u8; 32]>, MeshStopped> {
+        self.request(|reply| Command::ProvidedBlobs { reply }).await
+    }
+
+    /// Asks the DHT which peers provide `blob`: at most `limit` (capped at
+    /// `MAX_PROVIDERS_PER_LOOKUP`) peers, this node excluded, answered when
+    /// the query ends, when `limit` are found or after `timeout` (capped at
+    /// `MAX_LOOKUP_TIMEOUT`) with whatever was found by then. Providers
+    /// that are not connected are dialled at the addresses the query
+    /// learnt before the answer, so the caller can open streams to them.
+    pub async fn get_providers(
+        &self,
+        blob: [u8; 32],
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Vec<PeerId>, LookupError> {
+        if limit == 0 || timeout.is_zero() {
+            return Err(LookupError::Empty);
+        }
+        let limit = limit.min(MAX_PROVIDERS_PER_LOOKUP);
+        let timeout = timeout.min(MAX_LOOKUP_TIMEOUT);
+        self.request(|reply| Command::GetProviders {
+            blob,
+            limit,
+            timeout,
+            reply,
+        })
+        .await?
     }
 
     /// Stops the swarm task, closing every connection and stream. Returns

@@ -1,8 +1,19 @@
 //! Prometheus counters and gauges for the mesh.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use super::providers::ProviderRefusal;
+
+/// The `reason` label of `provider_records_refused`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `ProviderRefusal::as_str`.
+    pub reason: String,
+}
 
 /// The mesh's metrics; clones share the same values.
 #[derive(Clone, Debug, Default)]
@@ -17,6 +28,13 @@ pub struct MeshMetrics {
     pub(crate) heads_in: Counter,
     pub(crate) heads_out: Counter,
     pub(crate) events_dropped: Counter,
+    pub(crate) provider_lookups: Counter,
+    pub(crate) provider_lookup_hits: Counter,
+    pub(crate) providers_found: Counter,
+    pub(crate) provider_records: Gauge,
+    pub(crate) provider_records_stored: Counter,
+    pub(crate) provider_records_refused: Family<RefusalLabels, Counter>,
+    pub(crate) blobs_provided: Gauge,
 }
 
 /// A point-in-time copy of the mesh metrics, for status output and tests.
@@ -42,12 +60,44 @@ pub struct MeshMetricsSnapshot {
     pub heads_out: u64,
     /// Events dropped because the consumer's queue was full.
     pub events_dropped: u64,
+    /// Provider lookups run (`get_providers`).
+    pub provider_lookups: u64,
+    /// Provider lookups that found at least one provider.
+    pub provider_lookup_hits: u64,
+    /// Providers returned by lookups, in all.
+    pub providers_found: u64,
+    /// Remote provider records held in the DHT store.
+    pub provider_records: i64,
+    /// Remote provider records accepted (new, not refreshes).
+    pub provider_records_stored: u64,
+    /// Remote provider records refused, every reason.
+    pub provider_records_refused: u64,
+    /// Blobs this node announces as their provider.
+    pub blobs_provided: i64,
 }
 
 impl MeshMetrics {
     /// Registers every metric under the `clawmesh_mesh` prefix.
     pub fn register(&self, registry: &mut Registry) {
-        let r = registry.sub_registry_with_prefix("clawmesh_mesh");
+        self.register_metrics(registry.sub_registry_with_prefix("clawmesh_mesh"));
+    }
+
+    /// Registers every metric under `mesh` in a registry that already has
+    /// the `clawmesh` prefix (the node's `/metrics`): `clawmesh_mesh_*` too.
+    pub fn register_under_clawmesh(&self, registry: &mut Registry) {
+        self.register_metrics(registry.sub_registry_with_prefix("mesh"));
+    }
+
+    /// Counts a remote provider record refused for `reason`.
+    pub(crate) fn provider_refused(&self, reason: ProviderRefusal) {
+        self.provider_records_refused
+            .get_or_create(&RefusalLabels {
+                reason: reason.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    fn register_metrics(&self, r: &mut Registry) {
         r.register(
             "peers_connected",
             "Peers with at least one established connection",
@@ -98,6 +148,41 @@ impl MeshMetrics {
             "Mesh events dropped because the consumer lagged",
             self.events_dropped.clone(),
         );
+        r.register(
+            "provider_lookups",
+            "DHT provider lookups run for blobs",
+            self.provider_lookups.clone(),
+        );
+        r.register(
+            "provider_lookup_hits",
+            "DHT provider lookups that found at least one provider",
+            self.provider_lookup_hits.clone(),
+        );
+        r.register(
+            "providers_found",
+            "Providers returned by DHT lookups",
+            self.providers_found.clone(),
+        );
+        r.register(
+            "provider_records",
+            "Remote provider records held in the DHT store",
+            self.provider_records.clone(),
+        );
+        r.register(
+            "provider_records_stored",
+            "Remote provider records accepted",
+            self.provider_records_stored.clone(),
+        );
+        r.register(
+            "provider_records_refused",
+            "Remote provider records refused, by reason",
+            self.provider_records_refused.clone(),
+        );
+        r.register(
+            "blobs_provided",
+            "Blobs this node announces on the DHT",
+            self.blobs_provided.clone(),
+        );
     }
 
     /// Current values.
@@ -113,6 +198,29 @@ impl MeshMetrics {
             heads_in: self.heads_in.get(),
             heads_out: self.heads_out.get(),
             events_dropped: self.events_dropped.get(),
+            provider_lookups: self.provider_lookups.get(),
+            provider_lookup_hits: self.provider_lookup_hits.get(),
+            providers_found: self.providers_found.get(),
+            provider_records: self.provider_records.get(),
+            provider_records_stored: self.provider_records_stored.get(),
+            provider_records_refused: [
+                ProviderRefusal::NotABlobKey { len: 0 },
+                ProviderRefusal::OwnId,
+                ProviderRefusal::Expired,
+                ProviderRefusal::KeyFull,
+                ProviderRefusal::ProviderFull,
+                ProviderRefusal::StoreFull,
+            ]
+            .into_iter()
+            .map(|reason| {
+                self.provider_records_refused
+                    .get_or_create(&RefusalLabels {
+                        reason: reason.as_str().to_owned(),
+                    })
+                    .get()
+            })
+            .sum(),
+            blobs_provided: self.blobs_provided.get(),
         }
     }
 }
@@ -136,5 +244,22 @@ mod tests {
             "{text}"
         );
         assert_eq!(metrics.snapshot().sync_frames_oversize, 1);
+    }
+
+    #[test]
+    fn provider_refusals_are_labelled_and_summed() {
+        let metrics = MeshMetrics::default();
+        metrics.provider_refused(ProviderRefusal::KeyFull);
+        metrics.provider_refused(ProviderRefusal::KeyFull);
+        metrics.provider_refused(ProviderRefusal::NotABlobKey { len: 3 });
+        let mut registry = Registry::with_prefix("clawmesh");
+        metrics.register_under_clawmesh(&mut registry);
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"clawmesh_mesh_provider_records_refused_total{reason="key_full"} 2"#),
+            "{text}"
+        );
+        assert_eq!(metrics.snapshot().provider_records_refused, 3);
     }
 }

@@ -3,7 +3,7 @@
 //! hands sync frames to per-peer writer tasks without ever waiting on them.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use libp2p::swarm::SwarmEvent;
@@ -16,17 +16,33 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::behaviour::{MeshBehaviour, MeshBehaviourEvent, heads_topic};
 use super::command::Command;
 use super::config::{
-    IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, MAX_ADDRS_PER_PEER, MAX_KNOWN_PEERS, MeshConfig,
+    IDENTIFY_PROTOCOL_VERSION, KAD_PROTOCOL, MAX_ADDRS_PER_PEER, MAX_KNOWN_PEERS,
+    MAX_PENDING_LOOKUPS, MeshConfig,
 };
 use super::event::NetEvent;
-use super::handle::{HeadsDelivery, PublishError, SendError};
+use super::handle::{HeadsDelivery, LookupError, ProvideError, PublishError, SendError};
 use super::metrics::MeshMetrics;
+use super::providers::Stored;
 use super::sync_out::SyncWriter;
 
 /// A live writer task for one peer.
 struct Outbound {
     frames: mpsc::Sender<Vec<u8>>,
     generation: u64,
+}
+
+/// A provider lookup in progress (`Command::GetProviders`).
+struct Lookup {
+    limit: usize,
+    found: Vec<PeerId>,
+    /// Found providers being dialled; the answer waits for their outcome.
+    dialing: HashSet<PeerId>,
+    /// Kad reported the query's last step (or we finished it).
+    query_done: bool,
+    deadline: tokio::time::Instant,
+    started: Instant,
+    reply: oneshot::Sender<Result<Vec<PeerId>, LookupError>>,
+    span: tracing::Span,
 }
 
 /// Which background task ended.
@@ -57,6 +73,8 @@ pub(crate) struct SwarmTask {
     tasks: JoinSet<TaskExit>,
     /// The latest heads announcement nobody was subscribed to receive.
     pending_heads: Option<Vec<u8>>,
+    /// Provider lookups running, at most `MAX_PENDING_LOOKUPS`.
+    lookups: HashMap<kad::QueryId, Lookup>,
 }
 
 impl SwarmTask {
@@ -89,6 +107,7 @@ impl SwarmTask {
             next_generation: 0,
             tasks: JoinSet::new(),
             pending_heads: None,
+            lookups: HashMap::new(),
         }
     }
 
@@ -117,6 +136,7 @@ impl SwarmTask {
             let mut bootstrap_timer = tokio::time::interval(self.bootstrap_interval);
             bootstrap_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let shutdown_reply = loop {
+                let next_deadline = self.lookups.values().map(|l| l.deadline).min();
                 tokio::select! {
                     event = self.swarm.select_next_some() => self.on_swarm_event(event),
                     command = self.commands.recv() => match command {
@@ -125,6 +145,7 @@ impl SwarmTask {
                         None => break None,
                     },
                     _ = bootstrap_timer.tick() => self.on_bootstrap_tick(),
+                    () = sleep_until_some(next_deadline) => self.on_lookup_deadlines(),
                     Some(exit) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                         self.on_task_exit(exit);
                     }
@@ -171,6 +192,7 @@ impl SwarmTask {
                     info!("peer connected");
                     self.emit(NetEvent::PeerConnected(peer_id));
                 }
+                self.on_dial_settled(peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
@@ -188,6 +210,9 @@ impl SwarmTask {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "dial failed");
+                if let Some(peer) = peer_id {
+                    self.on_dial_settled(peer);
+                }
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,
@@ -263,6 +288,17 @@ impl SwarmTask {
                 let addrs = addresses.into_vec();
                 self.dial_if_wanted(peer, addrs);
             }
+            kad::Event::InboundRequest {
+                request: kad::InboundRequest::AddProvider {
+                    record: Some(record),
+                },
+            } => self.on_provider_record(record),
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetProviders(result),
+                step,
+                ..
+            } => self.on_providers_progress(id, result, step.last),
             kad::Event::OutboundQueryProgressed { result, .. } => match result {
                 kad::QueryResult::Bootstrap(Ok(ok)) => {
                     debug!(remaining = ok.num_remaining, "kad bootstrap progressed");
@@ -275,6 +311,11 @@ impl SwarmTask {
                         self.dial_if_wanted(info.peer_id, info.addrs);
                     }
                 }
+                kad::QueryResult::StartProviding(result)
+                | kad::QueryResult::RepublishProvider(result) => match result {
+                    Ok(ok) => debug!(blob = %hex::encode(ok.key.as_ref()), "provider record published"),
+                    Err(error) => debug!(blob = %hex::encode(error.key().as_ref()), %error, "provider record not published"),
+                },
                 _ => {}
             },
             _ => {}
@@ -394,10 +435,242 @@ impl SwarmTask {
             Command::ListenAddrs { reply } => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
+            Command::StartProviding { blob, reply } => {
+                let _ = reply.send(self.start_providing(blob));
+            }
+            Command::StopProviding { blob, reply } => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                kad.stop_providing(&kad::RecordKey::new(&blob));
+                self.update_provider_gauges();
+                let _ = reply.send(());
+            }
+            Command::ProvidedBlobs { reply } => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let blobs = kad
+                    .store_mut()
+                    .provided_keys_iter()
+                    .filter_map(|key| <[u8; 32]>::try_from(key.as_ref()).ok())
+                    .collect();
+                let _ = reply.send(blobs);
+            }
+            Command::GetProviders {
+                blob,
+                limit,
+                timeout,
+                reply,
+            } => self.get_providers(blob, limit, timeout, reply),
             // Handled by the loop, which stops on it.
             Command::Shutdown { reply } => {
                 let _ = reply.send(());
             }
+        }
+    }
+
+    fn start_providing(&mut self, blob: [u8; 32]) -> Result<(), ProvideError> {
+        let key = kad::RecordKey::new(&blob);
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if kad.store_mut().provides(&key) {
+            return Ok(());
+        }
+        let result = match kad.start_providing(key) {
+            Ok(_) => {
+                debug!(blob = %hex::encode(blob), "providing blob");
+                Ok(())
+            }
+            Err(error) => {
+                warn!(blob = %hex::encode(blob), %error, "cannot provide blob");
+                Err(ProvideError::TooManyBlobs)
+            }
+        };
+        self.update_provider_gauges();
+        result
+    }
+
+    fn update_provider_gauges(&mut self) {
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let (remote, provided) = (store.remote_records(), store.provided_keys());
+        self.metrics
+            .provider_records
+            .set(i64::try_from(remote).unwrap_or(i64::MAX));
+        self.metrics
+            .blobs_provided
+            .set(i64::try_from(provided).unwrap_or(i64::MAX));
+    }
+
+    /// A peer announced itself as provider of a key: keep it if it passes
+    /// the store's checks and bounds (kad already dropped records whose
+    /// provider is not the sending peer).
+    fn on_provider_record(&mut self, record: kad::ProviderRecord) {
+        let (provider, key) = (record.provider, hex::encode(record.key.as_ref()));
+        let stored = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .insert_remote(record, Instant::now());
+        match stored {
+            Ok(Stored::New) => {
+                self.metrics.provider_records_stored.inc();
+                debug!(%provider, %key, "provider record stored");
+            }
+            Ok(Stored::Refreshed) => debug!(%provider, %key, "provider record refreshed"),
+            Err(refusal) => {
+                self.metrics.provider_refused(refusal);
+                debug!(%provider, %key, %refusal, "provider record refused");
+            }
+        }
+        self.update_provider_gauges();
+    }
+
+    fn get_providers(
+        &mut self,
+        blob: [u8; 32],
+        limit: usize,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<Vec<PeerId>, LookupError>>,
+    ) {
+        if self.lookups.len() >= MAX_PENDING_LOOKUPS {
+            let _ = reply.send(Err(LookupError::Busy));
+            return;
+        }
+        self.metrics.provider_lookups.inc();
+        let span = info_span!("provider_lookup", blob = %hex::encode(blob), limit);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_providers(kad::RecordKey::new(&blob));
+        span.in_scope(|| debug!("provider lookup started"));
+        self.lookups.insert(
+            id,
+            Lookup {
+                limit,
+                found: Vec::new(),
+                dialing: HashSet::new(),
+                query_done: false,
+                deadline: tokio::time::Instant::now() + timeout,
+                started: Instant::now(),
+                reply,
+                span,
+            },
+        );
+    }
+
+    fn on_providers_progress(
+        &mut self,
+        id: kad::QueryId,
+        result: kad::GetProvidersResult,
+        last: bool,
+    ) {
+        let local = *self.swarm.local_peer_id();
+        let Some(lookup) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        let mut fresh = Vec::new();
+        match result {
+            Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                for peer in providers {
+                    if peer != local
+                        && !lookup.found.contains(&peer)
+                        && lookup.found.len() < lookup.limit
+                    {
+                        lookup.found.push(peer);
+                        fresh.push(peer);
+                    }
+                }
+            }
+            Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
+            Err(error) => lookup.span.in_scope(|| debug!(%error, "provider lookup ended")),
+        }
+        let full = lookup.found.len() >= lookup.limit;
+        lookup.query_done |= last || full;
+        // Dial the new providers now, while the query still holds the
+        // addresses it learnt for them (kad hands them to the dial); the
+        // answer waits for each dial's outcome.
+        for peer in fresh {
+            if self.connected.contains(&peer) || self.is_blocked(&peer) {
+                continue;
+            }
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            let dialing = match self.swarm.dial(opts) {
+                Ok(()) => true,
+                // Already being dialled: its outcome will come too.
+                Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => true,
+                Err(error) => {
+                    debug!(%peer, %error, "cannot dial provider");
+                    false
+                }
+            };
+            if dialing && let Some(lookup) = self.lookups.get_mut(&id) {
+                lookup.dialing.insert(peer);
+            }
+        }
+        if full && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            query.finish();
+        }
+        self.answer_lookup_if_done(id);
+    }
+
+    /// A dial reached an outcome (connected or failed): lookups waiting on
+    /// it may be able to answer.
+    fn on_dial_settled(&mut self, peer: PeerId) {
+        let waiting: Vec<kad::QueryId> = self
+            .lookups
+            .iter_mut()
+            .filter_map(|(id, lookup)| lookup.dialing.remove(&peer).then_some(*id))
+            .collect();
+        for id in waiting {
+            self.answer_lookup_if_done(id);
+        }
+    }
+
+    fn answer_lookup_if_done(&mut self, id: kad::QueryId) {
+        if self
+            .lookups
+            .get(&id)
+            .is_some_and(|l| l.query_done && l.dialing.is_empty())
+        {
+            self.answer_lookup(id);
+        }
+    }
+
+    fn answer_lookup(&mut self, id: kad::QueryId) {
+        let Some(lookup) = self.lookups.remove(&id) else {
+            return;
+        };
+        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            query.finish();
+        }
+        if !lookup.found.is_empty() {
+            self.metrics.provider_lookup_hits.inc();
+        }
+        self.metrics
+            .providers_found
+            .inc_by(u64::try_from(lookup.found.len()).unwrap_or(u64::MAX));
+        lookup.span.in_scope(|| {
+            debug!(
+                providers = lookup.found.len(),
+                unsettled_dials = lookup.dialing.len(),
+                ms = lookup.started.elapsed().as_millis(),
+                "provider lookup answered"
+            );
+        });
+        let _ = lookup.reply.send(Ok(lookup.found));
+    }
+
+    /// Lookups past their deadline answer with what they found so far.
+    fn on_lookup_deadlines(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<kad::QueryId> = self
+            .lookups
+            .iter()
+            .filter(|(_, l)| l.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.answer_lookup(id);
         }
     }
 
@@ -478,5 +751,23 @@ impl SwarmTask {
             Ok(_) => debug!("kad bootstrap started"),
             Err(error) => debug!(%error, "kad bootstrap not started"),
         }
+        let swept = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .sweep(Instant::now());
+        if swept > 0 {
+            debug!(swept, "expired provider records dropped");
+        }
+        self.update_provider_gauges();
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

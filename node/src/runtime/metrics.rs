@@ -171,6 +171,12 @@ impl RuntimeMetrics {
         }
     }
 
+    /// Lets another part of the node register its metrics in the same
+    /// registry (prefix `clawmesh`), so `/metrics` exports them too.
+    pub fn register_more(&self, register: impl FnOnce(&mut Registry)) {
+        register(&mut self.registry.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut text = String::new();

@@ -7,5 +7,6 @@ mod block;
 mod converge;
 mod discovery;
 mod gossip;
+mod providers;
 mod restart;
 mod sync;

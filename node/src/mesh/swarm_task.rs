@@ -75,6 +75,11 @@ pub(crate) struct SwarmTask {
     pending_heads: Option<Vec<u8>>,
     /// Provider lookups running, at most `MAX_PENDING_LOOKUPS`.
     lookups: HashMap<kad::QueryId, Lookup>,
+    /// Our provider records whose last publication reached no peer (the
+    /// routing table was empty, e.g. at start): published again on the next
+    /// bootstrap tick with a peer connected, not an hour later. At most
+    /// `MAX_PROVIDED_BLOBS` (each is one of our provided keys).
+    unpublished: HashSet<kad::RecordKey>,
 }
 
 impl SwarmTask {
@@ -108,6 +113,7 @@ impl SwarmTask {
             tasks: JoinSet::new(),
             pending_heads: None,
             lookups: HashMap::new(),
+            unpublished: HashSet::new(),
         }
     }
 
@@ -299,7 +305,7 @@ impl SwarmTask {
                 step,
                 ..
             } => self.on_providers_progress(id, result, step.last),
-            kad::Event::OutboundQueryProgressed { result, .. } => match result {
+            kad::Event::OutboundQueryProgressed { result, stats, .. } => match result {
                 kad::QueryResult::Bootstrap(Ok(ok)) => {
                     debug!(remaining = ok.num_remaining, "kad bootstrap progressed");
                 }
@@ -312,10 +318,24 @@ impl SwarmTask {
                     }
                 }
                 kad::QueryResult::StartProviding(result)
-                | kad::QueryResult::RepublishProvider(result) => match result {
-                    Ok(ok) => debug!(blob = %hex::encode(ok.key.as_ref()), "provider record published"),
-                    Err(error) => debug!(blob = %hex::encode(error.key().as_ref()), %error, "provider record not published"),
-                },
+                | kad::QueryResult::RepublishProvider(result) => {
+                    let key = match result {
+                        Ok(ok) => ok.key,
+                        Err(error) => {
+                            debug!(blob = %hex::encode(error.key().as_ref()), %error, "provider record publication failed");
+                            error.into_key()
+                        }
+                    };
+                    if stats.num_successes() == 0 {
+                        debug!(blob = %hex::encode(key.as_ref()), "provider record reached no peer; retried on the next bootstrap tick");
+                        if self.swarm.behaviour_mut().kad.store_mut().provides(&key) {
+                            self.unpublished.insert(key);
+                        }
+                    } else {
+                        debug!(blob = %hex::encode(key.as_ref()), peers = stats.num_successes(), "provider record published");
+                        self.unpublished.remove(&key);
+                    }
+                }
                 _ => {}
             },
             _ => {}
@@ -439,8 +459,9 @@ impl SwarmTask {
                 let _ = reply.send(self.start_providing(blob));
             }
             Command::StopProviding { blob, reply } => {
-                let kad = &mut self.swarm.behaviour_mut().kad;
-                kad.stop_providing(&kad::RecordKey::new(&blob));
+                let key = kad::RecordKey::new(&blob);
+                self.unpublished.remove(&key);
+                self.swarm.behaviour_mut().kad.stop_providing(&key);
                 self.update_provider_gauges();
                 let _ = reply.send(());
             }
@@ -563,6 +584,7 @@ impl SwarmTask {
         last: bool,
     ) {
         let local = *self.swarm.local_peer_id();
+        let blocked = self.swarm.behaviour().block_list.blocked_peers().clone();
         let Some(lookup) = self.lookups.get_mut(&id) else {
             return;
         };
@@ -571,6 +593,7 @@ impl SwarmTask {
             Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
                 for peer in providers {
                     if peer != local
+                        && !blocked.contains(&peer)
                         && !lookup.found.contains(&peer)
                         && lookup.found.len() < lookup.limit
                     {
@@ -588,7 +611,7 @@ impl SwarmTask {
         // addresses it learnt for them (kad hands them to the dial); the
         // answer waits for each dial's outcome.
         for peer in fresh {
-            if self.connected.contains(&peer) || self.is_blocked(&peer) {
+            if self.connected.contains(&peer) {
                 continue;
             }
             let opts = DialOpts::peer_id(peer)
@@ -750,6 +773,16 @@ impl SwarmTask {
         match self.swarm.behaviour_mut().kad.bootstrap() {
             Ok(_) => debug!("kad bootstrap started"),
             Err(error) => debug!(%error, "kad bootstrap not started"),
+        }
+        if !self.connected.is_empty() && !self.unpublished.is_empty() {
+            let kad = &mut self.swarm.behaviour_mut().kad;
+            for key in std::mem::take(&mut self.unpublished) {
+                if kad.store_mut().provides(&key)
+                    && let Err(error) = kad.start_providing(key)
+                {
+                    debug!(%error, "provider record not republished");
+                }
+            }
         }
         let swept = self
             .swarm

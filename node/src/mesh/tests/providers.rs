@@ -89,6 +89,22 @@ async fn a_provider_is_found_through_the_node_that_stored_its_record() {
     assert_eq!(holder.handle.metrics().snapshot().blobs_provided, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_provided_before_any_peer_reaches_the_first_one_to_connect() {
+    // Alone: the publication reaches nobody (kad would only try again at
+    // the next re-publication, an hour later).
+    let holder = start(test_config(Keypair::generate_ed25519(), &[])).await;
+    let blob = [9u8; 32];
+    holder.handle.start_providing(blob).await.unwrap();
+    // A peer joins through the holder: the next bootstrap tick (1 s in
+    // tests) publishes the record again, and the peer stores it.
+    let hub = joined(&holder).await;
+    wait_metrics(&hub, "the holder's record to reach the peer", |m| {
+        m.provider_records == 1
+    })
+    .await;
+}
+
 /// A Kademlia `ADD_PROVIDER` message (libp2p's dht.proto), length-prefixed
 /// as kad's codec reads it: type = 2, key, one provider peer.
 fn add_provider_message(key: &[u8], provider: &PeerId) -> Vec<u8> {

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use clawmesh_crdt::DocumentId;
+use clawmesh_crdt::{DocumentId, Health, NodeStatus, PackageStatus, ReleaseState};
 use clawmesh_crdt::proto::v1 as wire;
 use clawmesh_e2e::{Mesh, clawmesh_ok, s, status_json, wait_for};
 use clawmesh_node::mesh::{HeadsDelivery, MeshConfig, MeshHandle, MeshNetwork, load_or_create_identity};
@@ -131,15 +131,17 @@ fn a_rogue_peer_s_malformed_frames_and_announcements_are_refused_and_nothing_is_
     let unknown = wire::SyncFrame {
         document: Some(wire::DocumentId { kind: 99, shard: 0 }),
         sync_message: vec![0x42],
+        status: None,
     };
     rogue.send_frame(&victim_id, unknown.encode_to_vec());
     wait_refusal(victim, &rogue_id, "sync frame names no known document");
-    let out_of_range = wire::SyncFrame {
-        document: Some(wire::DocumentId { kind: wire::DocumentKind::Status as i32, shard: 1_000_000 }),
+    let retired = wire::SyncFrame {
+        document: Some(wire::DocumentId { kind: wire::DocumentKind::Status as i32, shard: 0 }),
         sync_message: vec![0x42],
+        status: None,
     };
-    rogue.send_frame(&victim_id, out_of_range.encode_to_vec());
-    wait_for("the out-of-range shard to be refused too", CONVERGE, || {
+    rogue.send_frame(&victim_id, retired.encode_to_vec());
+    wait_for("a frame for the retired status documents to be refused too", CONVERGE, || {
         let n = refused(victim).iter().filter(|r| r.contains("sync frame names no known document")).count();
         if n >= 2 { Ok(()) } else { Err(format!("{n} refusals")) }
     });
@@ -148,12 +150,54 @@ fn a_rogue_peer_s_malformed_frames_and_announcements_are_refused_and_nothing_is_
             document: Some(doc.to_wire()),
             // automerge's sync message tag, then bytes that decode as nothing.
             sync_message: [&[0x42u8][..], &[0xff; 40]].concat(),
+            status: None,
         };
         rogue.send_frame(&victim_id, corrupt.encode_to_vec());
         wait_refusal(victim, &rogue_id, &format!("document {doc}: "));
     }
 
-    // (b) Heads announcements on the gossip topic. Publishing is retried
+    // (b) Status board exchanges: an undecodable record is refused; a
+    // record forged in the node's own name, above its seq, is answered by
+    // the node's own status above it (the forged package never shows).
+    let exchange = |records: Vec<Vec<u8>>| {
+        wire::SyncFrame {
+            document: None,
+            sync_message: vec![],
+            status: Some(wire::StatusExchange { records, ..Default::default() }),
+        }
+        .encode_to_vec()
+    };
+    rogue.send_frame(&victim_id, exchange(vec![vec![0xff; 16]]));
+    wait_refusal(victim, &rogue_id, "status exchange: malformed status record");
+    let forged_package: clawmesh_crdt::PackageName = "com.example.forged".parse().unwrap();
+    let forged = NodeStatus {
+        node_id: victim_id.clone(),
+        seq: 1_000,
+        packages: [(
+            forged_package.clone(),
+            PackageStatus {
+                state: ReleaseState::Failed,
+                version: Some("1.0.0".parse().unwrap()),
+                running: None,
+                failed_version: None,
+                health: Health::Unknown,
+                updated_at_ms: 0,
+                blobs_held: vec![],
+                known_intent_clock: 0,
+                detail: "forged".into(),
+            },
+        )]
+        .into(),
+    };
+    rogue.send_frame(&victim_id, exchange(vec![forged.encode()]));
+    wait_for("the node to outrank the forged record of itself", CONVERGE, || {
+        let mesh = status_json(victim)["mesh"].clone();
+        let own = mesh["nodes"][&victim_id].clone();
+        let refuted = own.get(forged_package.as_str()).is_none() && own.get(COUNTER).is_some();
+        if refuted { Ok(()) } else { Err(format!("own status {own}")) }
+    });
+
+    // (c) Heads announcements on the gossip topic. Publishing is retried
     // until the node is subscribed as far as the rogue knows.
     let oversized = wire::HeadsAnnouncement {
         documents: (0..60)

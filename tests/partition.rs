@@ -213,5 +213,17 @@ fn a_split_mesh_with_conflicting_releases_on_each_side_converges_after_the_heal_
             if local["state"] == "active" && local["running"] == VERSION_B { Ok(()) } else { Err(format!("{local}")) }
         });
     }
+    // Every node's status reached every node: the boards are equal.
+    wait_for("every node to hold the same status board", CONVERGE, || {
+        let digests: Vec<serde_json::Value> = (0..N)
+            .map(|i| status_json(&cluster.dirs[i])["mesh"]["status_board"].clone())
+            .collect();
+        let all_nodes = digests.iter().all(|d| d["nodes"] == serde_json::json!(N));
+        if all_nodes && digests.iter().all(|d| d["digest"] == digests[0]["digest"]) {
+            Ok(())
+        } else {
+            Err(format!("{digests:?}"))
+        }
+    });
     eprintln!("partition mode: {mode}: converged on {winner}");
 }

@@ -1,14 +1,14 @@
 //! The mesh's automerge documents and their schema.
 //!
-//! Layout (why: docs/MESH.md, "Documents"): one catalog document, one intents
-//! document and [`STATUS_SHARDS`] status documents, each a flat root map of
-//! string keys to byte scalars:
+//! Layout (why: docs/MESH.md, "Documents"): one catalog document and one
+//! intents document, each a flat root map of string keys to byte scalars
+//! (node statuses are not documents: they travel on the
+//! [`crate::status_board`]):
 //!
 //! | document | key | value |
 //! |---|---|---|
 //! | catalog | `<package>@<version>` | encoded `SignedEnvelope` of the manifest |
 //! | intents | `<package>/<intent digest hex>` | encoded `SignedEnvelope` of the intent |
-//! | status shard `s` | `<node id>/<package>` | encoded `PackageStatus` (mesh.proto) |
 //!
 //! Reading a document validates every entry and returns the valid ones with
 //! a list of [`RejectedEntry`]; every node rejects the same entries the same
@@ -16,7 +16,6 @@
 
 pub mod catalog;
 pub mod intents;
-pub mod status;
 mod store;
 
 pub use store::{LoadError, MeshDocument, ReceiveError, WriteError};
@@ -25,10 +24,6 @@ use std::fmt;
 
 use crate::proto::v1 as wire;
 
-/// Number of status documents; a node's entries live in shard
-/// [`status_shard`]`(node id)`. Every node of a mesh must use the same value.
-pub const STATUS_SHARDS: u32 = 16;
-
 /// Which mesh document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum DocumentId {
@@ -36,51 +31,40 @@ pub enum DocumentId {
     Catalog,
     /// Release intents.
     Intents,
-    /// Node statuses of the nodes whose id hashes to `shard`.
-    Status {
-        /// 0 .. [`STATUS_SHARDS`].
-        shard: u32,
-    },
 }
 
 impl DocumentId {
     /// Every document of the mesh, in a fixed order.
     pub fn all() -> impl Iterator<Item = DocumentId> {
-        [DocumentId::Catalog, DocumentId::Intents]
-            .into_iter()
-            .chain((0..STATUS_SHARDS).map(|shard| DocumentId::Status { shard }))
+        [DocumentId::Catalog, DocumentId::Intents].into_iter()
     }
 
-    /// A file-name-safe name: `catalog`, `intents`, `status-07`.
+    /// A file-name-safe name: `catalog`, `intents`.
     pub fn name(self) -> String {
         match self {
             DocumentId::Catalog => "catalog".to_string(),
             DocumentId::Intents => "intents".to_string(),
-            DocumentId::Status { shard } => format!("status-{shard:02}"),
         }
     }
 
     /// The wire form.
     pub fn to_wire(self) -> wire::DocumentId {
-        let (kind, shard) = match self {
-            DocumentId::Catalog => (wire::DocumentKind::Catalog, 0),
-            DocumentId::Intents => (wire::DocumentKind::Intents, 0),
-            DocumentId::Status { shard } => (wire::DocumentKind::Status, shard),
+        let kind = match self {
+            DocumentId::Catalog => wire::DocumentKind::Catalog,
+            DocumentId::Intents => wire::DocumentKind::Intents,
         };
         wire::DocumentId {
             kind: kind as i32,
-            shard,
+            shard: 0,
         }
     }
 
-    /// Parses the wire form; `None` for an unknown kind or a shard out of range.
+    /// Parses the wire form; `None` for an unknown or retired kind, or a
+    /// non-zero shard.
     pub fn from_wire(id: &wire::DocumentId) -> Option<DocumentId> {
         match wire::DocumentKind::try_from(id.kind).ok()? {
             wire::DocumentKind::Catalog if id.shard == 0 => Some(DocumentId::Catalog),
             wire::DocumentKind::Intents if id.shard == 0 => Some(DocumentId::Intents),
-            wire::DocumentKind::Status if id.shard < STATUS_SHARDS => {
-                Some(DocumentId::Status { shard: id.shard })
-            }
             _ => None,
         }
     }
@@ -90,12 +74,6 @@ impl fmt::Display for DocumentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name())
     }
-}
-
-/// The status shard holding `node_id`'s entries: first byte of
-/// sha256(node id) modulo [`STATUS_SHARDS`].
-pub fn status_shard(node_id: &str) -> u32 {
-    u32::from(crate::signing::digest(node_id.as_bytes())[0]) % STATUS_SHARDS
 }
 
 /// Bounds on one document, checked on every write, load and received sync
@@ -274,22 +252,21 @@ mod tests {
     #[test]
     fn document_ids_round_trip_through_the_wire_form() {
         let all: Vec<DocumentId> = DocumentId::all().collect();
-        assert_eq!(all.len(), 2 + STATUS_SHARDS as usize);
+        assert_eq!(all.len(), 2);
         for id in all {
             assert_eq!(DocumentId::from_wire(&id.to_wire()), Some(id));
         }
-        let out_of_range = wire::DocumentId {
-            kind: wire::DocumentKind::Status as i32,
-            shard: STATUS_SHARDS,
-        };
-        assert_eq!(DocumentId::from_wire(&out_of_range), None);
-        let unknown = wire::DocumentId { kind: 99, shard: 0 };
-        assert_eq!(DocumentId::from_wire(&unknown), None);
-    }
-
-    #[test]
-    fn status_shard_is_stable_and_in_range() {
-        assert_eq!(status_shard("node-a"), status_shard("node-a"));
-        assert!((0..200).all(|n| status_shard(&format!("n{n}")) < STATUS_SHARDS));
+        // The retired status documents, a shard on a single document, and an
+        // unknown kind name nothing.
+        for (kind, shard) in [
+            (wire::DocumentKind::Status as i32, 0),
+            (wire::DocumentKind::Catalog as i32, 1),
+            (99, 0),
+        ] {
+            assert_eq!(
+                DocumentId::from_wire(&wire::DocumentId { kind, shard }),
+                None
+            );
+        }
     }
 }

@@ -9,15 +9,19 @@
 //!
 //! Protocol (docs/MESH.md, "Sync"): one automerge sync state per (peer,
 //! document); a connection starts a sync of every document; a local or
-//! received change is offered to every connected peer — at once for the
-//! catalog and the intents, after `status_push_delay_ms` for a status shard so
-//! that the status writes of many nodes travel together — and a local one is
-//! announced (heads only, under 1 KiB) over gossip; announced heads still
-//! unknown here `announce_pull_delay_ms` later (pushes usually deliver them
-//! first) restart the sync of that document with the announcer; every
+//! received change is offered to every connected peer at once, and a local
+//! one is announced (heads only, under 1 KiB) over gossip; announced heads
+//! still unknown here `announce_pull_delay_ms` later (pushes usually deliver
+//! them first) restart the sync of that document with the announcer; every
 //! `anti_entropy_interval_ms` one random connected peer gets a new sync round
 //! of every document from the heads both sides last shared, which repairs
 //! what gossip missed across a partition.
+//!
+//! Node statuses travel on the [`StatusBoard`] (docs/MESH.md, "Status
+//! board"): records new here are pushed, `status_push_delay_ms` later and
+//! together, to every peer not known to hold them; a connection and each
+//! anti-entropy round compare board digests and, when they differ, exchange
+//! the (node, seq) lists and then the missing records.
 //!
 //! Timers are the caller's: [`PeerCore::poll_timeout`] says when the core
 //! next needs a [`PeerInput::Tick`].
@@ -33,16 +37,17 @@ use prost::Message as _;
 use crate::arbitration::{IntentFacts, QuarantineSet, Target, arbitrate, derive_quarantine};
 use crate::documents::catalog::{ManifestCatalog, read_catalog, write_manifest};
 use crate::documents::intents::{read_intents, write_intent};
-use crate::documents::status::{
-    PackageStatus, StatusTable, failure_reports, read_status_into, write_status,
-};
 use crate::documents::{
-    DocumentId, DocumentLimits, LoadError, MeshDocument, RejectedEntry, VerifyCache, status_shard,
+    DocumentId, DocumentLimits, LoadError, MeshDocument, RejectedEntry, VerifyCache,
 };
 use crate::intent::SignedIntent;
 use crate::manifest::{PackageName, SignedManifest};
 use crate::proto::v1 as wire;
 use crate::signing::digest;
+use crate::status::{PackageStatus, StatusTable, failure_reports};
+use crate::status_board::{
+    Merged, NodeStatus, StatusBoard, StatusBoardLimits, StatusRecordError, record_header,
+};
 use crate::trust::TrustRoot;
 
 /// Largest heads announcement (gossipsub payload) the core sends or accepts.
@@ -56,12 +61,17 @@ pub const MAX_FRUITLESS_ROUNDS: u32 = 16;
 const FRAME_OVERHEAD_BYTES: usize = 64;
 /// Announced heads waiting to be pulled if pushes do not bring them.
 pub const MAX_PENDING_PULLS: usize = 256;
+/// Bytes of status records packed into one frame (a record is at most
+/// [`crate::status_board::MAX_NODE_STATUS_BYTES`], so one always fits).
+pub const MAX_STATUS_FRAME_BYTES: usize = 1024 * 1024;
 
 /// Tuning of a [`PeerCore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerConfig {
     /// Bounds of every document.
     pub limits: DocumentLimits,
+    /// Bounds of the status board.
+    pub status: StatusBoardLimits,
     /// How often one random connected peer gets a full re-sync.
     pub anti_entropy_interval_ms: u64,
     /// Distinct nodes reporting a version Failed that quarantine it (0: never).
@@ -78,12 +88,17 @@ pub struct PeerConfig {
     /// sends the peer nothing until its next frame or the next anti-entropy
     /// round with it.
     pub max_unanswered_frames_per_peer: usize,
-    /// How long a change to a status shard waits before it is offered to
+    /// How long a status record new here waits before it is pushed to
     /// peers. Every node writes its status at each step of a release, so a
-    /// mesh-wide release is a burst of status changes; offering them together
-    /// costs one sync round per peer instead of one per change. Catalog and
-    /// intent changes are offered at once.
+    /// mesh-wide release is a burst of records; pushing them together costs
+    /// one frame per peer instead of one per record (and a node's records
+    /// written within the delay travel as one). Catalog and intent changes
+    /// are offered at once.
     pub status_push_delay_ms: u64,
+    /// How long after a change of the status board the core asks for it to
+    /// be saved ([`PeerAction::PersistStatusBoard`]); changes within the
+    /// delay are saved together.
+    pub status_persist_delay_ms: u64,
     /// How long announced heads may stay unknown here before the core pulls
     /// them from the announcer (the pushes of connected peers usually bring
     /// them first, and a pull from every announcement would cost a sync round
@@ -95,6 +110,7 @@ impl Default for PeerConfig {
     fn default() -> Self {
         PeerConfig {
             limits: DocumentLimits::default(),
+            status: StatusBoardLimits::default(),
             anti_entropy_interval_ms: 5_000,
             quarantine_threshold: 3,
             max_peers: 256,
@@ -103,6 +119,7 @@ impl Default for PeerConfig {
             compact_after_bytes: 4 * 1024 * 1024,
             max_unanswered_frames_per_peer: 64,
             status_push_delay_ms: 250,
+            status_persist_delay_ms: 1_000,
             announce_pull_delay_ms: 400,
         }
     }
@@ -173,6 +190,12 @@ pub enum PeerAction<P> {
         /// A full save.
         bytes: Vec<u8>,
     },
+    /// Replace the status board's file with this save (`StatusBoardSave`);
+    /// load it with [`PeerCore::load_status_board`].
+    PersistStatusBoard {
+        /// The whole board.
+        bytes: Vec<u8>,
+    },
     /// The decided targets changed; the full new map.
     TargetsChanged(BTreeMap<PackageName, Target>),
     /// A document entry that every node ignores (reported once).
@@ -204,6 +227,10 @@ struct PeerSession {
     unanswered_frames: usize,
     /// Consecutive frames per document that changed nothing here.
     fruitless_rounds: BTreeMap<DocumentId, u32>,
+    /// node id → the highest seq the peer is known to hold (it sent it, was
+    /// sent it, or listed it); bounded by the board's `max_nodes` plus one
+    /// versions list.
+    status_known: BTreeMap<String, u64>,
 }
 
 /// Announced heads this core lacked when the announcement came.
@@ -218,7 +245,6 @@ struct PendingPull {
 struct MeshView {
     catalog: ManifestCatalog,
     intents: Vec<SignedIntent>,
-    status: BTreeMap<u32, StatusTable>,
     rejected: BTreeMap<DocumentId, BTreeSet<RejectedEntry>>,
     quarantine: QuarantineSet<PackageName>,
     targets: BTreeMap<PackageName, Target>,
@@ -248,6 +274,14 @@ pub struct PeerCore<P> {
     push_due: BTreeMap<DocumentId, u64>,
     /// Announced heads to pull from the announcer if still unknown when due.
     pull_due: BTreeMap<(DocumentId, P), PendingPull>,
+    /// Every node's status.
+    board: StatusBoard,
+    /// Nodes whose records are new here and not yet pushed.
+    status_dirty: BTreeSet<String>,
+    /// When the records in `status_dirty` are pushed.
+    status_push_at: Option<u64>,
+    /// When the board is next saved (it changed since the last save).
+    status_persist_at: Option<u64>,
     /// Time of the input being handled.
     now_ms: u64,
     view: MeshView,
@@ -271,6 +305,10 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             .map(|id| (id, MeshDocument::new(id, &actor, config.limits.clone())))
             .collect();
         PeerCore {
+            board: StatusBoard::new(local_node_id.clone(), config.status.clone()),
+            status_dirty: BTreeSet::new(),
+            status_push_at: None,
+            status_persist_at: None,
             config,
             node_id: local_node_id,
             trust: trust_root,
@@ -298,6 +336,18 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         Ok(())
     }
 
+    /// Replaces the status board with a save (at start-up, before any
+    /// input); returns how many saved records were skipped (invalid, or
+    /// past the board's bounds).
+    pub fn load_status_board(&mut self, bytes: &[u8]) -> Result<usize, StatusRecordError> {
+        let mut board = StatusBoard::new(self.node_id.clone(), self.config.status.clone());
+        let skipped = board.load(bytes)?;
+        self.board = board;
+        let mut actions = Vec::new();
+        self.refresh_targets(true, &mut actions);
+        Ok(skipped)
+    }
+
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.node_id
@@ -323,15 +373,20 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         &self.view.quarantine
     }
 
-    /// Node id → package → status, over all shards.
+    /// Node id → package → status (a copy of the board's content).
     pub fn status_table(&self) -> StatusTable {
-        let mut table = StatusTable::new();
-        for shard in self.view.status.values() {
-            for (node, packages) in shard {
-                table.insert(node.clone(), packages.clone());
-            }
-        }
-        table
+        self.board.table()
+    }
+
+    /// The status board.
+    pub fn status_board(&self) -> &StatusBoard {
+        &self.board
+    }
+
+    /// A save of the status board (for the node's shutdown).
+    pub fn save_status_board(&mut self) -> Vec<u8> {
+        self.status_persist_at = None;
+        self.board.save()
     }
 
     /// Every entry currently rejected, in path order.
@@ -378,7 +433,16 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         let announce = (!self.announce_pending.is_empty()).then_some(self.now_ms);
         let push = self.push_due.values().min().copied();
         let pull = self.pull_due.values().map(|p| p.due_ms).min();
-        [announce, push, pull].into_iter().flatten().min()
+        [
+            announce,
+            push,
+            pull,
+            self.status_push_at,
+            self.status_persist_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Feeds one event; returns what to do, in order.
@@ -404,6 +468,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                         },
                     );
                     self.sync_all_documents(&peer, &mut actions);
+                    self.send_status_digest(&peer, &mut actions);
                 }
             }
             PeerInput::Disconnected(peer) => {
@@ -433,6 +498,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                             session.unanswered_frames = 0;
                         }
                         self.sync_all_documents(&peer, &mut actions);
+                        self.send_status_digest(&peer, &mut actions);
                     }
                 }
             }
@@ -471,18 +537,24 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                     .map(|i| i.intent.clock)
                     .max()
                     .unwrap_or(0);
-                let id = DocumentId::Status {
-                    shard: status_shard(&self.node_id),
-                };
                 let what = format!("status of {package}");
-                let node_id = self.node_id.clone();
-                let result = self.docs.get_mut(&id).map(|doc| {
-                    write_status(doc, &node_id, &package, &status).map_err(|e| e.to_string())
-                });
-                self.after_local_write(id, what, result, &mut actions);
+                let failures_before: Vec<_> = self.own_failures();
+                match self.board.report(package, status) {
+                    Ok(()) => {
+                        let failures_changed = self.own_failures() != failures_before;
+                        let own = self.node_id.clone();
+                        self.status_changed(own, failures_changed, &mut actions);
+                    }
+                    Err(err) => actions.push(PeerAction::WriteFailed {
+                        what,
+                        reason: err.to_string(),
+                    }),
+                }
             }
         }
         self.offer_due_changes(&mut actions);
+        self.offer_due_status(&mut actions);
+        self.persist_due_status(&mut actions);
         self.pull_due_heads(&mut actions);
         self.flush_announcements(&mut actions);
         actions
@@ -620,6 +692,9 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             Ok(frame) => frame,
             Err(err) => return refuse(format!("malformed sync frame: {err}"), actions),
         };
+        if let Some(exchange) = frame.status {
+            return self.on_status_exchange(from, exchange, actions);
+        }
         let Some(id) = frame.document.as_ref().and_then(DocumentId::from_wire) else {
             return refuse("sync frame names no known document".to_string(), actions);
         };
@@ -740,12 +815,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         // The source already has the change; the offer to it is the reply
         // `on_frame` sends, and at offer time automerge's state says it
         // needs nothing more.
-        let delay = match id {
-            DocumentId::Status { .. } => self.config.status_push_delay_ms,
-            DocumentId::Catalog | DocumentId::Intents => 0,
-        };
-        let due = self.now_ms.saturating_add(delay);
-        self.push_due.entry(id).or_insert(due);
+        self.push_due.entry(id).or_insert(self.now_ms);
         // Only the author announces: a received change has already been
         // announced by its author and is pushed on to every other peer above,
         // so re-announcing would cost N² gossip messages per change.
@@ -785,6 +855,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         let frame = wire::SyncFrame {
             document: Some(id.to_wire()),
             sync_message: message,
+            status: None,
         };
         session.unanswered_frames += 1;
         actions.push(PeerAction::Send {
@@ -826,6 +897,288 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                 bytes: announcement.encode_to_vec(),
             });
         }
+    }
+
+    /// (package, failed version, clock) of this node's own failures.
+    fn own_failures(&self) -> Vec<(PackageName, semver::Version, u64)> {
+        self.board.get(&self.node_id).map_or_else(Vec::new, |own| {
+            own.packages
+                .iter()
+                .filter_map(|(package, status)| {
+                    status
+                        .failed()
+                        .map(|v| (package.clone(), v.clone(), status.known_intent_clock))
+                })
+                .collect()
+        })
+    }
+
+    /// A record is new on the board: push it later, save the board later,
+    /// and decide again if the failures it reports changed.
+    fn status_changed(
+        &mut self,
+        node: String,
+        failures_changed: bool,
+        actions: &mut Vec<PeerAction<P>>,
+    ) {
+        self.status_dirty.insert(node);
+        let now = self.now_ms;
+        self.status_push_at
+            .get_or_insert(now.saturating_add(self.config.status_push_delay_ms));
+        self.status_persist_at
+            .get_or_insert(now.saturating_add(self.config.status_persist_delay_ms));
+        if failures_changed {
+            self.refresh_targets(true, actions);
+        }
+    }
+
+    /// Sends `peer` this board's digest (a connection, an anti-entropy round).
+    fn send_status_digest(&mut self, peer: &P, actions: &mut Vec<PeerAction<P>>) {
+        let exchange = wire::StatusExchange {
+            phase: wire::StatusPhase::Digest as i32,
+            digest: self.board.digest().to_vec(),
+            ..Default::default()
+        };
+        self.send_status_frame(peer, exchange, actions);
+    }
+
+    /// Sends `peer` this board's whole (node, seq) list.
+    fn send_status_versions(&mut self, peer: &P, ask: bool, actions: &mut Vec<PeerAction<P>>) {
+        let phase = if ask {
+            wire::StatusPhase::VersionsAsk
+        } else {
+            wire::StatusPhase::Versions
+        };
+        let exchange = wire::StatusExchange {
+            phase: phase as i32,
+            digest: self.board.digest().to_vec(),
+            versions: self
+                .board
+                .versions()
+                .map(|(node_id, seq)| wire::StatusVersion {
+                    node_id: node_id.to_string(),
+                    seq,
+                })
+                .collect(),
+            records: Vec::new(),
+        };
+        self.send_status_frame(peer, exchange, actions);
+    }
+
+    /// Sends `peer` the records of `nodes` it is not known to hold, packed
+    /// into frames of at most [`MAX_STATUS_FRAME_BYTES`], and notes that it
+    /// holds them now.
+    fn send_status_records<'a>(
+        &mut self,
+        peer: &P,
+        nodes: impl Iterator<Item = &'a str>,
+        actions: &mut Vec<PeerAction<P>>,
+    ) {
+        let Some(session) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let mut frames: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut current: Vec<Vec<u8>> = Vec::new();
+        let mut current_bytes = 0;
+        for node in nodes {
+            let Some((seq, bytes)) = self.board.record(node) else {
+                continue;
+            };
+            if session
+                .status_known
+                .get(node)
+                .is_some_and(|known| *known >= seq)
+            {
+                continue;
+            }
+            if current_bytes + bytes.len() > MAX_STATUS_FRAME_BYTES && !current.is_empty() {
+                frames.push(std::mem::take(&mut current));
+                current_bytes = 0;
+            }
+            current_bytes += bytes.len();
+            current.push(bytes.to_vec());
+            session.status_known.insert(node.to_string(), seq);
+        }
+        if !current.is_empty() {
+            frames.push(current);
+        }
+        for records in frames {
+            let exchange = wire::StatusExchange {
+                phase: wire::StatusPhase::Records as i32,
+                records,
+                ..Default::default()
+            };
+            self.send_status_frame(peer, exchange, actions);
+        }
+    }
+
+    fn send_status_frame(
+        &mut self,
+        peer: &P,
+        exchange: wire::StatusExchange,
+        actions: &mut Vec<PeerAction<P>>,
+    ) {
+        let Some(session) = self.peers.get_mut(peer) else {
+            return;
+        };
+        if session.unanswered_frames >= self.config.max_unanswered_frames_per_peer {
+            // The peer is silent; anti-entropy repairs what it misses.
+            return;
+        }
+        session.unanswered_frames += 1;
+        let frame = wire::SyncFrame {
+            document: None,
+            sync_message: Vec::new(),
+            status: Some(exchange),
+        };
+        actions.push(PeerAction::Send {
+            to: peer.clone(),
+            bytes: frame.encode_to_vec(),
+        });
+    }
+
+    /// A status exchange frame from `from`: merge its records, then answer
+    /// what its phase asks. Any invalid part refuses the whole frame before
+    /// anything is applied.
+    fn on_status_exchange(
+        &mut self,
+        from: P,
+        exchange: wire::StatusExchange,
+        actions: &mut Vec<PeerAction<P>>,
+    ) {
+        let refuse = |reason: String, actions: &mut Vec<PeerAction<P>>| {
+            actions.push(PeerAction::Refused {
+                from: from.clone(),
+                reason: format!("status exchange: {reason}"),
+            });
+        };
+        let Ok(phase) = wire::StatusPhase::try_from(exchange.phase) else {
+            return refuse(format!("unknown phase {}", exchange.phase), actions);
+        };
+        if !exchange.digest.is_empty() && exchange.digest.len() != 32 {
+            return refuse(
+                format!("digest of {} bytes", exchange.digest.len()),
+                actions,
+            );
+        }
+        if exchange.versions.len() > self.config.status.max_nodes {
+            return refuse(
+                format!(
+                    "{} versions listed, at most {}",
+                    exchange.versions.len(),
+                    self.config.status.max_nodes
+                ),
+                actions,
+            );
+        }
+        // Records held here already (most of a push, with several peers
+        // relaying) are recognised from their header alone.
+        let mut records: Vec<(NodeStatus, Vec<u8>)> = Vec::new();
+        let mut held: Vec<(String, u64)> = Vec::new();
+        for bytes in exchange.records {
+            let (node, seq) = match record_header(&bytes) {
+                Ok(header) => header,
+                Err(err) => return refuse(err.to_string(), actions),
+            };
+            if !self.board.would_take(&node, seq, &bytes) {
+                held.push((node, seq));
+                continue;
+            }
+            match NodeStatus::decode(&bytes) {
+                Ok(record) => records.push((record, bytes)),
+                Err(err) => return refuse(err.to_string(), actions),
+            }
+        }
+        if let Some(session) = self.peers.get_mut(&from) {
+            for (node, seq) in held {
+                let known = session.status_known.entry(node).or_default();
+                *known = (*known).max(seq);
+            }
+        }
+        let mut full = false;
+        for (record, bytes) in records {
+            let node = record.node_id.clone();
+            let seq = record.seq;
+            let merged = self.board.merge_decoded(record, &bytes);
+            if let Some(session) = self.peers.get_mut(&from)
+                && self.board.seq(&node).is_some()
+            {
+                let known = session.status_known.entry(node.clone()).or_default();
+                *known = (*known).max(seq);
+            }
+            match merged {
+                Merged::Stored { failures_changed } => {
+                    self.status_changed(node, failures_changed, actions)
+                }
+                Merged::OwnRefuted => {
+                    let own = self.node_id.clone();
+                    self.status_changed(own, false, actions);
+                }
+                Merged::Stale => {}
+                Merged::BoardFull => full = true,
+            }
+        }
+        if full {
+            refuse(
+                format!(
+                    "status board full ({} nodes, {} bytes at most): records of new nodes ignored",
+                    self.config.status.max_nodes, self.config.status.max_bytes
+                ),
+                actions,
+            );
+        }
+        match phase {
+            wire::StatusPhase::Records => {}
+            wire::StatusPhase::Digest => {
+                if exchange.digest.as_slice() != self.board.digest().as_slice() {
+                    self.send_status_versions(&from, true, actions);
+                }
+            }
+            wire::StatusPhase::VersionsAsk | wire::StatusPhase::Versions => {
+                let theirs: BTreeMap<String, u64> = exchange
+                    .versions
+                    .into_iter()
+                    .map(|v| (v.node_id, v.seq))
+                    .collect();
+                let they_hold_more = theirs
+                    .iter()
+                    .any(|(node, seq)| self.board.seq(node).is_none_or(|mine| mine < *seq));
+                if let Some(session) = self.peers.get_mut(&from) {
+                    session.status_known = theirs;
+                }
+                let nodes: Vec<String> =
+                    self.board.versions().map(|(n, _)| n.to_string()).collect();
+                self.send_status_records(&from, nodes.iter().map(String::as_str), actions);
+                if phase == wire::StatusPhase::VersionsAsk && they_hold_more {
+                    self.send_status_versions(&from, false, actions);
+                }
+            }
+        }
+    }
+
+    /// Pushes the records new here, once their delay is over, to every
+    /// peer not known to hold them.
+    fn offer_due_status(&mut self, actions: &mut Vec<PeerAction<P>>) {
+        if self.status_push_at.is_none_or(|at| at > self.now_ms) {
+            return;
+        }
+        self.status_push_at = None;
+        let dirty: Vec<String> = std::mem::take(&mut self.status_dirty).into_iter().collect();
+        let peers: Vec<P> = self.peers.keys().cloned().collect();
+        for peer in &peers {
+            self.send_status_records(peer, dirty.iter().map(String::as_str), actions);
+        }
+    }
+
+    /// Asks for the board to be saved once its delay is over.
+    fn persist_due_status(&mut self, actions: &mut Vec<PeerAction<P>>) {
+        if self.status_persist_at.is_none_or(|at| at > self.now_ms) {
+            return;
+        }
+        self.status_persist_at = None;
+        actions.push(PeerAction::PersistStatusBoard {
+            bytes: self.board.save(),
+        });
     }
 
     /// splitmix64 over the seed: deterministic peer choice.
@@ -875,11 +1228,6 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                 );
                 self.view.intents = intents;
             }
-            DocumentId::Status { shard } => {
-                let mut table = StatusTable::new();
-                read_status_into(doc, max_entries, &mut table, &mut rejected);
-                self.view.status.insert(shard, table);
-            }
         }
         let rejected: BTreeSet<RejectedEntry> = rejected.into_iter().collect();
         let previous = self.view.rejected.remove(&id).unwrap_or_default();
@@ -887,19 +1235,27 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             actions.push(PeerAction::Rejected(entry.clone()));
         }
         self.view.rejected.insert(id, rejected);
-        if id != DocumentId::Catalog {
+        if id == DocumentId::Intents {
+            self.refresh_targets(false, actions);
+        }
+    }
+
+    /// Decides the targets again from the intents and the quarantine
+    /// (derived again from the board first if `failures_changed`).
+    fn refresh_targets(&mut self, failures_changed: bool, actions: &mut Vec<PeerAction<P>>) {
+        if failures_changed {
             self.view.quarantine = derive_quarantine(
-                self.view.status.values().flat_map(failure_reports),
+                failure_reports(self.board.statuses()),
                 self.config.quarantine_threshold,
             );
-            let targets = arbitrate(
-                self.view.intents.iter().map(IntentFacts::from),
-                &self.view.quarantine,
-            );
-            if targets != self.view.targets {
-                self.view.targets = targets.clone();
-                actions.push(PeerAction::TargetsChanged(targets));
-            }
+        }
+        let targets = arbitrate(
+            self.view.intents.iter().map(IntentFacts::from),
+            &self.view.quarantine,
+        );
+        if targets != self.view.targets {
+            self.view.targets = targets.clone();
+            actions.push(PeerAction::TargetsChanged(targets));
         }
     }
 }
@@ -1087,7 +1443,212 @@ mod tests {
 
         fn converged(&mut self) -> bool {
             let first = self.cores[0].heads();
-            self.cores.iter_mut().all(|core| core.heads() == first)
+            let board = self.cores[0].status_board().digest();
+            self.cores
+                .iter_mut()
+                .all(|core| core.heads() == first && core.status_board().digest() == board)
+        }
+
+        /// Anti-entropy rounds (every core ticks every 5 s) until converged.
+        fn anti_entropy_until_converged(&mut self) -> bool {
+            for _ in 0..20 {
+                self.now += 5_000;
+                for who in 0..self.cores.len() {
+                    self.input(who, PeerInput::Tick);
+                }
+                self.run();
+                if self.converged() {
+                    return true;
+                }
+            }
+            false
+        }
+    }
+
+    fn active(minor: u64) -> PackageStatus {
+        PackageStatus {
+            state: ReleaseState::Active,
+            version: Some(Version::new(1, minor, 0)),
+            running: Some(Version::new(1, minor, 0)),
+            failed_version: None,
+            health: Health::Healthy,
+            updated_at_ms: 0,
+            blobs_held: vec![],
+            known_intent_clock: 0,
+            detail: String::new(),
+        }
+    }
+
+    fn report(package: PackageName, status: PackageStatus) -> PeerInput<usize> {
+        PeerInput::ReportStatus { package, status }
+    }
+
+    #[test]
+    fn statuses_written_during_a_partition_arrive_by_anti_entropy() {
+        let mut net = Net::new(4);
+        net.connect_all();
+        net.run();
+        net.partition(3);
+        net.input(0, report(package(), active(0)));
+        net.input(3, report(package(), active(1)));
+        net.run();
+        assert!(!net.cores[3].status_table().contains_key("node-0"));
+        assert!(!net.cores[1].status_table().contains_key("node-3"));
+        net.blocked.clear();
+        assert!(net.anti_entropy_until_converged());
+        for core in &net.cores {
+            let table = core.status_table();
+            assert_eq!(
+                table["node-0"][&package()].version,
+                Some(Version::new(1, 0, 0))
+            );
+            assert_eq!(
+                table["node-3"][&package()].version,
+                Some(Version::new(1, 1, 0))
+            );
+        }
+        assert!(net.refused.is_empty(), "{:?}", net.refused);
+    }
+
+    #[test]
+    fn a_node_restarted_without_its_disk_outranks_its_old_status() {
+        let other: PackageName = "com.example.other".parse().unwrap();
+        let mut net = Net::new(3);
+        net.connect_all();
+        net.run();
+        for minor in 0..4 {
+            net.input(0, report(package(), active(minor)));
+        }
+        net.run();
+        assert_eq!(net.cores[2].status_board().seq("node-0"), Some(4));
+        // node-0 comes back with no disk and reports only another package.
+        for peer in [1, 2] {
+            net.input(peer, PeerInput::Disconnected(0));
+        }
+        net.cores[0] = PeerCore::new(PeerConfig::default(), "node-0".into(), trust(), 99);
+        net.input(0, report(other.clone(), active(7)));
+        net.connect_all();
+        net.run();
+        assert!(net.anti_entropy_until_converged());
+        for core in &net.cores {
+            let mine = core.status_board().get("node-0").unwrap();
+            assert!(mine.seq > 4, "seq {}", mine.seq);
+            assert!(mine.packages.contains_key(&other));
+            assert!(
+                !mine.packages.contains_key(&package()),
+                "the old life's status is gone"
+            );
+        }
+    }
+
+    #[test]
+    fn the_saved_status_board_loads_back_with_its_quarantine() {
+        let config = PeerConfig {
+            quarantine_threshold: 1,
+            ..PeerConfig::default()
+        };
+        let mut core: PeerCore<usize> = PeerCore::new(config.clone(), "n".into(), trust(), 1);
+        core.handle(
+            0,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "1.0.0",
+                IntentAction::Deploy,
+                1,
+            )),
+        );
+        let mut failed = active(0);
+        failed.state = ReleaseState::Failed;
+        failed.running = None;
+        core.handle(0, report(package(), failed));
+        assert!(core.targets().is_empty(), "one failure quarantines 1.0.0");
+        // Nothing is saved before the persist delay; then the whole board.
+        assert_eq!(core.poll_timeout(), Some(config.status_push_delay_ms));
+        let saves: Vec<Vec<u8>> = core
+            .handle(config.status_persist_delay_ms, PeerInput::Tick)
+            .into_iter()
+            .filter_map(|a| match a {
+                PeerAction::PersistStatusBoard { bytes } => Some(bytes),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(saves.len(), 1);
+        let intents = core.save_document(DocumentId::Intents).unwrap();
+        let mut restarted: PeerCore<usize> = PeerCore::new(config, "n".into(), trust(), 2);
+        restarted
+            .load_document(DocumentId::Intents, &intents)
+            .unwrap();
+        assert_eq!(
+            restarted.targets().len(),
+            1,
+            "without the board, no quarantine"
+        );
+        assert_eq!(restarted.load_status_board(&saves[0]).unwrap(), 0);
+        assert!(restarted.targets().is_empty(), "the quarantine is back");
+        assert_eq!(
+            restarted.status_board().digest(),
+            core.status_board().digest()
+        );
+        restarted.handle(5_000, report(package(), active(1)));
+        assert_eq!(restarted.status_board().seq("n"), Some(2));
+        assert!(restarted.load_status_board(b"not a board").is_err());
+    }
+
+    #[test]
+    fn hostile_status_exchanges_are_refused_without_change() {
+        let mut core: PeerCore<usize> =
+            PeerCore::new(PeerConfig::default(), "n".into(), trust(), 1);
+        core.handle(0, PeerInput::Connected(7));
+        core.handle(0, report(package(), active(0)));
+        let before = core.status_board().digest();
+        let good = NodeStatus {
+            node_id: "m".into(),
+            seq: 1,
+            packages: BTreeMap::new(),
+        }
+        .encode();
+        let frame = |exchange: wire::StatusExchange| {
+            wire::SyncFrame {
+                document: None,
+                sync_message: vec![],
+                status: Some(exchange),
+            }
+            .encode_to_vec()
+        };
+        let too_many_versions = wire::StatusExchange {
+            phase: wire::StatusPhase::Versions as i32,
+            versions: vec![
+                wire::StatusVersion::default();
+                StatusBoardLimits::default().max_nodes + 1
+            ],
+            ..Default::default()
+        };
+        let one_bad_record = wire::StatusExchange {
+            records: vec![good, vec![0xff; 5]],
+            ..Default::default()
+        };
+        let bad_phase = wire::StatusExchange {
+            phase: 42,
+            ..Default::default()
+        };
+        let short_digest = wire::StatusExchange {
+            phase: wire::StatusPhase::Digest as i32,
+            digest: vec![1; 7],
+            ..Default::default()
+        };
+        for exchange in [too_many_versions, one_bad_record, bad_phase, short_digest] {
+            let actions = core.handle(
+                1,
+                PeerInput::Message {
+                    from: 7,
+                    bytes: frame(exchange),
+                },
+            );
+            assert!(
+                actions.iter().any(|a| matches!(a, PeerAction::Refused { from: 7, reason } if reason.starts_with("status exchange"))),
+                "{actions:?}"
+            );
+            assert_eq!(core.status_board().digest(), before);
         }
     }
 
@@ -1239,11 +1800,13 @@ mod tests {
         let bad_doc = wire::SyncFrame {
             document: Some(wire::DocumentId { kind: 99, shard: 0 }),
             sync_message: vec![],
+            status: None,
         }
         .encode_to_vec();
         let bad_sync = wire::SyncFrame {
             document: Some(DocumentId::Intents.to_wire()),
             sync_message: vec![0x42, 1, 2, 3],
+            status: None,
         }
         .encode_to_vec();
         for bytes in [vec![0xff; 9], bad_doc, bad_sync] {
@@ -1487,14 +2050,29 @@ mod tests {
             core.handle(0, PeerInput::SubmitIntent(signed_intent(&publisher(1), "1.0.0", IntentAction::Deploy, 1)));
             let before = core.heads();
             core.handle(1, PeerInput::Message { from: 7, bytes: bytes.clone() });
+            let board_before = core.status_board().digest();
             let framed = wire::SyncFrame {
                 document: Some(wire::DocumentId { kind: document, shard: 0 }),
                 sync_message: bytes.clone(),
+                status: None,
             }
             .encode_to_vec();
             core.handle(1, PeerInput::Message { from: 7, bytes: framed });
+            let status = wire::SyncFrame {
+                document: None,
+                sync_message: vec![],
+                status: Some(wire::StatusExchange {
+                    phase: document,
+                    digest: bytes.iter().copied().take(32).collect(),
+                    versions: vec![],
+                    records: vec![bytes.clone()],
+                }),
+            }
+            .encode_to_vec();
+            core.handle(1, PeerInput::Message { from: 7, bytes: status });
             core.handle(1, PeerInput::HeadsAnnounced { from: 7, bytes });
             proptest::prop_assert_eq!(core.heads(), before);
+            proptest::prop_assert_eq!(core.status_board().digest(), board_before);
             proptest::prop_assert_eq!(core.targets().len(), 1);
         }
     }

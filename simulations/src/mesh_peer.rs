@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use clawmesh_crdt::arbitration::{IntentFacts, Target};
-use clawmesh_crdt::documents::status::PackageStatus;
+use clawmesh_crdt::PackageStatus;
 use clawmesh_crdt::peer::{MAX_ANNOUNCEMENT_BYTES, PeerAction, PeerConfig, PeerCore, PeerInput};
 use clawmesh_crdt::release_state::transition;
 use clawmesh_crdt::{
@@ -109,6 +109,9 @@ pub struct MeshPeer {
     core_timer_at: Option<u64>,
 }
 
+/// The disk key of the saved status board.
+const STATUS_BOARD_KEY: &str = "status-board";
+
 fn node_id(index: NodeIndex) -> String {
     format!("node-{index}")
 }
@@ -141,6 +144,10 @@ impl SimPeer for MeshPeer {
                 core.load_document(id, &bytes)
                     .map_err(|e| format!("loading {id} from disk: {e}"))?;
                 document_bytes.insert(id, bytes.len());
+            }
+            if let Some(chunks) = disk.get(STATUS_BOARD_KEY) {
+                core.load_status_board(&chunks.concat())
+                    .map_err(|e| format!("loading the status board from disk: {e}"))?;
             }
             // What this node ran before the crash, as its own status says.
             if let Some(mine) = core.status_table().get(&node_id(index)) {
@@ -215,6 +222,8 @@ impl SimPeer for MeshPeer {
                 heads.extend_from_slice(&head.0);
             }
         }
+        heads.extend_from_slice(STATUS_BOARD_KEY.as_bytes());
+        heads.extend_from_slice(&self.core.status_board().digest());
         let quarantine = self.core.quarantine();
         let intents = self.core.intents();
         let mut quarantined = BTreeSet::new();
@@ -237,7 +246,14 @@ impl SimPeer for MeshPeer {
             targets,
             intents: intents.iter().map(|i| hex::encode(i.digest)).collect(),
             quarantined,
-            largest_document_bytes: self.document_bytes.values().copied().max().unwrap_or(0),
+            // The status board counts as a document.
+            largest_document_bytes: self
+                .document_bytes
+                .values()
+                .copied()
+                .chain([self.core.status_board().bytes()])
+                .max()
+                .unwrap_or(0),
             rejected: self.core.rejected().len(),
         }
     }
@@ -312,6 +328,13 @@ impl MeshPeer {
                 self.document_bytes.insert(doc, bytes.len());
                 run.effects.push(PeerEffect::Persist(DiskWrite {
                     key: doc.name(),
+                    bytes,
+                    replace: true,
+                }));
+            }
+            PeerAction::PersistStatusBoard { bytes } => {
+                run.effects.push(PeerEffect::Persist(DiskWrite {
+                    key: STATUS_BOARD_KEY.to_string(),
                     bytes,
                     replace: true,
                 }));

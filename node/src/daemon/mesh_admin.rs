@@ -208,7 +208,7 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
         }
         MeshRequest::MeshStatus => {
             let view = mesh.releases.lock().await.clone();
-            let (table, targets, quarantine, peers, rejected, heads, intents) = mesh
+            let (table, targets, quarantine, peers, rejected, heads, intents, status_board) = mesh
                 .driver
                 .inspect(|core| {
                     let table = core.status_table();
@@ -240,7 +240,13 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
                             })
                         })
                         .collect();
-                    (table, targets, quarantine, peers, rejected, heads, intents)
+                    let board = core.status_board();
+                    let status_board = serde_json::json!({
+                        "digest": hex::encode(board.digest()),
+                        "nodes": board.len(),
+                        "bytes": board.bytes(),
+                    });
+                    (table, targets, quarantine, peers, rejected, heads, intents, status_board)
                 })
                 .await
                 .map_err(|_| stopped())?;
@@ -281,6 +287,7 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
                 "rejected": rejected,
                 "refused": view.refused,
                 "heads": heads,
+                "status_board": status_board,
                 "intents": intents,
                 "local": view.packages.iter().map(|(p, s)| (p.to_string(), serde_json::json!({
                     "state": s.state.as_str(),

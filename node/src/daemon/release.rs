@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clawmesh_crdt::documents::status::PackageStatus;
+use clawmesh_crdt::PackageStatus;
 use clawmesh_crdt::manifest::{PackageName, SignedManifest};
 use clawmesh_crdt::{
     PeerAction, PeerInput, ReleaseAction, ReleaseController, ReleaseControllerConfig, ReleaseInput,
@@ -253,7 +253,7 @@ impl Loop {
         versions
             .into_iter()
             .filter(|sha| self.ctx.blobs.contains(&BlobId(*sha)))
-            .take(clawmesh_crdt::documents::status::MAX_BLOBS_HELD)
+            .take(clawmesh_crdt::status::MAX_BLOBS_HELD)
             .collect()
     }
 }

@@ -3,6 +3,7 @@
 //! One file per document, `<dir>/<name>.automerge`: incremental saves are
 //! appended (automerge loads concatenated saves), compacted saves replace
 //! the file atomically (temp file, fsync, rename, fsync of the directory).
+//! The status board is `<dir>/status-board.pb`, always replaced whole.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -55,27 +56,30 @@ impl DocStore {
         self.dir.join(format!("{}.automerge", doc.name()))
     }
 
+    /// The file of the status board.
+    pub fn status_board_path(&self) -> PathBuf {
+        self.dir.join("status-board.pb")
+    }
+
     /// The saved bytes of every document that has a file.
     pub fn load_all(&self) -> Result<Vec<(DocumentId, Vec<u8>)>, DocStoreError> {
         let mut docs = Vec::new();
         for doc in DocumentId::all() {
-            let path = self.path(doc);
-            let file = match File::open(&path) {
-                Ok(file) => file,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err("opening", &path)(e)),
-            };
-            let len = file.metadata().map_err(io_err("inspecting", &path))?.len();
-            if len > MAX_DOC_FILE_BYTES {
-                return Err(DocStoreError::TooLarge { path, len });
+            if let Some(bytes) = read_bounded(&self.path(doc))? {
+                docs.push((doc, bytes));
             }
-            let mut bytes = Vec::new();
-            file.take(MAX_DOC_FILE_BYTES)
-                .read_to_end(&mut bytes)
-                .map_err(io_err("reading", &path))?;
-            docs.push((doc, bytes));
         }
         Ok(docs)
+    }
+
+    /// The saved status board, if there is one.
+    pub fn load_status_board(&self) -> Result<Option<Vec<u8>>, DocStoreError> {
+        read_bounded(&self.status_board_path())
+    }
+
+    /// Replaces the status board's file, atomically.
+    pub fn replace_status_board(&self, bytes: &[u8]) -> Result<(), DocStoreError> {
+        self.replace_file(&self.status_board_path(), bytes)
     }
 
     /// Appends an incremental save and syncs it to disk.
@@ -93,17 +97,45 @@ impl DocStore {
 
     /// Replaces the document's file with a compacted save, atomically.
     pub fn replace(&self, doc: DocumentId, bytes: &[u8]) -> Result<(), DocStoreError> {
-        let path = self.path(doc);
-        let tmp = path.with_extension("automerge.tmp");
+        self.replace_file(&self.path(doc), bytes)
+    }
+
+    /// Temp file, fsync, rename over `path`, fsync of the directory.
+    fn replace_file(&self, path: &Path, bytes: &[u8]) -> Result<(), DocStoreError> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
         let mut file = File::create(&tmp).map_err(io_err("creating", &tmp))?;
         file.write_all(bytes).map_err(io_err("writing", &tmp))?;
         file.sync_all().map_err(io_err("syncing", &tmp))?;
         drop(file);
-        fs::rename(&tmp, &path).map_err(io_err("renaming into", &path))?;
+        fs::rename(&tmp, path).map_err(io_err("renaming into", path))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io_err("syncing", &self.dir))
     }
+}
+
+/// The file's bytes (`None` if it does not exist), refusing a file over
+/// [`MAX_DOC_FILE_BYTES`].
+fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, DocStoreError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("opening", path)(e)),
+    };
+    let len = file.metadata().map_err(io_err("inspecting", path))?.len();
+    if len > MAX_DOC_FILE_BYTES {
+        return Err(DocStoreError::TooLarge {
+            path: path.to_path_buf(),
+            len,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_DOC_FILE_BYTES)
+        .read_to_end(&mut bytes)
+        .map_err(io_err("reading", path))?;
+    Ok(Some(bytes))
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DocStoreError + use<> {
@@ -131,5 +163,16 @@ mod tests {
             store.load_all().unwrap(),
             vec![(DocumentId::Catalog, b"X".to_vec())]
         );
+    }
+
+    #[test]
+    fn the_status_board_is_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DocStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_status_board().unwrap(), None);
+        store.replace_status_board(b"one").unwrap();
+        store.replace_status_board(b"two").unwrap();
+        assert_eq!(store.load_status_board().unwrap(), Some(b"two".to_vec()));
+        assert!(store.load_all().unwrap().is_empty());
     }
 }

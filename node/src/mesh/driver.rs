@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use clawmesh_crdt::documents::LoadError;
+use clawmesh_crdt::status_board::StatusRecordError;
 use clawmesh_crdt::{DocumentId, PeerAction, PeerConfig, PeerCore, PeerInput, TrustRoot};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, oneshot};
@@ -49,6 +50,14 @@ pub enum DriverError {
     /// The document files could not be read.
     #[error("loading mesh documents: {0}")]
     Store(#[from] DocStoreError),
+    /// The status board's file does not load; it is left as it is.
+    #[error("status board ({path}) does not load: {source}")]
+    LoadStatusBoard {
+        /// Its file.
+        path: std::path::PathBuf,
+        /// The core's complaint.
+        source: StatusRecordError,
+    },
     /// A document file does not load; it is left as it is.
     #[error("mesh document {doc} ({path}) does not load: {source}")]
     Load {
@@ -145,6 +154,17 @@ pub fn spawn_driver(
                 path: store.path(doc),
                 source,
             })?;
+    }
+    if let Some(bytes) = store.load_status_board()? {
+        let skipped = core
+            .load_status_board(&bytes)
+            .map_err(|source| DriverError::LoadStatusBoard {
+                path: store.status_board_path(),
+                source,
+            })?;
+        if skipped > 0 {
+            warn!(skipped, "saved status records skipped (invalid or past the board's bounds)");
+        }
     }
     let (input_tx, inputs) = mpsc::channel(DRIVER_QUEUE);
     let (notice_tx, notices) = mpsc::channel(NOTICE_QUEUE);
@@ -296,6 +316,12 @@ impl Driver {
             PeerAction::PersistCompacted { doc, bytes } => {
                 let result = self.store.replace(doc, &bytes);
                 self.persisted(doc, result);
+            }
+            PeerAction::PersistStatusBoard { bytes } => {
+                // Lost statuses come back from peers; only the log says so.
+                if let Err(error) = self.store.replace_status_board(&bytes) {
+                    warn!(%error, "persisting the status board failed");
+                }
             }
             other => {
                 debug!(action = ?other, "core notice");

@@ -1,0 +1,729 @@
+//! The status board: what every node reports about its packages, replicated
+//! last-writer-wins per node, outside automerge.
+//!
+//! A node's status is one record `(node id, seq, package → status)`. A
+//! record with a higher `seq` replaces a lower one; only the node itself
+//! raises its `seq`. A node that meets a record for its own id that it did
+//! not write (from its life before a restart without its disk, or forged)
+//! re-publishes its own status above it.
+//!
+//! Why not automerge (docs/MESH.md, "Status board"): a status has one writer
+//! and only its latest value matters, while automerge keeps and replays every
+//! change. With statuses in automerge every node applied every node's every
+//! status change (about 9·N² change applications per release pair) and the
+//! status history grew without bound.
+//!
+//! This module is the board and its merge rule; [`crate::peer`] decides when
+//! records travel.
+
+use std::collections::BTreeMap;
+
+use prost::Message as _;
+
+use crate::manifest::PackageName;
+use crate::proto::v1 as wire;
+use crate::signing::digest;
+use crate::status::{MAX_NODE_ID_BYTES, PackageStatus, StatusTable, valid_node_id};
+
+/// Packages one node's record may list.
+pub const MAX_PACKAGES_PER_NODE: usize = 256;
+/// Bytes of one encoded node record.
+pub const MAX_NODE_STATUS_BYTES: usize = 256 * 1024;
+
+/// Bounds of a [`StatusBoard`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusBoardLimits {
+    /// Distinct node ids held; records of further nodes are refused.
+    pub max_nodes: usize,
+    /// Bytes of all encoded records held.
+    pub max_bytes: usize,
+}
+
+impl Default for StatusBoardLimits {
+    fn default() -> Self {
+        StatusBoardLimits {
+            max_nodes: 4096,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// One node's status of every package it reports on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// The node.
+    pub node_id: String,
+    /// Its write counter: the higher record wins.
+    pub seq: u64,
+    /// Package → status.
+    pub packages: BTreeMap<PackageName, PackageStatus>,
+}
+
+/// Why a record was refused; nothing of it was applied.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StatusRecordError {
+    /// The record is larger than [`MAX_NODE_STATUS_BYTES`].
+    #[error("status record of {0} bytes, at most {MAX_NODE_STATUS_BYTES}")]
+    TooLarge(usize),
+    /// Not a `NodeStatus` message.
+    #[error("malformed status record: {0}")]
+    Malformed(String),
+    /// The node id is empty, too long or contains '/'.
+    #[error(
+        "status record names a bad node id (empty, over {MAX_NODE_ID_BYTES} bytes or with '/')"
+    )]
+    BadNodeId,
+    /// More packages than [`MAX_PACKAGES_PER_NODE`].
+    #[error("status record of {node} lists {count} packages, at most {MAX_PACKAGES_PER_NODE}")]
+    TooManyPackages {
+        /// The node.
+        node: String,
+        /// Packages listed.
+        count: usize,
+    },
+    /// A package entry does not parse.
+    #[error("status record of {node}: package {package:?}: {reason}")]
+    BadPackage {
+        /// The node.
+        node: String,
+        /// The package as sent.
+        package: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Why this node's own status could not be written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StatusWriteError {
+    /// The node's record would exceed a bound.
+    #[error(
+        "own status record would be {bytes} bytes with {packages} packages (at most {MAX_NODE_STATUS_BYTES} bytes, {MAX_PACKAGES_PER_NODE} packages)"
+    )]
+    TooLarge {
+        /// Encoded size it would have.
+        bytes: usize,
+        /// Packages it would list.
+        packages: usize,
+    },
+    /// The node's own id is not a valid node id.
+    #[error("own node id {0:?} is empty, over {MAX_NODE_ID_BYTES} bytes or contains '/'")]
+    BadNodeId(String),
+}
+
+/// What [`StatusBoard::merge`] did with a valid record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Merged {
+    /// Stored: newer than what the board held (or a new node).
+    Stored {
+        /// The failures it reports differ from the record it replaced (the
+        /// quarantine must be derived again).
+        failures_changed: bool,
+    },
+    /// Not newer than the board's record; nothing changed.
+    Stale,
+    /// A record for this node's own id it did not write: its own record now
+    /// has a higher seq and must travel again.
+    OwnRefuted,
+    /// A new node, but the board is at a bound; nothing changed.
+    BoardFull,
+}
+
+#[derive(Clone, Debug)]
+struct Stored {
+    status: NodeStatus,
+    bytes: Vec<u8>,
+}
+
+/// Node id → that node's latest record, bounded by [`StatusBoardLimits`].
+#[derive(Clone, Debug)]
+pub struct StatusBoard {
+    own_id: String,
+    limits: StatusBoardLimits,
+    records: BTreeMap<String, Stored>,
+    bytes: usize,
+    digest: [u8; 32],
+}
+
+impl NodeStatus {
+    /// The encoded `NodeStatus` (mesh.proto).
+    pub fn encode(&self) -> Vec<u8> {
+        wire::NodeStatus {
+            node_id: self.node_id.clone(),
+            seq: self.seq,
+            packages: self
+                .packages
+                .iter()
+                .map(|(package, status)| wire::PackageStatusEntry {
+                    package: package.to_string(),
+                    status: Some(status.to_wire()),
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+
+    /// Decodes and validates a record.
+    pub fn decode(bytes: &[u8]) -> Result<NodeStatus, StatusRecordError> {
+        if bytes.len() > MAX_NODE_STATUS_BYTES {
+            return Err(StatusRecordError::TooLarge(bytes.len()));
+        }
+        let record = wire::NodeStatus::decode(bytes)
+            .map_err(|err| StatusRecordError::Malformed(err.to_string()))?;
+        if !valid_node_id(&record.node_id) {
+            return Err(StatusRecordError::BadNodeId);
+        }
+        if record.packages.len() > MAX_PACKAGES_PER_NODE {
+            return Err(StatusRecordError::TooManyPackages {
+                node: record.node_id,
+                count: record.packages.len(),
+            });
+        }
+        let mut packages = BTreeMap::new();
+        for entry in record.packages {
+            let bad = |reason: String| StatusRecordError::BadPackage {
+                node: record.node_id.clone(),
+                package: entry.package.clone(),
+                reason,
+            };
+            let package: PackageName =
+                entry.package.parse().map_err(|err| bad(format!("{err}")))?;
+            let status = entry
+                .status
+                .clone()
+                .ok_or_else(|| bad("no status".to_string()))
+                .and_then(|status| PackageStatus::from_wire(status).map_err(bad))?;
+            if packages.insert(package, status).is_some() {
+                return Err(bad("listed twice".to_string()));
+            }
+        }
+        Ok(NodeStatus {
+            node_id: record.node_id,
+            seq: record.seq,
+            packages,
+        })
+    }
+
+    /// (package, failed version, intent clock) of every failure reported,
+    /// in package order: what the quarantine is derived from.
+    fn failures(&self) -> impl Iterator<Item = (&PackageName, &semver::Version, u64)> {
+        self.packages.iter().filter_map(|(package, status)| {
+            status
+                .failed()
+                .map(|version| (package, version, status.known_intent_clock))
+        })
+    }
+}
+
+/// (node id, seq) of an encoded record, without decoding its packages.
+pub fn record_header(bytes: &[u8]) -> Result<(String, u64), StatusRecordError> {
+    if bytes.len() > MAX_NODE_STATUS_BYTES {
+        return Err(StatusRecordError::TooLarge(bytes.len()));
+    }
+    let header = wire::NodeStatusHeader::decode(bytes)
+        .map_err(|err| StatusRecordError::Malformed(err.to_string()))?;
+    Ok((header.node_id, header.seq))
+}
+
+/// The board digest's term for one record.
+fn version_term(node_id: &str, seq: u64) -> [u8; 32] {
+    let mut input = Vec::with_capacity(node_id.len() + 10);
+    // Length-prefixed, so (id, seq) pairs cannot collide by concatenation.
+    input.extend_from_slice(&(node_id.len() as u16).to_be_bytes());
+    input.extend_from_slice(node_id.as_bytes());
+    input.extend_from_slice(&seq.to_be_bytes());
+    digest(&input)
+}
+
+fn xor_into(acc: &mut [u8; 32], term: &[u8; 32]) {
+    for (a, t) in acc.iter_mut().zip(term) {
+        *a ^= t;
+    }
+}
+
+impl StatusBoard {
+    /// An empty board of the node `own_id`.
+    pub fn new(own_id: impl Into<String>, limits: StatusBoardLimits) -> StatusBoard {
+        StatusBoard {
+            own_id: own_id.into(),
+            limits,
+            records: BTreeMap::new(),
+            bytes: 0,
+            digest: [0; 32],
+        }
+    }
+
+    /// Sets this node's status of `package` (a new record, seq + 1).
+    pub fn report(
+        &mut self,
+        package: PackageName,
+        status: PackageStatus,
+    ) -> Result<(), StatusWriteError> {
+        if !valid_node_id(&self.own_id) {
+            return Err(StatusWriteError::BadNodeId(self.own_id.clone()));
+        }
+        let mut record = self.records.get(&self.own_id).map_or_else(
+            || NodeStatus {
+                node_id: self.own_id.clone(),
+                seq: 0,
+                packages: BTreeMap::new(),
+            },
+            |stored| stored.status.clone(),
+        );
+        record.seq = record.seq.saturating_add(1);
+        record.packages.insert(package, status);
+        let bytes = record.encode();
+        if bytes.len() > MAX_NODE_STATUS_BYTES || record.packages.len() > MAX_PACKAGES_PER_NODE {
+            return Err(StatusWriteError::TooLarge {
+                bytes: bytes.len(),
+                packages: record.packages.len(),
+            });
+        }
+        self.put(record, bytes);
+        Ok(())
+    }
+
+    /// Whether a record (node id, seq, bytes) would change the board if
+    /// merged: cheap, from [`record_header`], before decoding the record.
+    pub fn would_take(&self, node_id: &str, seq: u64, bytes: &[u8]) -> bool {
+        match self.records.get(node_id) {
+            None => true,
+            Some(held) if node_id == self.own_id => seq >= held.status.seq && held.bytes != bytes,
+            Some(held) => {
+                seq > held.status.seq || (seq == held.status.seq && bytes > held.bytes.as_slice())
+            }
+        }
+    }
+
+    /// Merges a record received from a peer. Invalid bytes change nothing.
+    pub fn merge(&mut self, bytes: &[u8]) -> Result<Merged, StatusRecordError> {
+        let record = NodeStatus::decode(bytes)?;
+        Ok(self.merge_decoded(record, bytes))
+    }
+
+    /// Merges a record already decoded from `bytes`.
+    pub fn merge_decoded(&mut self, record: NodeStatus, bytes: &[u8]) -> Merged {
+        if record.node_id == self.own_id {
+            return self.refute(&record, bytes);
+        }
+        match self.records.get(&record.node_id) {
+            Some(held) => {
+                // Equal seqs with different bytes come only from a forgery or
+                // a reset node; the larger encoding wins so every node keeps
+                // the same one.
+                let newer = record.seq > held.status.seq
+                    || (record.seq == held.status.seq && bytes > held.bytes.as_slice());
+                if !newer {
+                    return Merged::Stale;
+                }
+                let failures_changed = !held.status.failures().eq(record.failures());
+                if self.bytes - held.bytes.len() + bytes.len() > self.limits.max_bytes {
+                    return Merged::BoardFull;
+                }
+                self.put(record, bytes.to_vec());
+                Merged::Stored { failures_changed }
+            }
+            None => {
+                if self.records.len() >= self.limits.max_nodes
+                    || self.bytes + bytes.len() > self.limits.max_bytes
+                {
+                    return Merged::BoardFull;
+                }
+                let failures_changed = record.failures().next().is_some();
+                self.put(record, bytes.to_vec());
+                Merged::Stored { failures_changed }
+            }
+        }
+    }
+
+    /// A record for this node's own id: kept out, and answered by the node's
+    /// own record above it, unless it is exactly the node's own record.
+    fn refute(&mut self, record: &NodeStatus, bytes: &[u8]) -> Merged {
+        let mine = self.records.get(&self.own_id);
+        let my_seq = mine.map_or(0, |m| m.status.seq);
+        if record.seq < my_seq || mine.is_some_and(|m| m.bytes == bytes) {
+            return Merged::Stale;
+        }
+        let mut own = mine.map_or_else(
+            || NodeStatus {
+                node_id: self.own_id.clone(),
+                seq: 0,
+                packages: BTreeMap::new(),
+            },
+            |m| m.status.clone(),
+        );
+        // At u64::MAX a forged record cannot be out-counted (docs/MESH.md,
+        // "Limits": statuses are unsigned).
+        own.seq = record.seq.saturating_add(1);
+        let encoded = own.encode();
+        self.put(own, encoded);
+        Merged::OwnRefuted
+    }
+
+    /// Loads a saved board (`StatusBoardSave`) into this empty one, at
+    /// start-up: this node's own record is taken as its own (its seq goes
+    /// on from there). Invalid records are skipped and counted.
+    pub fn load(&mut self, bytes: &[u8]) -> Result<usize, StatusRecordError> {
+        let save = wire::StatusBoardSave::decode(bytes)
+            .map_err(|err| StatusRecordError::Malformed(err.to_string()))?;
+        let mut skipped = 0;
+        for record_bytes in save.records {
+            match NodeStatus::decode(&record_bytes) {
+                Ok(record) if record.node_id == self.own_id => {
+                    self.put(record, record_bytes);
+                }
+                Ok(record) => {
+                    if !matches!(
+                        self.merge_decoded(record, &record_bytes),
+                        Merged::Stored { .. }
+                    ) {
+                        skipped += 1;
+                    }
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+        Ok(skipped)
+    }
+
+    /// The whole board as a `StatusBoardSave` (for the node's disk).
+    pub fn save(&self) -> Vec<u8> {
+        wire::StatusBoardSave {
+            records: self.records.values().map(|s| s.bytes.clone()).collect(),
+        }
+        .encode_to_vec()
+    }
+
+    fn put(&mut self, record: NodeStatus, bytes: Vec<u8>) {
+        if let Some(old) = self.records.remove(&record.node_id) {
+            self.bytes -= old.bytes.len();
+            xor_into(
+                &mut self.digest,
+                &version_term(&old.status.node_id, old.status.seq),
+            );
+        }
+        xor_into(&mut self.digest, &version_term(&record.node_id, record.seq));
+        self.bytes += bytes.len();
+        self.records.insert(
+            record.node_id.clone(),
+            Stored {
+                status: record,
+                bytes,
+            },
+        );
+    }
+
+    /// This node's id.
+    pub fn own_id(&self) -> &str {
+        &self.own_id
+    }
+
+    /// A node's record.
+    pub fn get(&self, node_id: &str) -> Option<&NodeStatus> {
+        self.records.get(node_id).map(|s| &s.status)
+    }
+
+    /// A node's record as encoded (what travels).
+    pub fn record_bytes(&self, node_id: &str) -> Option<&[u8]> {
+        self.records.get(node_id).map(|s| s.bytes.as_slice())
+    }
+
+    /// A node's seq and encoded record, in one lookup.
+    pub fn record(&self, node_id: &str) -> Option<(u64, &[u8])> {
+        self.records
+            .get(node_id)
+            .map(|s| (s.status.seq, s.bytes.as_slice()))
+    }
+
+    /// The seq held for a node.
+    pub fn seq(&self, node_id: &str) -> Option<u64> {
+        self.records.get(node_id).map(|s| s.status.seq)
+    }
+
+    /// Every (node id, seq) held, in node id order.
+    pub fn versions(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.records
+            .iter()
+            .map(|(node, s)| (node.as_str(), s.status.seq))
+    }
+
+    /// XOR over the board of sha256(id length, id, seq): equal boards have
+    /// equal digests; kept up to date on every change.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
+    }
+
+    /// Nodes held.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether no node is held.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Bytes of all encoded records held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// The board's bounds.
+    pub fn limits(&self) -> &StatusBoardLimits {
+        &self.limits
+    }
+
+    /// Every node's package statuses, in node id order.
+    pub fn statuses(
+        &self,
+    ) -> impl Iterator<Item = (&String, &BTreeMap<PackageName, PackageStatus>)> {
+        self.records
+            .iter()
+            .map(|(node, s)| (node, &s.status.packages))
+    }
+
+    /// Node id → package → status (a copy).
+    pub fn table(&self) -> StatusTable {
+        self.statuses()
+            .map(|(node, packages)| (node.clone(), packages.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release_state::{Health, ReleaseState};
+    use proptest::prelude::*;
+    use semver::Version;
+
+    fn package(n: u8) -> PackageName {
+        format!("com.example.p{n}").parse().unwrap()
+    }
+
+    fn status(state: ReleaseState, minor: u64) -> PackageStatus {
+        PackageStatus {
+            state,
+            version: Some(Version::new(1, minor, 0)),
+            running: None,
+            failed_version: None,
+            health: Health::Unknown,
+            updated_at_ms: 0,
+            blobs_held: vec![],
+            known_intent_clock: 0,
+            detail: String::new(),
+        }
+    }
+
+    fn board(id: &str) -> StatusBoard {
+        StatusBoard::new(id, StatusBoardLimits::default())
+    }
+
+    #[test]
+    fn a_newer_record_replaces_an_older_one_and_not_the_reverse() {
+        let mut a = board("a");
+        a.report(package(1), status(ReleaseState::Pending, 0))
+            .unwrap();
+        let first = a.record_bytes("a").unwrap().to_vec();
+        a.report(package(1), status(ReleaseState::Active, 0))
+            .unwrap();
+        let second = a.record_bytes("a").unwrap().to_vec();
+        let mut b = board("b");
+        assert_eq!(
+            b.merge(&second).unwrap(),
+            Merged::Stored {
+                failures_changed: false
+            }
+        );
+        assert_eq!(b.merge(&first).unwrap(), Merged::Stale);
+        assert_eq!(b.merge(&second).unwrap(), Merged::Stale);
+        assert_eq!(
+            b.get("a").unwrap().packages[&package(1)].state,
+            ReleaseState::Active
+        );
+        assert_eq!(b.seq("a"), Some(2));
+    }
+
+    #[test]
+    fn a_record_for_the_own_id_is_refuted_above_it() {
+        let mut old_life = board("a");
+        for _ in 0..5 {
+            old_life
+                .report(package(1), status(ReleaseState::Active, 0))
+                .unwrap();
+        }
+        let stale = old_life.record_bytes("a").unwrap().to_vec();
+        let mut a = board("a");
+        a.report(package(2), status(ReleaseState::Pending, 0))
+            .unwrap();
+        assert_eq!(a.merge(&stale).unwrap(), Merged::OwnRefuted);
+        let mine = a.get("a").unwrap();
+        assert_eq!(mine.seq, 6);
+        assert!(mine.packages.contains_key(&package(2)));
+        assert!(
+            !mine.packages.contains_key(&package(1)),
+            "the old life's packages are not adopted"
+        );
+        // Its own record echoed back changes nothing.
+        let echo = a.record_bytes("a").unwrap().to_vec();
+        assert_eq!(a.merge(&echo).unwrap(), Merged::Stale);
+    }
+
+    #[test]
+    fn failures_changed_is_reported_only_when_the_failures_differ() {
+        let mut a = board("a");
+        a.report(package(1), status(ReleaseState::Pending, 0))
+            .unwrap();
+        let mut b = board("b");
+        assert_eq!(
+            b.merge(a.record_bytes("a").unwrap()).unwrap(),
+            Merged::Stored {
+                failures_changed: false
+            }
+        );
+        a.report(package(1), status(ReleaseState::Failed, 0))
+            .unwrap();
+        assert_eq!(
+            b.merge(a.record_bytes("a").unwrap()).unwrap(),
+            Merged::Stored {
+                failures_changed: true
+            }
+        );
+        let mut failed = status(ReleaseState::Failed, 0);
+        failed.detail = "still".into();
+        a.report(package(1), failed).unwrap();
+        assert_eq!(
+            b.merge(a.record_bytes("a").unwrap()).unwrap(),
+            Merged::Stored {
+                failures_changed: false
+            }
+        );
+    }
+
+    #[test]
+    fn bounds_refuse_new_nodes_and_bad_records_change_nothing() {
+        let mut b = StatusBoard::new(
+            "b",
+            StatusBoardLimits {
+                max_nodes: 1,
+                max_bytes: 1 << 20,
+            },
+        );
+        let mut one = board("one");
+        one.report(package(1), status(ReleaseState::Active, 0))
+            .unwrap();
+        let mut two = board("two");
+        two.report(package(1), status(ReleaseState::Active, 0))
+            .unwrap();
+        assert!(matches!(
+            b.merge(one.record_bytes("one").unwrap()),
+            Ok(Merged::Stored { .. })
+        ));
+        assert_eq!(
+            b.merge(two.record_bytes("two").unwrap()).unwrap(),
+            Merged::BoardFull
+        );
+        let digest = b.digest();
+        assert!(matches!(
+            b.merge(&[0xff; 9]),
+            Err(StatusRecordError::Malformed(_))
+        ));
+        assert!(matches!(
+            b.merge(&vec![0; MAX_NODE_STATUS_BYTES + 1]),
+            Err(StatusRecordError::TooLarge(_))
+        ));
+        let bad_id = NodeStatus {
+            node_id: "a/b".into(),
+            seq: 1,
+            packages: BTreeMap::new(),
+        };
+        assert_eq!(b.merge(&bad_id.encode()), Err(StatusRecordError::BadNodeId));
+        let bad_package = wire::NodeStatus {
+            node_id: "x".into(),
+            seq: 1,
+            packages: vec![wire::PackageStatusEntry {
+                package: "Not A Package".into(),
+                status: Some(status(ReleaseState::Active, 0).to_wire()),
+            }],
+        };
+        assert!(matches!(
+            b.merge(&bad_package.encode_to_vec()),
+            Err(StatusRecordError::BadPackage { .. })
+        ));
+        assert_eq!(b.digest(), digest);
+        assert_eq!(b.len(), 1);
+    }
+
+    #[test]
+    fn save_and_load_keep_every_record_and_the_own_seq() {
+        let mut a = board("a");
+        a.report(package(1), status(ReleaseState::Active, 3))
+            .unwrap();
+        a.report(package(1), status(ReleaseState::Active, 4))
+            .unwrap();
+        let mut c = board("c");
+        c.report(package(2), status(ReleaseState::Failed, 1))
+            .unwrap();
+        a.merge(c.record_bytes("c").unwrap()).unwrap();
+        let mut restarted = board("a");
+        assert_eq!(restarted.load(&a.save()).unwrap(), 0);
+        assert_eq!(restarted.digest(), a.digest());
+        assert_eq!(restarted.table(), a.table());
+        restarted
+            .report(package(1), status(ReleaseState::Active, 5))
+            .unwrap();
+        assert_eq!(restarted.seq("a"), Some(3));
+        assert!(board("a").load(b"\xff\xff").is_err());
+    }
+
+    fn arb_record() -> impl Strategy<Value = (u8, u64, u8, bool)> {
+        (0u8..4, 0u64..6, 0u8..3, any::<bool>())
+    }
+
+    fn record_bytes((node, seq, minor, failed): (u8, u64, u8, bool)) -> Vec<u8> {
+        let mut packages = BTreeMap::new();
+        let state = if failed {
+            ReleaseState::Failed
+        } else {
+            ReleaseState::Active
+        };
+        packages.insert(package(1), status(state, u64::from(minor)));
+        NodeStatus {
+            node_id: format!("n{node}"),
+            seq,
+            packages,
+        }
+        .encode()
+    }
+
+    proptest! {
+        /// Merge is order-independent: any delivery order of any records
+        /// (duplicates included) leaves every board with the same content
+        /// and digest.
+        #[test]
+        fn merge_order_does_not_matter(records in prop::collection::vec(arb_record(), 1..24), seed in any::<u64>()) {
+            let bytes: Vec<Vec<u8>> = records.into_iter().map(record_bytes).collect();
+            let mut forward = board("observer");
+            for b in &bytes {
+                forward.merge(b).unwrap();
+            }
+            let mut shuffled = bytes.clone();
+            let mut state = seed;
+            for i in (1..shuffled.len()).rev() {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            let mut other = board("observer");
+            for b in shuffled.iter().chain(shuffled.iter()) {
+                other.merge(b).unwrap();
+            }
+            prop_assert_eq!(forward.digest(), other.digest());
+            prop_assert_eq!(forward.save(), other.save());
+            let mut rebuilt = [0u8; 32];
+            for (node, seq) in other.versions() {
+                xor_into(&mut rebuilt, &version_term(node, seq));
+            }
+            prop_assert_eq!(rebuilt, other.digest());
+        }
+    }
+}

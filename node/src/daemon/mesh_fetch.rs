@@ -29,11 +29,17 @@ const ADMIN_PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// progress lines (they are dropped, the last one wins), never the fetch.
 const ADMIN_LINES: usize = 4;
 use crate::fetch::cli::NO_PROVIDERS_CODE as NO_PROVIDERS;
-/// Bound on the DHT provider lookup before a fetch. The lookup answers as
-/// soon as its query ends (a round trip or two to the peers closest to the
-/// key) or `KAD_PROVIDERS` are found; this only caps a DHT with peers that
-/// do not answer.
+/// Default bound on the DHT provider lookup before a fetch. The lookup
+/// answers as soon as its query ends (a round trip or two to the peers
+/// closest to the key) or `KAD_PROVIDERS` are found; this only caps a DHT
+/// with peers that do not answer. `CLAWMESH_FETCH_DHT_LOOKUP_MS` overrides
+/// it (0: no lookup).
 const KAD_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The bound when a status already lists a holder: the DHT only adds
+/// spares then, so a slow DHT delays the fetch by at most this.
+const KAD_LOOKUP_TIMEOUT_WITH_HOLDERS: Duration = Duration::from_secs(1);
+/// Environment variable overriding `KAD_LOOKUP_TIMEOUT`, in milliseconds.
+pub const DHT_LOOKUP_ENV: &str = "CLAWMESH_FETCH_DHT_LOOKUP_MS";
 /// Most providers taken from one DHT lookup.
 const KAD_PROVIDERS: usize = 16;
 /// How often the blobs provided on the DHT are reconciled with the store
@@ -147,8 +153,9 @@ struct Candidates {
 /// without the blob answers "not held" at once. The DHT finds holders that
 /// no status lists and that are not connected (a blob published and not
 /// released, a mesh larger than `max_peers`); the lookup runs alongside
-/// the status read, dials the providers it finds, and is bounded by
-/// `KAD_LOOKUP_TIMEOUT`.
+/// the connected-peer read, dials the providers it finds, and is bounded
+/// by `KAD_LOOKUP_TIMEOUT` (`KAD_LOOKUP_TIMEOUT_WITH_HOLDERS` once a status
+/// lists a holder).
 ///
 /// The list is built before the fetch starts rather than letting a
 /// provider found later join a running fetch: `fetch` takes its providers
@@ -159,17 +166,26 @@ async fn candidate_peers(
     driver: &DriverHandle,
     sha256: [u8; 32],
 ) -> Candidates {
+    // The status read is in-process and quick; it decides the lookup's bound.
+    let mut peers = providers(mesh, driver, sha256).await;
+    let bound = if peers.is_empty() {
+        dht_lookup_bound()
+    } else {
+        dht_lookup_bound().min(KAD_LOOKUP_TIMEOUT_WITH_HOLDERS)
+    };
     let lookup = async {
-        mesh.get_providers(sha256, KAD_PROVIDERS, KAD_LOOKUP_TIMEOUT)
+        if bound.is_zero() {
+            return Vec::new();
+        }
+        mesh.get_providers(sha256, KAD_PROVIDERS, bound)
             .await
             .unwrap_or_else(|error| {
                 tracing::debug!(%error, "no DHT provider lookup");
                 Vec::new()
             })
     }
-    .instrument(tracing::debug_span!("kad_providers"));
-    let (mut peers, connected, from_kad) = tokio::join!(
-        providers(mesh, driver, sha256),
+    .instrument(tracing::debug_span!("kad_providers", bound_ms = bound.as_millis()));
+    let (connected, from_kad) = tokio::join!(
         async { mesh.connected_peers().await.unwrap_or_default() },
         lookup,
     );
@@ -181,6 +197,22 @@ async fn candidate_peers(
     }
     tracing::debug!(candidates = peers.len(), from_kad = from_kad.len(), "fetch candidates");
     Candidates { peers, from_kad }
+}
+
+/// `KAD_LOOKUP_TIMEOUT`, or `CLAWMESH_FETCH_DHT_LOOKUP_MS` when set to a
+/// number (read once).
+fn dht_lookup_bound() -> Duration {
+    static BOUND: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *BOUND.get_or_init(|| {
+        match std::env::var(DHT_LOOKUP_ENV).ok().map(|v| v.trim().parse::<u64>()) {
+            Some(Ok(ms)) => Duration::from_millis(ms),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "{DHT_LOOKUP_ENV} is not a number of milliseconds; using the default");
+                KAD_LOOKUP_TIMEOUT
+            }
+            None => KAD_LOOKUP_TIMEOUT,
+        }
+    })
 }
 
 /// Announces a blob that just landed in the store; a failure only delays

@@ -71,12 +71,16 @@ fn swap_status(node_dir: &Path) -> serde_json::Value {
 }
 
 fn active_version(node_dir: &Path) -> String {
+    active_version_of(node_dir, COUNTER)
+}
+
+fn active_version_of(node_dir: &Path, package: &str) -> String {
     let status = admin(node_dir, serde_json::json!({"op": "status"})).unwrap();
     status["skills"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["package"] == COUNTER && s["role"] == "active")
+        .find(|s| s["package"] == package && s["role"] == "active")
         .map(|s| s["version"].as_str().unwrap().to_string())
         .unwrap()
 }
@@ -508,4 +512,169 @@ fn a_trap_inside_handle_keeps_every_acknowledged_call() {
     let (_, body) = call("boom");
     assert!(body.contains("+ 1 calls"), "{body}");
     assert_eq!(call("get"), (200, "1".to_string()));
+}
+
+/// A kv node with v1 and v2 published (v2 with `v2_memory`), no periodic
+/// checkpoint, `values` values of 64 KiB put (keys `k0000`...).
+fn kv_node(dir: &Path, v2_memory: &[&str], values: usize) -> (NodeProcess, std::path::PathBuf) {
+    let node_dir = dir.join("node");
+    let publisher = Publisher::new(dir, &[&node_dir]);
+    publisher.publish(&node_dir, "kv_v1.wasm", KV, "1.0.0", &["--max-memory-mib", "512"]);
+    publisher.publish(&node_dir, "kv_v2.wasm", KV, "2.0.0", v2_memory);
+    let node = NodeProcess::start_with_env(
+        &node_dir,
+        &[],
+        &[
+            ("CLAWMESH_CHECKPOINT_INTERVAL_MS", "3600000"),
+            ("CLAWMESH_SWAP_STEP_TIMEOUT_MS", "10000"),
+        ],
+    );
+    admin(
+        &node_dir,
+        serde_json::json!({"op": "deploy", "package": KV, "version": "1.0.0"}),
+    )
+    .unwrap();
+    for i in 0..values {
+        let mut body = format!("k{i:04}\n").into_bytes();
+        body.extend_from_slice(&kv_value(i));
+        let (status, answer) = kv_call(&node, "put", &body);
+        assert_eq!(status, 200, "put: {}", String::from_utf8_lossy(&answer));
+    }
+    // The checkpoint the swap's early snapshot starts from.
+    admin(&node_dir, serde_json::json!({"op": "checkpoint", "package": KV})).unwrap();
+    (node, node_dir)
+}
+
+#[test]
+fn calls_made_between_the_early_snapshot_and_the_pause_survive_the_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2 MiB of state: over the early-snapshot threshold, so the state moves
+    // before the pause and only the calls since are replayed inside it.
+    let (node, node_dir) = kv_node(dir.path(), &["--max-memory-mib", "512"], 32);
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = format!("{}/v1/skills/{KV}/put", node.http());
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (stop, url) = (stop.clone(), url.clone());
+            std::thread::spawn(move || {
+                let mut acknowledged = Vec::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{w}-{n}");
+                    let (status, body) = http_post(&url, format!("{key}\n{n}").as_bytes());
+                    assert_eq!(status, 200, "put {key}: {}", String::from_utf8_lossy(&body));
+                    acknowledged.push(key);
+                    n += 1;
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    // Writes run before, during and after the swap.
+    while kv_call(&node, "get", b"w0-20").0 != 200 {
+        std::thread::yield_now();
+    }
+    let swapped = admin(
+        &node_dir,
+        serde_json::json!({"op": "deploy", "package": KV, "version": "2.0.0"}),
+    )
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let acknowledged: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert_eq!(swapped["swap"]["state_path"], "migration", "{swapped}");
+    assert!(
+        swapped["swap"]["replayed"].as_u64().unwrap() > 0,
+        "the writes after the early snapshot were replayed into v2: {swapped}"
+    );
+    assert_eq!(active_version_of(&node_dir, KV), "2.0.0");
+    for key in &acknowledged {
+        let (status, value) = kv_call(&node, "get", key.as_bytes());
+        assert_eq!(status, 200, "acknowledged {key} lost by the swap");
+        let n = key.rsplit('-').next().unwrap();
+        assert_eq!(value, n.as_bytes(), "{key}");
+    }
+    assert!(kv_call(&node, "get", b"k0031").1 == kv_value(31));
+    // A crash of v2 now restores the early snapshot and replays the journal.
+    let status = admin(&node_dir, serde_json::json!({"op": "status"})).unwrap();
+    let pid = status["skills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["package"] == KV && s["role"] == "active")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let last = acknowledged.last().unwrap();
+    while kv_call(&node, "get", last.as_bytes()).0 != 200 {
+        assert!(Instant::now() < deadline, "v2 never served again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for key in &acknowledged {
+        assert_eq!(kv_call(&node, "get", key.as_bytes()).0, 200, "{key} lost by the crash");
+    }
+    // And a rollback to v1 (no down-migration) keeps them too.
+    let back = admin(&node_dir, serde_json::json!({"op": "rollback", "package": KV})).unwrap();
+    assert_eq!(back["state_path"], "replay", "{back}");
+    for key in &acknowledged {
+        assert_eq!(kv_call(&node, "get", key.as_bytes()).0, 200, "{key} lost by the rollback");
+    }
+}
+
+#[test]
+fn a_version_too_small_for_the_state_is_refused_at_restore_and_the_old_one_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    // 8 MiB of state; v2 may use 12 MiB of linear memory: not enough to
+    // hold it.
+    let (node, node_dir) = kv_node(dir.path(), &["--max-memory-mib", "12"], 128);
+    let (code, message) = admin(
+        &node_dir,
+        serde_json::json!({"op": "deploy", "package": KV, "version": "2.0.0"}),
+    )
+    .unwrap_err();
+    assert_eq!(code, "swap_aborted", "{message}");
+    assert!(
+        message.contains("restore") && message.contains("out of memory"),
+        "the failure names the step and the cause: {message}"
+    );
+    assert_eq!(active_version_of(&node_dir, KV), "1.0.0");
+    let status = admin(&node_dir, serde_json::json!({"op": "status"})).unwrap();
+    let workers: Vec<_> = status["skills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["package"] == KV)
+        .collect();
+    assert_eq!(workers.len(), 1, "the new worker is gone: {workers:?}");
+    assert_eq!(workers[0]["restarts"], 0, "no restart: {workers:?}");
+    assert_eq!(workers[0]["state"], "ready");
+    // The old version still has its state, and checkpoints it.
+    for i in [0, 127] {
+        let (status, value) = kv_call(&node, "get", format!("k{i:04}").as_bytes());
+        assert_eq!(status, 200);
+        assert!(value == kv_value(i), "value {i} changed");
+    }
+    admin(&node_dir, serde_json::json!({"op": "checkpoint", "package": KV})).unwrap();
+    let last = swap_status_of(&node_dir, KV)["last_failure"].clone();
+    assert_eq!(last["kind"], "swap_failed", "{last}");
+    assert!(last["error"].as_str().unwrap().contains("out of memory"), "{last}");
+}
+
+fn swap_status_of(node_dir: &Path, package: &str) -> serde_json::Value {
+    let status = admin(node_dir, serde_json::json!({"op": "status"})).unwrap();
+    status["swap"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["package"] == package)
+        .cloned()
+        .unwrap()
 }

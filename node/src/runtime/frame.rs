@@ -52,6 +52,8 @@ mod kind {
     pub const ATTACH_SEGMENT: u8 = 0x06;
     pub const SNAPSHOT_TO_SEGMENT: u8 = 0x07;
     pub const RESTORE_FROM_SEGMENT: u8 = 0x08;
+    pub const JOURNAL_SINCE: u8 = 0x09;
+    pub const PROBE_SNAPSHOT: u8 = 0x0A;
     pub const OK: u8 = 0x80;
     pub const ERR: u8 = 0x81;
 }
@@ -95,6 +97,94 @@ pub enum Request<'a> {
         /// How long to wait for that generation to be published.
         wait_ms: u32,
     },
+    /// Send the calls the instance ran `Ok` since its state was
+    /// `generation` of the segment, from the `from`-th on, as many as fit
+    /// in one frame; the `Ok` payload is a [`JournalChunk`]. Refused when
+    /// the instance's state is not that generation plus its journal (it
+    /// published or restored another one since, or the journal overflowed).
+    JournalSince {
+        /// The generation the calls follow.
+        generation: u64,
+        /// Index of the first call wanted.
+        from: u32,
+    },
+    /// Run the skill's `snapshot()` and discard the state (a check that the
+    /// version can still serialise what it holds); the `Ok` payload is the
+    /// state's length, u64 LE.
+    ProbeSnapshot,
+}
+
+/// Calls a worker ran since a generation, as answered to `JournalSince`:
+/// `u32 LE` calls in its journal in all, `u32 LE` calls in this chunk, then
+/// per call `u16 LE` op length, op, `u32 LE` input length, input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalChunk<'a> {
+    /// Calls in the worker's journal in all.
+    pub total: u32,
+    /// The calls of this chunk, in the order they ran.
+    pub calls: Vec<(&'a str, &'a [u8])>,
+}
+
+impl<'a> JournalChunk<'a> {
+    /// Bytes one call takes in a chunk.
+    pub fn call_len(op: &str, input: &[u8]) -> usize {
+        2 + op.len() + 4 + input.len()
+    }
+
+    /// Starts a chunk's payload in `out`; calls are appended with
+    /// [`JournalChunk::push`] and counted with [`JournalChunk::finish`].
+    pub fn begin(total: u32, out: &mut Vec<u8>) -> usize {
+        let start = out.len();
+        out.extend_from_slice(&total.to_le_bytes());
+        out.extend_from_slice(&0u32.to_le_bytes());
+        start
+    }
+
+    /// Appends one call (op at most [`MAX_OP_LEN`], input below 4 GiB:
+    /// both hold for any call that came in a frame).
+    pub fn push(op: &str, input: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(&(op.len() as u16).to_le_bytes());
+        out.extend_from_slice(op.as_bytes());
+        out.extend_from_slice(&(input.len() as u32).to_le_bytes());
+        out.extend_from_slice(input);
+    }
+
+    /// Writes the number of calls appended since `begin` returned `start`.
+    pub fn finish(start: usize, count: u32, out: &mut [u8]) {
+        if let Some(field) = out.get_mut(start + 4..start + 8) {
+            field.copy_from_slice(&count.to_le_bytes());
+        }
+    }
+
+    /// Decodes a chunk; never panics.
+    pub fn decode(payload: &'a [u8]) -> Result<Self, FrameError> {
+        let (total, rest) = take_u32(payload, "journal total")?;
+        let (count, mut rest) = take_u32(rest, "journal chunk count")?;
+        let mut calls = Vec::with_capacity((count as usize).min(rest.len() / 6 + 1));
+        for _ in 0..count {
+            let (op_len, tail) = take_u16(rest, "journal op length")?;
+            let (op, tail) = tail
+                .split_at_checked(usize::from(op_len))
+                .ok_or(FrameError::Truncated { field: "journal op" })?;
+            let op = std::str::from_utf8(op).map_err(|_| FrameError::NotUtf8 {
+                field: "journal op",
+            })?;
+            let (input_len, tail) = take_u32(tail, "journal input length")?;
+            let (input, tail) = tail
+                .split_at_checked(input_len as usize)
+                .ok_or(FrameError::Truncated {
+                    field: "journal input",
+                })?;
+            calls.push((op, input));
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err(FrameError::Truncated {
+                field: "journal chunk (trailing bytes)",
+            });
+        }
+        Ok(Self { total, calls })
+    }
 }
 
 /// What a `SnapshotToSegment` did: published `generation`, or found the
@@ -343,6 +433,14 @@ pub fn encode_request(id: u64, request: &Request<'_>, out: &mut Vec<u8>) -> Resu
             out.extend_from_slice(&generation.to_le_bytes());
             out.extend_from_slice(&wait_ms.to_le_bytes());
         }
+        Request::JournalSince { generation, from } => {
+            begin(id, kind::JOURNAL_SINCE, 12, out)?;
+            out.extend_from_slice(&generation.to_le_bytes());
+            out.extend_from_slice(&from.to_le_bytes());
+        }
+        Request::ProbeSnapshot => {
+            begin(id, kind::PROBE_SNAPSHOT, 0, out)?;
+        }
     }
     Ok(())
 }
@@ -415,6 +513,12 @@ pub fn decode_request(frame: &[u8]) -> Result<Frame<Request<'_>>, FrameError> {
                 },
             )?
         }
+        kind::JOURNAL_SINCE => {
+            let (generation, rest) = take_u64(payload, "journal generation")?;
+            let (from, rest) = take_u32(rest, "journal start")?;
+            empty(rest, "journal-since", Request::JournalSince { generation, from })?
+        }
+        kind::PROBE_SNAPSHOT => empty(payload, "probe-snapshot", Request::ProbeSnapshot)?,
         other => return Err(FrameError::UnknownKind { kind: other }),
     };
     Ok(Frame { id, body })
@@ -590,6 +694,33 @@ mod tests {
                 wait_ms: 250,
             },
         );
+    }
+
+    #[test]
+    fn journal_requests_and_chunks_round_trip() {
+        roundtrip_request(
+            9,
+            Request::JournalSince {
+                generation: 7,
+                from: 3,
+            },
+        );
+        roundtrip_request(10, Request::ProbeSnapshot);
+        let mut out = vec![0xAA];
+        let start = JournalChunk::begin(5, &mut out);
+        JournalChunk::push("add", b"1", &mut out);
+        JournalChunk::push("", b"", &mut out);
+        JournalChunk::finish(start, 2, &mut out);
+        let chunk = JournalChunk::decode(&out[1..]).unwrap();
+        assert_eq!(chunk.total, 5);
+        assert_eq!(chunk.calls, vec![("add", &b"1"[..]), ("", &b""[..])]);
+        assert_eq!(
+            out.len() - 1,
+            8 + JournalChunk::call_len("add", b"1") + JournalChunk::call_len("", b"")
+        );
+        for cut in 0..out.len() - 1 {
+            assert!(JournalChunk::decode(&out[1..1 + cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

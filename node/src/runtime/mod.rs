@@ -21,7 +21,9 @@ pub use cgroup::{CgroupLimits, CgroupManager, CgroupSupport};
 pub use errors::{DeployError, InvokeError};
 pub use http::{RuntimeHttpState, router};
 pub use metrics::RuntimeMetrics;
-pub use route::{PauseLimits, Route};
+pub use route::{
+    DEFAULT_ROUTE_WINDOW, MAX_ROUTE_WINDOW, PauseLimits, ROUTE_WINDOW_ENV, Route, WindowLimits,
+};
 pub use supervisor::{
     Lifecycle, RestartPolicy, SkillLimits, SkillSpec, SkillStatus, SupervisedWorker, Supervisor,
     SupervisorConfig, WorkerCommand, WorkerState,

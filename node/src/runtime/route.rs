@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit, watch};
 
 use super::errors::InvokeError;
 use super::metrics::SkillMetrics;
@@ -30,6 +30,62 @@ impl Default for PauseLimits {
     }
 }
 
+/// Calls a route lets run at its worker at once, by default.
+pub const DEFAULT_ROUTE_WINDOW: usize = 32;
+
+/// Largest window a route accepts (the connection's own in-flight bound).
+pub const MAX_ROUTE_WINDOW: usize = super::connection::DEFAULT_MAX_IN_FLIGHT;
+
+/// The in-flight window of a route: at most `calls` admitted calls are at
+/// the worker at once; the others wait in the route's queue, where a pause
+/// holds them and from where, after a flip, they go to the new worker. A
+/// pause therefore drains at most `calls` calls.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowLimits {
+    /// Calls in flight at the worker at once, `1..=MAX_ROUTE_WINDOW`
+    /// (clamped into that range).
+    pub calls: usize,
+    /// Most calls waiting in the queue for a place in the window; more are
+    /// refused as `overloaded`.
+    pub max_queued: usize,
+    /// Longest a call waits in the queue for a place, then `overloaded`.
+    pub queue_wait: Duration,
+}
+
+impl Default for WindowLimits {
+    fn default() -> Self {
+        Self {
+            calls: DEFAULT_ROUTE_WINDOW,
+            max_queued: 10_000,
+            queue_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Overrides the window's size (`WindowLimits::calls`) from the node's
+/// environment.
+pub const ROUTE_WINDOW_ENV: &str = "CLAWMESH_ROUTE_WINDOW";
+
+impl WindowLimits {
+    /// The defaults, with the size from [`ROUTE_WINDOW_ENV`] when it is set
+    /// to a number (clamped like any size).
+    pub fn from_env() -> Self {
+        let mut limits = Self::default();
+        if let Some(calls) = std::env::var(ROUTE_WINDOW_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            limits.calls = calls.clamp(1, MAX_ROUTE_WINDOW);
+        }
+        limits
+    }
+
+    /// The window's size, within `1..=MAX_ROUTE_WINDOW`.
+    pub fn size(&self) -> usize {
+        self.calls.clamp(1, MAX_ROUTE_WINDOW)
+    }
+}
+
 /// Active and standby workers of one package.
 #[derive(Debug)]
 struct Slots<W> {
@@ -48,6 +104,11 @@ pub struct Route<W> {
     calls: AtomicUsize,
     /// Woken when `calls` drops to zero.
     idle: Notify,
+    /// Places in the in-flight window; an admitted call holds one.
+    window: Semaphore,
+    window_limits: WindowLimits,
+    /// Calls waiting for a place in the window.
+    queued: AtomicUsize,
     journal: Journal,
 }
 
@@ -57,6 +118,8 @@ pub struct Route<W> {
 pub struct CallGuard<'a> {
     calls: &'a AtomicUsize,
     idle: &'a Notify,
+    /// Its place in the window, given back after the call left `calls`.
+    _place: SemaphorePermit<'a>,
 }
 
 impl Drop for CallGuard<'_> {
@@ -77,6 +140,7 @@ impl<W> Route<W> {
         package: String,
         active: Arc<W>,
         limits: PauseLimits,
+        window: WindowLimits,
         metrics: SkillMetrics,
     ) -> Self {
         Self {
@@ -89,6 +153,9 @@ impl<W> Route<W> {
             metrics,
             calls: AtomicUsize::new(0),
             idle: Notify::new(),
+            window: Semaphore::new(window.size()),
+            window_limits: window,
+            queued: AtomicUsize::new(0),
             journal: Journal::new(),
         }
     }
@@ -98,11 +165,13 @@ impl<W> Route<W> {
         &self.journal
     }
 
-    /// Admits a call: at once when the route is open, after a bounded wait
-    /// when it is paused. The call counts as in progress until the guard
-    /// is dropped.
+    /// Admits a call: at once when the route is open and the window has a
+    /// place, after a bounded wait in the route's queue otherwise (for a
+    /// place, and for a paused route to resume). The call counts as in
+    /// progress, and keeps its place, until the guard is dropped.
     pub async fn enter(&self) -> Result<CallGuard<'_>, InvokeError> {
         loop {
+            let place = self.place().await?;
             // Count first, then check the gate (both SeqCst): a pauser that
             // sets the gate and then sees zero calls cannot miss this one.
             self.calls.fetch_add(1, Ordering::SeqCst);
@@ -110,11 +179,43 @@ impl<W> Route<W> {
                 return Ok(CallGuard {
                     calls: &self.calls,
                     idle: &self.idle,
+                    _place: place,
                 });
             }
             leave(&self.calls, &self.idle);
+            drop(place);
             self.gate.wait(&self.package).await?;
         }
+    }
+
+    /// A place in the in-flight window, waiting (bounded) in the queue.
+    async fn place(&self) -> Result<SemaphorePermit<'_>, InvokeError> {
+        if let Ok(place) = self.window.try_acquire() {
+            return Ok(place);
+        }
+        let limits = self.window_limits;
+        let overloaded = || InvokeError::Overloaded {
+            package: self.package.clone(),
+            max_in_flight: limits.size(),
+        };
+        let queued = WaitingGuard::enter(&self.queued);
+        if queued.count > limits.max_queued {
+            return Err(overloaded());
+        }
+        match tokio::time::timeout(limits.queue_wait, self.window.acquire()).await {
+            Ok(Ok(place)) => Ok(place),
+            Ok(Err(_)) | Err(_) => Err(overloaded()),
+        }
+    }
+
+    /// Calls waiting in the queue for a place in the window.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Acquire)
+    }
+
+    /// The in-flight window's size.
+    pub fn window(&self) -> usize {
+        self.window_limits.size()
     }
 
     /// Calls admitted and not yet answered.
@@ -304,10 +405,15 @@ mod tests {
     use crate::runtime::metrics::RuntimeMetrics;
 
     fn route(limits: PauseLimits) -> Arc<Route<&'static str>> {
+        route_with(limits, WindowLimits::default())
+    }
+
+    fn route_with(limits: PauseLimits, window: WindowLimits) -> Arc<Route<&'static str>> {
         Arc::new(Route::new(
             "p".into(),
             Arc::new("v1"),
             limits,
+            window,
             RuntimeMetrics::new().skill("p"),
         ))
     }
@@ -390,5 +496,58 @@ mod tests {
             route.wait_open().await,
             Err(InvokeError::Paused { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn the_window_bounds_admitted_calls_and_a_pause_drains_only_those() {
+        let window = WindowLimits {
+            calls: 2,
+            ..WindowLimits::default()
+        };
+        let route = route_with(PauseLimits::default(), window);
+        let first = route.enter().await.unwrap();
+        let second = route.enter().await.unwrap();
+        let third = {
+            let route = route.clone();
+            tokio::spawn(async move { route.enter().await.map(|_| ()) })
+        };
+        while route.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(route.calls_in_progress(), 2, "the third call waits in the queue");
+        route.pause();
+        drop(first);
+        drop(second);
+        // The drain waits for the two admitted calls only; the queued one,
+        // given a place, meets the pause and is held at the gate.
+        assert!(route.drain(Duration::from_secs(60)).await);
+        while route.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(route.calls_in_progress(), 0);
+        route.resume();
+        assert_eq!(third.await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_full_window_refuses_calls_past_the_queue_bound() {
+        let window = WindowLimits {
+            calls: 1,
+            max_queued: 0,
+            queue_wait: Duration::from_secs(60),
+        };
+        let route = route_with(PauseLimits::default(), window);
+        let _held = route.enter().await.unwrap();
+        assert!(matches!(
+            route.enter().await,
+            Err(InvokeError::Overloaded { max_in_flight: 1, .. })
+        ));
+        assert_eq!(route.queued(), 0);
+    }
+
+    #[test]
+    fn the_window_size_is_clamped_to_its_bounds() {
+        let size = |calls| WindowLimits { calls, ..WindowLimits::default() }.size();
+        assert_eq!((size(0), size(16), size(usize::MAX)), (1, 16, MAX_ROUTE_WINDOW));
     }
 }

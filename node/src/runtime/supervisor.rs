@@ -26,7 +26,7 @@ use super::connection::{ConnectionLimits, WorkerConnection, read_frame};
 use super::errors::{DeployError, InvokeError};
 use super::frame::{self, FailureCode, Request, Response};
 use super::metrics::RuntimeMetrics;
-use super::route::{PauseLimits, Route};
+use super::route::{PauseLimits, Route, WindowLimits};
 use super::worker::WorkerArgs;
 
 /// How the supervisor starts a worker process: `exe`, then `leading_args`
@@ -99,10 +99,14 @@ pub struct SupervisorConfig {
     pub restart: RestartPolicy,
     /// Bounds on calls held by a paused route.
     pub pause: PauseLimits,
+    /// Each route's in-flight window (calls at the worker at once) and its
+    /// queue.
+    pub window: WindowLimits,
 }
 
 impl SupervisorConfig {
-    /// Defaults for everything but the paths and the command.
+    /// Defaults for everything but the paths and the command (the window's
+    /// size may come from `CLAWMESH_ROUTE_WINDOW`).
     pub fn new(
         node_name: String,
         worker_command: WorkerCommand,
@@ -119,6 +123,7 @@ impl SupervisorConfig {
             connection: ConnectionLimits::default(),
             restart: RestartPolicy::default(),
             pause: PauseLimits::default(),
+            window: WindowLimits::from_env(),
         }
     }
 }
@@ -472,6 +477,7 @@ impl Supervisor {
                     package.clone(),
                     worker,
                     self.inner.config.pause,
+                    self.inner.config.window,
                     metrics,
                 ));
                 self.inner

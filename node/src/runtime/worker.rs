@@ -367,6 +367,18 @@ fn answer(skill: &mut Skill, body: &[u8], out: &mut Vec<u8>) -> anyhow::Result<F
             }
             Err(error) => Err(error),
         },
+        Request::JournalSince { generation, from } => {
+            let mut payload = Vec::new();
+            match skill.segment.journal_since(generation, from, &mut payload) {
+                Ok(()) => frame::encode_response(id, &Response::Ok(&payload), out)?,
+                Err(message) => bad_request(id, &message, out)?,
+            }
+            return Ok(Flow::Continue);
+        }
+        Request::ProbeSnapshot => skill
+            .instance
+            .snapshot()
+            .map(|state| (state.data.len() as u64).to_le_bytes().to_vec()),
         Request::RestoreFromSegment {
             generation,
             wait_ms,

@@ -86,6 +86,56 @@ impl Spread {
     }
 }
 
+/// The steps of a pause (the event's `StepTimings`), each as percentiles
+/// over the run. In a pipelined pause the steps overlap: `snapshot` is
+/// from the request to the old worker's answer, `restore` and `health` what
+/// the new worker took after it.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Steps {
+    /// Waiting for the calls in the window to finish.
+    pub drain: Spread,
+    /// The snapshot into the segment (or, with an early snapshot, fetching
+    /// the calls journaled since it).
+    pub snapshot: Spread,
+    /// The restore (or the replay of the delta), migration included.
+    pub restore: Spread,
+    /// `health` on the worker taking over.
+    pub health: Spread,
+    /// The flip and resume.
+    pub flip: Spread,
+}
+
+/// Step timings collected over a run, one entry per swap or rollback.
+#[derive(Debug, Default)]
+struct StepSamples {
+    drain: Vec<u64>,
+    snapshot: Vec<u64>,
+    restore: Vec<u64>,
+    health: Vec<u64>,
+    flip: Vec<u64>,
+}
+
+impl StepSamples {
+    fn push(&mut self, timings: &serde_json::Value) {
+        let field = |name: &str| timings[name].as_u64().unwrap_or(0);
+        self.drain.push(field("drain_us"));
+        self.snapshot.push(field("snapshot_us"));
+        self.restore.push(field("restore_us"));
+        self.health.push(field("health_us"));
+        self.flip.push(field("flip_us"));
+    }
+
+    fn spread(&mut self) -> Steps {
+        Steps {
+            drain: Spread::of(&mut self.drain),
+            snapshot: Spread::of(&mut self.snapshot),
+            restore: Spread::of(&mut self.restore),
+            health: Spread::of(&mut self.health),
+            flip: Spread::of(&mut self.flip),
+        }
+    }
+}
+
 /// What a run measured, per state size.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchSwapReport {
@@ -101,10 +151,12 @@ pub struct BenchSwapReport {
     pub ok_requests: u64,
     /// Route pause of each swap (drain, snapshot, restore, health, flip).
     pub swap_pause: Spread,
-    /// Of the swap pause: waiting for admitted calls to finish.
-    pub swap_drain: Spread,
+    /// The swap pause step by step.
+    pub swap_steps: Steps,
     /// Route pause of each rollback (snapshot, restore, replay, health, flip).
     pub rollback_pause: Spread,
+    /// The rollback pause step by step.
+    pub rollback_steps: Steps,
     /// Wall time of each rollback request, admin socket round trip included.
     pub rollback_wall: Spread,
     /// Journal entries replayed per rollback (median).
@@ -149,12 +201,12 @@ fn print_report(report: &BenchSwapReport, connections: usize) {
         report.failed_requests + report.ok_requests
     );
     println!(
-        "  swap pause: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms (of which drain p50 {:.3} ms)",
+        "  swap pause: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
         ms(report.swap_pause.p50_us),
         ms(report.swap_pause.p99_us),
         ms(report.swap_pause.max_us),
-        ms(report.swap_drain.p50_us)
     );
+    println!("    {}", steps_line(&report.swap_steps));
     println!(
         "  rollback: pause p50 {:.3} ms, p99 {:.3} ms; wall p50 {:.3} ms, p99 {:.3} ms; {} calls replayed (p50)",
         ms(report.rollback_pause.p50_us),
@@ -163,6 +215,21 @@ fn print_report(report: &BenchSwapReport, connections: usize) {
         ms(report.rollback_wall.p99_us),
         report.replayed_p50
     );
+    println!("    {}", steps_line(&report.rollback_steps));
+}
+
+/// `drain 0.120/0.450 · snapshot ... ms (p50/p99)`.
+fn steps_line(steps: &Steps) -> String {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let parts = [
+        ("drain", steps.drain),
+        ("snapshot", steps.snapshot),
+        ("restore", steps.restore),
+        ("health", steps.health),
+        ("flip", steps.flip),
+    ]
+    .map(|(name, spread)| format!("{name} {:.3}/{:.3}", ms(spread.p50_us), ms(spread.p99_us)));
+    format!("{} ms (p50/p99)", parts.join(" · "))
 }
 
 /// The skill a size is measured on: how to deploy its two versions and
@@ -264,8 +331,7 @@ async fn measure(args: &BenchSwapArgs, state_mib: u64) -> anyhow::Result<BenchSw
                 Ok(v) => {
                     out.swap_pause
                         .push(v["swap"]["timings"]["pause_us"].as_u64().unwrap_or(0));
-                    out.swap_drain
-                        .push(v["swap"]["timings"]["drain_us"].as_u64().unwrap_or(0));
+                    out.swap_steps.push(&v["swap"]["timings"]);
                     out.state_bytes = v["swap"]["state_bytes"].as_u64().unwrap_or(0);
                 }
                 Err(error) => {
@@ -285,6 +351,7 @@ async fn measure(args: &BenchSwapArgs, state_mib: u64) -> anyhow::Result<BenchSw
                     out.rollback_wall.push(started.elapsed().as_micros() as u64);
                     out.rollback_pause
                         .push(v["timings"]["pause_us"].as_u64().unwrap_or(0));
+                    out.rollback_steps.push(&v["timings"]);
                     out.replayed.push(v["replayed"].as_u64().unwrap_or(0));
                     out.done += 1;
                 }
@@ -308,8 +375,9 @@ async fn measure(args: &BenchSwapArgs, state_mib: u64) -> anyhow::Result<BenchSw
         failed_requests: load.errors + load.warmup_errors,
         ok_requests: load.ok,
         swap_pause: Spread::of(&mut c.swap_pause),
-        swap_drain: Spread::of(&mut c.swap_drain),
+        swap_steps: c.swap_steps.spread(),
         rollback_pause: Spread::of(&mut c.rollback_pause),
+        rollback_steps: c.rollback_steps.spread(),
         rollback_wall: Spread::of(&mut c.rollback_wall),
         replayed_p50: Spread::of(&mut c.replayed).p50_us,
         state_bytes: c.state_bytes,
@@ -370,8 +438,9 @@ struct Cycles {
     done: u32,
     aborted: u32,
     swap_pause: Vec<u64>,
-    swap_drain: Vec<u64>,
+    swap_steps: StepSamples,
     rollback_pause: Vec<u64>,
+    rollback_steps: StepSamples,
     rollback_wall: Vec<u64>,
     replayed: Vec<u64>,
     state_bytes: u64,

@@ -98,6 +98,24 @@ impl Journal {
         std::mem::take(&mut inner.entries)
     }
 
+    /// Replaces what the journal holds with `entries` (the calls a worker
+    /// ran since the checkpoint that becomes the package's, in the order it
+    /// ran them), within the same bounds as [`Journal::record`]; returns
+    /// what it held.
+    pub fn replace(&self, entries: Vec<JournalEntry>) -> Vec<JournalEntry> {
+        let mut fresh = Entries::default();
+        for entry in entries {
+            let size = entry.op.len() + entry.input.len();
+            if fresh.entries.len() >= MAX_JOURNAL_ENTRIES || fresh.bytes + size > MAX_JOURNAL_BYTES {
+                fresh.overflowed = true;
+                break;
+            }
+            fresh.bytes += size;
+            fresh.entries.push(entry);
+        }
+        std::mem::replace(&mut *self.lock(), fresh).entries
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -116,6 +134,20 @@ mod tests {
         let taken = journal.take();
         assert_eq!(taken[1].input, Bytes::from_static(b"2"));
         assert!(journal.is_empty());
+    }
+
+    #[test]
+    fn replace_swaps_in_a_worker_journal() {
+        let journal = Journal::new();
+        journal.record("old", &Bytes::new());
+        let delta = vec![JournalEntry {
+            op: "add".into(),
+            input: Bytes::from_static(b"3"),
+        }];
+        let held = journal.replace(delta.clone());
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].op, "old");
+        assert_eq!(journal.entries(), delta);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use super::journal::JournalEntry;
 use super::package_state::{PackageState, WarmWindow};
 use crate::runtime::InvokeError;
 use crate::runtime::connection::WorkerConnection;
-use crate::runtime::frame::{Request, SegmentWrite};
+use crate::runtime::frame::{JournalChunk, Request, SegmentWrite};
 use crate::runtime::{DeployError, Route, SkillSpec, SupervisedWorker, Supervisor, WorkerState};
 
 /// Timeouts of the steps and the windows of the swap machinery.
@@ -255,6 +255,7 @@ async fn settled_snapshot(
     }
     if state.generation() > before {
         route.journal().take();
+        state.set_journal_base(state.generation());
         state.close_window();
     }
     Err(failed(format!("timed out after {timeout:?}")))
@@ -269,6 +270,7 @@ async fn snapshot_into_segment(
     timeout: Duration,
 ) -> Result<(u32, u64, Vec<JournalEntry>), SwapError> {
     let write = settled_snapshot(state, route, worker, None, timeout).await?;
+    state.set_journal_base(write.generation);
     Ok((write.schema, write.len, route.journal().take()))
 }
 
@@ -303,6 +305,8 @@ enum Step<'a> {
     Restore(u64),
     Invoke(&'a JournalEntry),
     Snapshot,
+    /// A snapshot whose state is discarded (can the version serialise it?).
+    Probe,
     Health,
 }
 
@@ -315,7 +319,7 @@ type StepFuture<'a> =
 async fn pipelined(
     worker: &SupervisedWorker,
     steps: &[Step<'_>],
-) -> Result<Vec<Bytes>, (&'static str, String)> {
+) -> Result<Vec<Bytes>, (&'static str, InvokeError)> {
     let mut answers = Vec::with_capacity(steps.len());
     for batch in steps.chunks(REPLAY_BATCH) {
         // join_all polls the calls in order, and each reaches the socket
@@ -329,6 +333,7 @@ async fn pipelined(
                 }
                 Step::Invoke(entry) => Box::pin(worker.invoke(entry.op.clone(), entry.input.clone())),
                 Step::Snapshot => Box::pin(worker.request(&Request::SnapshotToSegment)),
+                Step::Probe => Box::pin(worker.request(&Request::ProbeSnapshot)),
                 Step::Health => Box::pin(worker.request(&Request::Health)),
             }
         });
@@ -338,9 +343,10 @@ async fn pipelined(
                 Step::Restore(_) => "restore",
                 Step::Invoke(_) => "replay",
                 Step::Snapshot => "snapshot",
+                Step::Probe => "snapshot probe",
                 Step::Health => "health",
             };
-            answers.push(result.map_err(|e| (name, e.to_string()))?);
+            answers.push(result.map_err(|e| (name, e))?);
         }
     }
     Ok(answers)
@@ -355,6 +361,10 @@ fn write_durable(state: &PackageState, version: &str) {
     let Some(dir) = state.checkpoints_dir() else {
         return;
     };
+    if state.journal_base() != state.generation() {
+        // An early snapshot no journal follows yet: not a checkpoint.
+        return;
+    }
     let Ok(current) = state.current() else {
         return;
     };
@@ -522,9 +532,41 @@ async fn run_swap(
             why,
         });
     }
+    // Early snapshot: the old worker's state goes into the segment and into
+    // the new worker while the old one keeps serving; the pause then only
+    // replays the calls it ran since. Only when the journal follows the
+    // current generation (no earlier early snapshot is pending).
+    // Journal entries dropped only once the route runs again.
+    let mut garbage = Vec::new();
+    let early = if state.last_len() >= EARLY_SNAPSHOT_MIN_BYTES
+        && state.generation() > 0
+        && state.journal_base() == state.generation()
+    {
+        match pre_copy(state, old, &new, config, event).await {
+            Ok(early) => Some(early),
+            Err(error) => {
+                // The pre-swap state of an open window may have left the
+                // other buffer: a rollback must be a swap now.
+                if state.journal_base() != state.generation() {
+                    state.close_window();
+                }
+                drop(control);
+                supervisor.stop_worker(&new).await;
+                return Err(error);
+            }
+        }
+    } else {
+        None
+    };
     event.timings.prewarm_us = us(started);
     let paused_at = Instant::now();
-    let outcome = paused_steps(route, state, old, &new, config, event).await;
+    let outcome = match early {
+        Some(early) => paused_delta(route, state, old, &new, early, config, event, &mut garbage).await,
+        None => paused_steps(route, state, old, &new, config, event, &mut garbage).await,
+    };
+    if outcome.is_err() && state.journal_base() != state.generation() {
+        state.close_window();
+    }
     match outcome {
         Ok(()) => {
             event.timings.pause_us = us(paused_at);
@@ -536,6 +578,7 @@ async fn run_swap(
             route.resume();
             event.timings.flip_us = us(flip_start);
             event.timings.pause_us = us(paused_at);
+            drop(garbage);
             drop(control);
             if let Some(replaced) = replaced.filter(|r| !Arc::ptr_eq(r, old)) {
                 supervisor.stop_worker(&replaced).await;
@@ -567,9 +610,22 @@ async fn paused_steps(
     new: &SupervisedWorker,
     config: &SwapConfig,
     event: &mut SwapEvent,
+    garbage: &mut Vec<JournalEntry>,
+) -> Result<(), SwapError> {
+    pause_and_drain(route, state, old, new, config, event).await?;
+    snapshot_and_restore(route, state, old, new, config, event, garbage).await
+}
+
+/// Step 2: pause the route and let the calls in its window finish.
+async fn pause_and_drain(
+    route: &Route<SupervisedWorker>,
+    state: &PackageState,
+    old: &SupervisedWorker,
+    new: &SupervisedWorker,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
 ) -> Result<(), SwapError> {
     let package = state.package();
-    // 2. Pause and let admitted calls finish.
     step_fault(package, "pause", old.pid(), new.pid())?;
     let start = Instant::now();
     route.pause();
@@ -585,6 +641,21 @@ async fn paused_steps(
         });
     }
     event.timings.drain_us = us(start);
+    Ok(())
+}
+
+/// Steps 3–4 with the whole state inside the pause (no early snapshot, or
+/// its delta could not be had).
+async fn snapshot_and_restore(
+    route: &Route<SupervisedWorker>,
+    state: &PackageState,
+    old: &SupervisedWorker,
+    new: &SupervisedWorker,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+    garbage: &mut Vec<JournalEntry>,
+) -> Result<(), SwapError> {
+    let package = state.package();
     // 3. Old worker snapshots into the segment (a checkpoint: the journal
     // empties); 4. the new worker restores it (migrating) and passes health.
     // All three go out at once: the new worker waits in its own process for
@@ -618,7 +689,8 @@ async fn paused_steps(
     };
     let ((snapshot, snapshot_us), pipelined) = tokio::join!(snapshot, restore);
     let write = snapshot?;
-    route.journal().take();
+    state.set_journal_base(write.generation);
+    *garbage = route.journal().take();
     event.state_bytes = write.len;
     event.timings.snapshot_us = snapshot_us;
     let step = |step: &'static str, why: String| SwapError::Step {
@@ -643,12 +715,268 @@ async fn paused_steps(
             "pipelined restore missed; restoring again in order"
         );
         let start = Instant::now();
-        restore_from(state, new, write.generation, config.restore_timeout).await?;
+        let restored = tokio::time::timeout(config.restore_timeout, async {
+            ensure_attached(state, new)
+                .await
+                .map_err(|message| InvokeError::Internal { message })?;
+            new.request(&restore_request(write.generation, Duration::ZERO)).await
+        })
+        .await;
+        match restored {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => return Err(step("restore", takeover_failure("restore", &error, write.len))),
+            Err(_) => {
+                return Err(step(
+                    "restore",
+                    format!("timed out after {:?}", config.restore_timeout),
+                ));
+            }
+        }
         event.timings.restore_us = us(start);
         event.timings.health_us = health_step(package, new, config).await?;
     }
     event.state_path = Some("migration");
     // 5. Flip (done by the caller right after this returns).
+    step_fault(package, "flip", old.pid(), new.pid())?;
+    Ok(())
+}
+
+/// States smaller than this move inside the pause (one control round trip
+/// with the snapshot and restore pipelined); larger ones are snapshotted
+/// before it and only the calls since are replayed inside it (two round
+/// trips, whatever the state's size).
+pub const EARLY_SNAPSHOT_MIN_BYTES: u64 = 64 * 1024;
+
+/// Rounds of catch-up replay before the pause (each fetches the calls the
+/// old worker ran since the previous round and replays them into the new
+/// one).
+pub const CATCH_UP_ROUNDS: usize = 4;
+
+/// A catch-up round that brought fewer calls than this is the last: the
+/// pause replays the rest.
+pub const CATCH_UP_ENOUGH: usize = 64;
+
+/// What the early snapshot left for the pause: the generation both workers
+/// hold and the calls already replayed into the new worker since it.
+struct Early {
+    generation: u64,
+    copied: Vec<JournalEntry>,
+}
+
+/// Describes a failed call to the worker taking over, naming an
+/// out-of-memory as such (the usual cause: its wasm memory limit is too
+/// small for the state).
+fn takeover_failure(what: &str, error: &InvokeError, state_len: u64) -> String {
+    match error {
+        InvokeError::MemoryLimit { message } => format!(
+            "{what} trapped: out of memory with a state of {state_len} bytes \
+             (the new version's wasm memory limit is too small: {message})"
+        ),
+        InvokeError::Trap { message } => format!("{what} trapped: {message}"),
+        other => format!("{what}: {other}"),
+    }
+}
+
+/// Outside the pause: the old worker publishes its state into the segment
+/// (its journal starts over there, while it keeps serving); the new worker
+/// restores that generation, proves it can snapshot what it restored, and
+/// passes health; then the calls the old worker ran meanwhile are replayed
+/// into it in up to [`CATCH_UP_ROUNDS`] rounds. The route's journal still
+/// follows the previous generation until the pause replaces it.
+async fn pre_copy(
+    state: &PackageState,
+    old: &SupervisedWorker,
+    new: &SupervisedWorker,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+) -> Result<Early, SwapError> {
+    let package = state.package();
+    let failed = |step: &'static str, why: String| SwapError::Step {
+        package: package.to_string(),
+        step,
+        why,
+    };
+    let bound = config.prewarm_timeout;
+    let work = snapshot_to_segment_for(state, old, None);
+    let write = match tokio::time::timeout(bound, work).await {
+        Ok(Ok(write)) => write,
+        Ok(Err(why)) => return Err(failed("snapshot", format!("early snapshot: {why}"))),
+        Err(_) => {
+            // It could still publish later: stop that (the supervisor
+            // restarts it from the checkpoint its journal follows).
+            kill(old);
+            return Err(failed("snapshot", format!("early snapshot timed out after {bound:?}")));
+        }
+    };
+    event.state_bytes = write.len;
+    let steps = [Step::Restore(write.generation), Step::Probe, Step::Health];
+    let restored = tokio::time::timeout(bound, async {
+        ensure_attached(state, new)
+            .await
+            .map_err(|why| ("restore", InvokeError::Internal { message: why }))?;
+        pipelined(new, &steps).await
+    })
+    .await;
+    match restored {
+        Ok(Ok(_)) => {}
+        Ok(Err((step, error))) => {
+            let what = match step {
+                "snapshot probe" => "the new version cannot snapshot the state it restored: snapshot",
+                "health" => "health after the restore",
+                _ => "restore",
+            };
+            return Err(failed("restore", takeover_failure(what, &error, write.len)));
+        }
+        Err(_) => return Err(failed("restore", format!("timed out after {bound:?}"))),
+    }
+    let mut copied = Vec::new();
+    for _ in 0..CATCH_UP_ROUNDS {
+        let Ok(calls) = journal_since(old, write.generation, copied.len()).await else {
+            // The pause finds out again and falls back to a full snapshot.
+            break;
+        };
+        let fetched = calls.len();
+        replay(new, &calls)
+            .await
+            .map_err(|(step, error)| failed("restore", takeover_failure(step, &error, write.len)))?;
+        copied.extend(calls);
+        if fetched < CATCH_UP_ENOUGH {
+            break;
+        }
+    }
+    Ok(Early {
+        generation: write.generation,
+        copied,
+    })
+}
+
+/// SIGKILL to `worker`'s process (the supervisor restarts it).
+fn kill(worker: &SupervisedWorker) {
+    if let Some(pid) = worker.pid().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The calls `worker` ran since its state was `generation`, from the
+/// `from`-th on, fetched one frame at a time.
+async fn journal_since(
+    worker: &SupervisedWorker,
+    generation: u64,
+    from: usize,
+) -> Result<Vec<JournalEntry>, String> {
+    let mut calls = Vec::new();
+    // Each chunk brings at least one call, so the journal's bound bounds this.
+    for _ in 0..=super::journal::MAX_JOURNAL_ENTRIES {
+        let at = u32::try_from(from + calls.len()).map_err(|_| "journal index past u32")?;
+        let payload = worker
+            .request(&Request::JournalSince {
+                generation,
+                from: at,
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let chunk = JournalChunk::decode(&payload).map_err(|e| e.to_string())?;
+        if chunk.calls.is_empty() {
+            break;
+        }
+        calls.extend(chunk.calls.iter().map(|(op, input)| JournalEntry {
+            op: (*op).to_string(),
+            input: payload.slice_ref(input),
+        }));
+        if from + calls.len() >= chunk.total as usize {
+            break;
+        }
+    }
+    Ok(calls)
+}
+
+/// Replays `calls` into `worker`, in order.
+async fn replay(
+    worker: &SupervisedWorker,
+    calls: &[JournalEntry],
+) -> Result<(), (&'static str, InvokeError)> {
+    let steps: Vec<Step<'_>> = calls.iter().map(Step::Invoke).collect();
+    pipelined(worker, &steps).await.map(|_| ())
+}
+
+/// Steps 2–4 after an early snapshot: pause, drain, fetch the calls the old
+/// worker ran since the last catch-up round, replay them into the new
+/// worker with `health`; the route's journal becomes every call since the
+/// early snapshot, which becomes the package's checkpoint. If the old
+/// worker cannot say (it was restarted, its journal overflowed), the whole
+/// state moves inside the pause as without an early snapshot.
+async fn paused_delta(
+    route: &Route<SupervisedWorker>,
+    state: &PackageState,
+    old: &SupervisedWorker,
+    new: &SupervisedWorker,
+    early: Early,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+    garbage: &mut Vec<JournalEntry>,
+) -> Result<(), SwapError> {
+    let package = state.package();
+    pause_and_drain(route, state, old, new, config, event).await?;
+    step_fault(package, "snapshot", old.pid(), new.pid())?;
+    step_fault(package, "restore", old.pid(), new.pid())?;
+    step_fault(package, "health", old.pid(), new.pid())?;
+    let Early {
+        generation,
+        mut copied,
+    } = early;
+    let start = Instant::now();
+    let fetched = bounded(package, "snapshot", config.snapshot_timeout, async {
+        journal_since(old, generation, copied.len()).await
+    })
+    .await;
+    let delta = match fetched {
+        Ok(delta) => delta,
+        Err(error) => {
+            tracing::info!(package, %error, "no journal since the early snapshot; moving the whole state");
+            return snapshot_and_restore(route, state, old, new, config, event, garbage).await;
+        }
+    };
+    event.timings.snapshot_us = us(start);
+    let start = Instant::now();
+    let mut steps: Vec<Step<'_>> = delta.iter().map(Step::Invoke).collect();
+    steps.push(Step::Health);
+    let state_len = event.state_bytes;
+    let replayed = tokio::time::timeout(
+        config.restore_timeout + config.health_timeout,
+        pipelined(new, &steps),
+    )
+    .await;
+    match replayed {
+        Ok(Ok(_)) => {}
+        Ok(Err((step, error))) => {
+            let name = if step == "health" { "health" } else { "restore" };
+            return Err(SwapError::Step {
+                package: package.to_string(),
+                step: name,
+                why: takeover_failure(step, &error, state_len),
+            });
+        }
+        Err(_) => {
+            return Err(SwapError::Step {
+                package: package.to_string(),
+                step: "restore",
+                why: format!(
+                    "replaying {} calls timed out after {:?}",
+                    delta.len(),
+                    config.restore_timeout + config.health_timeout
+                ),
+            });
+        }
+    }
+    event.timings.restore_us = us(start);
+    event.replayed = (copied.len() + delta.len()) as u64;
+    copied.extend(delta);
+    *garbage = route.journal().replace(copied);
+    state.set_journal_base(generation);
+    event.state_path = Some("migration");
     step_fault(package, "flip", old.pid(), new.pid())?;
     Ok(())
 }
@@ -713,12 +1041,16 @@ pub async fn rollback(
         });
     }
     let paused_at = Instant::now();
-    let outcome = rollback_paused(&route, &state, &new, &old, config, &mut event).await;
+    let mut garbage = Vec::new();
+    let outcome = rollback_paused(&route, &state, &new, &old, config, &mut event, &mut garbage).await;
     match outcome {
         Ok(()) => {
+            let flip_start = Instant::now();
             route.flip();
             route.resume();
+            event.timings.flip_us = us(flip_start);
             event.timings.pause_us = us(paused_at);
+            drop(garbage);
             let left = route.set_standby(None);
             drop(control);
             state.close_window();
@@ -780,9 +1112,11 @@ async fn rollback_paused(
     old: &SupervisedWorker,
     config: &SwapConfig,
     event: &mut SwapEvent,
+    garbage: &mut Vec<JournalEntry>,
 ) -> Result<(), SwapError> {
     let package = state.package();
     step_fault(package, "rollback", new.pid(), old.pid())?;
+    let start = Instant::now();
     route.pause();
     if !route.drain(config.drain_timeout).await {
         return Err(SwapError::Step {
@@ -791,6 +1125,7 @@ async fn rollback_paused(
             why: format!("calls still running after {:?}", config.drain_timeout),
         });
     }
+    event.timings.drain_us = us(start);
     // The newer state becomes the checkpoint; the pre-swap one moves to the
     // other buffer, and the journal since the swap comes with it. The old
     // worker tries the down-migration at once, waiting in its process for
@@ -815,6 +1150,7 @@ async fn rollback_paused(
     );
     let ((snapshot, snapshot_us), down) = tokio::join!(snapshot, down);
     let write = snapshot?;
+    state.set_journal_base(write.generation);
     let since_swap = route.journal().take();
     event.timings.snapshot_us = snapshot_us;
     event.state_bytes = write.len;
@@ -832,6 +1168,7 @@ async fn rollback_paused(
         event.state_path = Some("down_migration");
         event.timings.restore_us = us(start);
         event.timings.health_us = health_step(package, old, config).await?;
+        *garbage = since_swap;
         return Ok(());
     }
     // No down-migration: the pre-swap state, the calls since, a checkpoint
@@ -874,10 +1211,14 @@ async fn rollback_paused(
         step: "snapshot",
         why,
     })?;
-    if !settled.published {
+    if settled.published {
+        state.set_journal_base(settled.generation);
+    } else {
         snapshot_into_segment(state, route, old, config.snapshot_timeout).await?;
     }
     event.timings.restore_us = us(start);
+    drop(steps);
+    *garbage = since_swap;
     Ok(())
 }
 
@@ -1015,7 +1356,9 @@ pub async fn recover_restarted(
     event.to_version = Some(worker.spec().version.clone());
     let started = Instant::now();
     let result: Result<u64, String> = async {
-        let generation = state.generation();
+        // The checkpoint the journal follows (the current one, or the one
+        // before it between a swap's early snapshot and its pause).
+        let generation = state.journal_base();
         if generation > 0 {
             if epoch == 0 {
                 return Err("the state segment could not be attached".into());

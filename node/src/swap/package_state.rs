@@ -75,6 +75,11 @@ struct Segment {
     epoch: u64,
     /// Length of the last state published (sizes growth ahead of time).
     last_len: u64,
+    /// The generation the route's journal follows: the package's
+    /// checkpoint. Equal to the segment's current generation, except
+    /// between a swap's early snapshot and its pause, when it is the
+    /// previous one (docs/SWAP.md, "Early snapshot").
+    journal_base: u64,
 }
 
 impl std::ops::Deref for Segment {
@@ -220,12 +225,31 @@ impl PackageState {
         };
         let generation = inner.publish(schema, data)?;
         segment.last_len = data.len() as u64;
+        // The node publishes only states no journal follows yet (a durable
+        // checkpoint loaded before any call).
+        segment.journal_base = generation;
         drop(segment);
         self.tracked().checkpoint_unix_ms = Some(super::events::unix_ms());
         Ok(generation)
     }
 
-    /// The generation of the current checkpoint (0: none).
+    /// Length of the last state published, bytes.
+    pub fn last_len(&self) -> u64 {
+        self.segment().last_len
+    }
+
+    /// The generation the route's journal follows (0: none): restoring it
+    /// and replaying the journal gives the state callers were told about.
+    pub fn journal_base(&self) -> u64 {
+        self.segment().journal_base
+    }
+
+    /// Records that the route's journal now follows `generation`.
+    pub fn set_journal_base(&self, generation: u64) {
+        self.segment().journal_base = generation;
+    }
+
+    /// The last published generation (0: none).
     pub fn generation(&self) -> u64 {
         self.segment().as_ref().map_or(0, StateSegment::generation)
     }
@@ -325,7 +349,7 @@ impl PackageState {
 
     /// `status` view; `journal_entries` comes from the route.
     pub fn status(&self, journal_entries: usize) -> PackageSwapStatus {
-        let generation = self.segment().as_ref().map_or(0, StateSegment::generation);
+        let generation = self.journal_base();
         let window = self.window();
         let tracked = self.tracked();
         let now = super::events::unix_ms();

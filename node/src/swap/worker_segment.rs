@@ -14,7 +14,7 @@ use clawmesh_shm::StateSegment;
 use clawmesh_wasm_abi::{CallError, SkillInstance, SkillState};
 
 use super::journal::{MAX_JOURNAL_BYTES, MAX_JOURNAL_ENTRIES};
-use crate::runtime::frame::SegmentWrite;
+use crate::runtime::frame::{JournalChunk, MAX_PAYLOAD, SegmentWrite};
 
 /// Schema of the marker the node publishes into a segment it replaced by a
 /// bigger one: a worker that waited there for a state learns it went to
@@ -212,6 +212,41 @@ impl SegmentState {
         Ok(restored)
     }
 
+    /// Writes into `out` the `JournalSince` answer: the calls journaled
+    /// since the instance's state was `generation`, from the `from`-th on,
+    /// as many as fit in one frame (at least one, or an error when even
+    /// that one does not fit). Refused unless the instance's state is that
+    /// generation plus an exact journal.
+    pub fn journal_since(&self, generation: u64, from: u32, out: &mut Vec<u8>) -> Result<(), String> {
+        if self.baseline != Some(generation) {
+            return Err(format!(
+                "the instance's state is not generation {generation} plus a journal (baseline {:?})",
+                self.baseline
+            ));
+        }
+        if self.journal.overflowed {
+            return Err("the journal since that generation overflowed".into());
+        }
+        let total = u32::try_from(self.journal.entries).unwrap_or(u32::MAX);
+        let start = JournalChunk::begin(total, out);
+        let room = MAX_PAYLOAD - 8;
+        let (mut count, mut used) = (0u32, 0usize);
+        for (op, input) in self.journal.calls().skip(from as usize) {
+            let len = JournalChunk::call_len(op, input);
+            if used + len > room {
+                if count == 0 {
+                    return Err(format!("a journaled call of {len} bytes does not fit in a frame"));
+                }
+                break;
+            }
+            JournalChunk::push(op, input, out);
+            used += len;
+            count += 1;
+        }
+        JournalChunk::finish(start, count, out);
+        Ok(())
+    }
+
     /// Brings a fresh instance to the state its predecessor had; returns a
     /// line saying what was done.
     pub fn recover(&mut self, instance: &mut SkillInstance) -> String {
@@ -376,6 +411,35 @@ mod tests {
         assert!(!too_big.published);
         assert_eq!(too_big.len, 8192);
         assert_eq!(node.generation(), 2);
+    }
+
+    #[test]
+    fn the_journal_since_a_generation_is_sent_only_for_that_generation() {
+        let node = StateSegment::create(4096).unwrap();
+        let fds = ReceivedFds::default();
+        fds.push(node.fd().try_clone_to_owned().unwrap());
+        let mut worker = SegmentState::new(fds);
+        worker.attach().unwrap();
+        let state = SkillState {
+            schema: 1,
+            data: b"s".to_vec(),
+        };
+        let published = worker.publish(&state).unwrap().generation;
+        for i in 0..5u8 {
+            worker.journal("add", &[i]);
+        }
+        let mut out = Vec::new();
+        worker.journal_since(published, 2, &mut out).unwrap();
+        let chunk = JournalChunk::decode(&out).unwrap();
+        assert_eq!(chunk.total, 5);
+        assert_eq!(
+            chunk.calls,
+            vec![("add", &[2u8][..]), ("add", &[3u8][..]), ("add", &[4u8][..])]
+        );
+        out.clear();
+        assert!(worker.journal_since(published + 1, 0, &mut out).is_err());
+        worker.forget_baseline();
+        assert!(worker.journal_since(published, 0, &mut out).is_err());
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //! Timers are the caller's: [`PeerCore::poll_timeout`] says when the core
 //! next needs a [`PeerInput::Tick`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::hash::Hash;
 
@@ -229,8 +229,9 @@ struct PeerSession {
     fruitless_rounds: BTreeMap<DocumentId, u32>,
     /// node id → the highest seq the peer is known to hold (it sent it, was
     /// sent it, or listed it); bounded by the board's `max_nodes` plus one
-    /// versions list.
-    status_known: BTreeMap<String, u64>,
+    /// versions list. Only looked up, never iterated, so a hash map keeps
+    /// the core's outputs deterministic.
+    status_known: HashMap<String, u64>,
 }
 
 /// Announced heads this core lacked when the announcement came.
@@ -997,7 +998,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             }
             current_bytes += bytes.len();
             current.push(bytes.to_vec());
-            session.status_known.insert(node.to_string(), seq);
+            note_known(&mut session.status_known, node, seq);
         }
         if !current.is_empty() {
             frames.push(current);
@@ -1074,25 +1075,26 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         // Records held here already (most of a push, with several peers
         // relaying) are recognised from their header alone.
         let mut records: Vec<(NodeStatus, Vec<u8>)> = Vec::new();
-        let mut held: Vec<(String, u64)> = Vec::new();
-        for bytes in exchange.records {
-            let (node, seq) = match record_header(&bytes) {
+        let mut held: Vec<usize> = Vec::new();
+        for (index, bytes) in exchange.records.iter().enumerate() {
+            let (node, seq) = match record_header(bytes) {
                 Ok(header) => header,
                 Err(err) => return refuse(err.to_string(), actions),
             };
-            if !self.board.would_take(&node, seq, &bytes) {
-                held.push((node, seq));
+            if !self.board.would_take(node, seq, bytes) {
+                held.push(index);
                 continue;
             }
-            match NodeStatus::decode(&bytes) {
-                Ok(record) => records.push((record, bytes)),
+            match NodeStatus::decode(bytes) {
+                Ok(record) => records.push((record, bytes.clone())),
                 Err(err) => return refuse(err.to_string(), actions),
             }
         }
         if let Some(session) = self.peers.get_mut(&from) {
-            for (node, seq) in held {
-                let known = session.status_known.entry(node).or_default();
-                *known = (*known).max(seq);
+            for index in held {
+                if let Ok((node, seq)) = record_header(&exchange.records[index]) {
+                    note_known(&mut session.status_known, node, seq);
+                }
             }
         }
         let mut full = false;
@@ -1103,8 +1105,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             if let Some(session) = self.peers.get_mut(&from)
                 && self.board.seq(&node).is_some()
             {
-                let known = session.status_known.entry(node.clone()).or_default();
-                *known = (*known).max(seq);
+                note_known(&mut session.status_known, &node, seq);
             }
             match merged {
                 Merged::Stored { failures_changed } => {
@@ -1135,7 +1136,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                 }
             }
             wire::StatusPhase::VersionsAsk | wire::StatusPhase::Versions => {
-                let theirs: BTreeMap<String, u64> = exchange
+                let theirs: HashMap<String, u64> = exchange
                     .versions
                     .into_iter()
                     .map(|v| (v.node_id, v.seq))
@@ -1256,6 +1257,17 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         if targets != self.view.targets {
             self.view.targets = targets.clone();
             actions.push(PeerAction::TargetsChanged(targets));
+        }
+    }
+}
+
+/// Notes that a peer holds `node`'s record up to `seq` (allocating the key
+/// only for a node not noted yet).
+fn note_known(known: &mut HashMap<String, u64>, node: &str, seq: u64) {
+    match known.get_mut(node) {
+        Some(held) => *held = (*held).max(seq),
+        None => {
+            known.insert(node.to_string(), seq);
         }
     }
 }

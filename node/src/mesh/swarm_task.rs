@@ -522,7 +522,10 @@ impl SwarmTask {
     /// the store's checks and bounds (kad already dropped records whose
     /// provider is not the sending peer).
     fn on_provider_record(&mut self, record: kad::ProviderRecord) {
-        let (provider, key) = (record.provider, hex::encode(record.key.as_ref()));
+        // A hostile key may be kilobytes long: log its first 32 bytes.
+        let key_bytes = record.key.as_ref();
+        let key = hex::encode(&key_bytes[..key_bytes.len().min(32)]);
+        let provider = record.provider;
         let stored = self
             .swarm
             .behaviour_mut()

@@ -86,7 +86,7 @@ pub struct Quarantine {
     pub lift_above_clock: u64,
 }
 
-/// Quarantined (package, version) pairs, derived from the status document.
+/// Quarantined (package, version) pairs, derived from the status board.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuarantineSet<K: Ord> {
     entries: BTreeMap<(K, Version), Quarantine>,

@@ -51,7 +51,7 @@ impl ReleaseState {
         ReleaseState::RollingBack,
     ];
 
-    /// The stable name written into the status document.
+    /// The stable name written into status records.
     pub fn as_str(self) -> &'static str {
         match self {
             ReleaseState::Pending => "pending",
@@ -173,7 +173,7 @@ pub enum Health {
 }
 
 impl Health {
-    /// The stable name written into the status document.
+    /// The stable name written into status records.
     pub fn as_str(self) -> &'static str {
         match self {
             Health::Unknown => "unknown",
@@ -190,7 +190,7 @@ impl Health {
     }
 }
 
-/// One package's status on this node, as written to the status document.
+/// One package's status on this node, as written to its status record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReleaseStatus {
     /// Current state of the machine.
@@ -289,7 +289,7 @@ pub enum ReleaseAction {
         /// the failed one and reports success or failure of that).
         to: Option<Version>,
     },
-    /// Write this status to the node's entry in the status document.
+    /// Write this status into the node's status record.
     ReportStatus(ReleaseStatus),
 }
 

@@ -2,7 +2,7 @@
 //! skills. One sans-I/O `ReleaseController` per package decides; this loop
 //! carries out its actions (fetch, verify, deploy, roll back) in tasks and
 //! feeds their results back, and writes every status the controller reports
-//! into the mesh's status document.
+//! into the node's status record on the mesh's status board.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -761,6 +761,9 @@ pub const CATCH_UP_ENOUGH: usize = 64;
 struct Early {
     generation: u64,
     copied: Vec<JournalEntry>,
+    /// The new worker's process that holds that state (a restarted one
+    /// would not).
+    new_pid: Option<u32>,
 }
 
 /// Describes a failed call to the worker taking over, naming an
@@ -797,6 +800,7 @@ async fn pre_copy(
         why,
     };
     let bound = config.prewarm_timeout;
+    let new_pid = new.pid();
     let work = snapshot_to_segment_for(state, old, None);
     let write = match tokio::time::timeout(bound, work).await {
         Ok(Ok(write)) => write,
@@ -847,6 +851,7 @@ async fn pre_copy(
     Ok(Early {
         generation: write.generation,
         copied,
+        new_pid,
     })
 }
 
@@ -926,6 +931,7 @@ async fn paused_delta(
     let Early {
         generation,
         mut copied,
+        new_pid,
     } = early;
     let start = Instant::now();
     let fetched = bounded(package, "snapshot", config.snapshot_timeout, async {
@@ -970,6 +976,12 @@ async fn paused_delta(
                 ),
             });
         }
+    }
+    if new.pid() != new_pid {
+        // The new worker was restarted since it restored the early
+        // snapshot: it holds the checkpoint it recovered, not that state.
+        tracing::info!(package, "new worker restarted since the early snapshot; moving the whole state");
+        return snapshot_and_restore(route, state, old, new, config, event, garbage).await;
     }
     event.timings.restore_us = us(start);
     event.replayed = (copied.len() + delta.len()) as u64;

@@ -12,10 +12,12 @@ use futures::{AsyncReadExt as _, AsyncWriteExt as _, StreamExt as _};
 use libp2p::{PeerId, StreamProtocol};
 use rand::RngCore as _;
 
+use super::buffers::BufferPool;
 use super::client::{FetchConfig, fetch_blob};
 use super::layout::ChunkLayout;
 use super::loopback::{LoopbackNode, spawn_loopback_node};
 use super::metrics::FetchMetrics;
+use super::partial::{SYNC_STEP, Syncer};
 use super::progress::FetchProgress;
 use super::server::{ServeConfig, spawn_blob_server};
 use super::source::Libp2pSource;
@@ -28,6 +30,8 @@ pub const RAW_COPY_PROTOCOL: StreamProtocol = StreamProtocol::new("/clawmesh/ben
 pub const MAX_BENCH_MIB: u64 = clawmesh_crdt::manifest::MAX_BLOB_SIZE >> 20;
 /// Buffer of the raw copy's writes and reads.
 const RAW_BUF: usize = 1 << 20;
+/// Buffers queued between the raw copy to disk and its disk thread.
+const RAW_DISK_QUEUE: usize = 16;
 /// Longest wait for any one step that talks to a peer (connect, open a
 /// stream, read or write one buffer, shut a node down): the harness fails
 /// with the step's name instead of hanging.
@@ -72,6 +76,31 @@ pub struct BenchFetchFigures {
     pub fetch: Duration,
     /// Raw copy over one stream.
     pub raw: Duration,
+    /// CPU the whole process (fetcher and holders) used during the fetch.
+    pub fetch_cpu: CpuUse,
+    /// CPU the whole process (reader and sender) used during the raw copy.
+    pub raw_cpu: CpuUse,
+    /// Raw copy over one stream, written to a file and fsynced.
+    pub raw_disk: Duration,
+    /// CPU the whole process used during the raw copy to disk.
+    pub raw_disk_cpu: CpuUse,
+}
+
+/// CPU time used by the bench process during one phase (kernel writeback
+/// threads are not counted; fsync on the process's own threads is).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuUse {
+    /// User time.
+    pub user: Duration,
+    /// System time.
+    pub system: Duration,
+}
+
+impl CpuUse {
+    /// User plus system time.
+    pub fn total(&self) -> Duration {
+        self.user + self.system
+    }
 }
 
 impl BenchFetchFigures {
@@ -87,6 +116,17 @@ impl BenchFetchFigures {
     /// Raw copy throughput, MiB/s.
     pub fn raw_mib_s(&self) -> f64 {
         self.mib_per_sec(self.raw)
+    }
+
+    /// Raw copy to disk throughput, MiB/s.
+    pub fn raw_disk_mib_s(&self) -> f64 {
+        self.mib_per_sec(self.raw_disk)
+    }
+
+    /// CPU milliseconds per MiB moved.
+    pub fn cpu_ms_per_mib(&self, cpu: CpuUse) -> f64 {
+        cpu.total().as_secs_f64() * 1000.0
+            / (self.bytes as f64 / (1024.0 * 1024.0)).max(f64::EPSILON)
     }
 
     /// Fetch over raw (goal: at least 0.8).
@@ -116,6 +156,10 @@ pub fn run_bench_fetch(args: BenchFetchArgs) -> anyhow::Result<ExitCode> {
             "fetch_mib_s": figures.fetch_mib_s(),
             "raw_stream_mib_s": figures.raw_mib_s(),
             "ratio": figures.ratio(),
+            "raw_to_disk_mib_s": figures.raw_disk_mib_s(),
+            "fetch_cpu_ms_per_mib": figures.cpu_ms_per_mib(figures.fetch_cpu),
+            "raw_cpu_ms_per_mib": figures.cpu_ms_per_mib(figures.raw_cpu),
+            "raw_to_disk_cpu_ms_per_mib": figures.cpu_ms_per_mib(figures.raw_disk_cpu),
         });
         println!("{out}");
     } else {
@@ -133,7 +177,29 @@ pub fn run_bench_fetch(args: BenchFetchArgs) -> anyhow::Result<ExitCode> {
             figures.raw,
             figures.raw_mib_s()
         );
+        println!(
+            "raw to disk: {} MiB over one libp2p stream, written and fsynced: {:.2?} = {:.1} MiB/s",
+            args.size_mib,
+            figures.raw_disk,
+            figures.raw_disk_mib_s()
+        );
+        for (what, cpu) in [
+            ("blob fetch ", figures.fetch_cpu),
+            ("raw stream ", figures.raw_cpu),
+            ("raw to disk", figures.raw_disk_cpu),
+        ] {
+            println!(
+                "cpu {what}: user {:.0?} + system {:.0?} = {:.2} ms/MiB",
+                cpu.user,
+                cpu.system,
+                figures.cpu_ms_per_mib(cpu)
+            );
+        }
         println!("ratio fetch/raw: {:.2} (goal >= 0.8)", figures.ratio());
+        println!(
+            "ratio fetch/raw to disk: {:.2}",
+            figures.fetch_mib_s() / figures.raw_disk_mib_s().max(f64::EPSILON)
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -199,7 +265,9 @@ pub async fn bench(args: &BenchFetchArgs) -> anyhow::Result<BenchFetchFigures> {
         fetcher.mesh.stream_control(),
         config.chunk_timeout,
     ));
+    let cpu = ProcessCpu::now();
     let started = Instant::now();
+    tracing::info!(at = ?started, "fetch starts");
     let report = fetch_blob(
         &store,
         layout,
@@ -211,10 +279,22 @@ pub async fn bench(args: &BenchFetchArgs) -> anyhow::Result<BenchFetchFigures> {
     )
     .await?;
     let fetch = started.elapsed();
-    tracing::info!(peers_used = ?report.peers_used, "bench fetch done");
+    let fetch_cpu = cpu.since();
+    tracing::info!(peers_used = ?report.peers_used, at = ?Instant::now(), "bench fetch done");
+    let cpu = ProcessCpu::now();
     let started = Instant::now();
+    tracing::info!(at = ?started, "raw copy starts");
     raw_copy(&fetcher, peers[0], size as u64).await?;
     let raw = started.elapsed();
+    let raw_cpu = cpu.since();
+    tracing::info!(at = ?Instant::now(), "raw copy done");
+    let cpu = ProcessCpu::now();
+    let started = Instant::now();
+    let file = dirs.path().join("fetcher").join("tmp").join("raw-copy");
+    raw_copy_to_disk(&fetcher, peers[0], size as u64, &file).await?;
+    let raw_disk = started.elapsed();
+    let raw_disk_cpu = cpu.since();
+    tracing::info!(at = ?Instant::now(), "raw copy to disk done");
     for s in servers {
         s.abort();
     }
@@ -226,14 +306,116 @@ pub async fn bench(args: &BenchFetchArgs) -> anyhow::Result<BenchFetchFigures> {
         bytes: size as u64,
         fetch,
         raw,
+        fetch_cpu,
+        raw_cpu,
+        raw_disk,
+        raw_disk_cpu,
     })
+}
+
+/// The raw copy again, its bytes written to `path` as they arrive by a
+/// thread of their own and made durable the way a fetch makes its temp file
+/// durable (the page cache, a sync thread asked every `SYNC_STEP` bytes
+/// written, then a final fsync): the least any durable copy of these bytes
+/// takes here.
+async fn raw_copy_to_disk(
+    node: &LoopbackNode,
+    peer: PeerId,
+    bytes: u64,
+    path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let pool = BufferPool::new(RAW_DISK_QUEUE + 2);
+    let (to_disk, mut arrived) = tokio::sync::mpsc::channel::<Vec<u8>>(RAW_DISK_QUEUE);
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let writer = {
+        let pool = pool.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write as _;
+            let syncer = Syncer::start(file.try_clone()?)?;
+            let mut file = file;
+            let mut unsynced = 0u64;
+            while let Some(buf) = arrived.blocking_recv() {
+                file.write_all(&buf)?;
+                unsynced += buf.len() as u64;
+                pool.give(buf);
+                if unsynced >= SYNC_STEP {
+                    syncer.ask();
+                    unsynced = 0;
+                }
+            }
+            syncer.stop()?;
+            file.sync_all()
+        })
+    };
+    let mut control = node.mesh.stream_control();
+    let mut stream = within(
+        "opening a raw stream",
+        control.open_stream(peer, RAW_COPY_PROTOCOL),
+    )
+    .await?
+    .context("opening raw stream")?;
+    within("sending the raw copy's length", async {
+        stream.write_all(&bytes.to_be_bytes()).await?;
+        stream.flush().await
+    })
+    .await??;
+    let mut left = bytes;
+    while left > 0 {
+        let want = usize::try_from(left.min(RAW_BUF as u64)).unwrap_or(RAW_BUF);
+        let mut buf = pool.take(want);
+        within("reading the raw copy", stream.read_exact(&mut buf)).await??;
+        left -= want as u64;
+        if to_disk.send(buf).await.is_err() {
+            break;
+        }
+    }
+    drop(to_disk);
+    writer.await.context("raw copy's disk thread")??;
+    std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+    Ok(())
+}
+
+/// CPU time (user, system) this process used since a point.
+struct ProcessCpu(Duration, Duration);
+
+impl ProcessCpu {
+    fn read() -> (Duration, Duration) {
+        use nix::sys::resource::{UsageWho, getrusage};
+        let tv = |t: nix::sys::time::TimeVal| {
+            Duration::new(
+                u64::try_from(t.tv_sec()).unwrap_or(0),
+                u32::try_from(t.tv_usec()).unwrap_or(0) * 1000,
+            )
+        };
+        match getrusage(UsageWho::RUSAGE_SELF) {
+            Ok(u) => (tv(u.user_time()), tv(u.system_time())),
+            Err(_) => (Duration::ZERO, Duration::ZERO),
+        }
+    }
+
+    fn now() -> Self {
+        let (user, system) = Self::read();
+        Self(user, system)
+    }
+
+    fn since(&self) -> CpuUse {
+        let (user, system) = Self::read();
+        CpuUse {
+            user: user.saturating_sub(self.0),
+            system: system.saturating_sub(self.1),
+        }
+    }
 }
 
 async fn raw_copy(node: &LoopbackNode, peer: PeerId, bytes: u64) -> anyhow::Result<()> {
     let mut control = node.mesh.stream_control();
-    let mut stream = within("opening a raw stream", control.open_stream(peer, RAW_COPY_PROTOCOL))
-        .await?
-        .context("opening raw stream")?;
+    let mut stream = within(
+        "opening a raw stream",
+        control.open_stream(peer, RAW_COPY_PROTOCOL),
+    )
+    .await?
+    .context("opening raw stream")?;
     within("sending the raw copy's length", async {
         stream.write_all(&bytes.to_be_bytes()).await?;
         stream.flush().await
@@ -256,14 +438,20 @@ async fn serve_raw(mut incoming: libp2p_stream::IncomingStreams) {
     while let Some((_, mut stream)) = incoming.next().await {
         tokio::spawn(async move {
             let mut len = [0u8; 8];
-            if !matches!(within("raw length", stream.read_exact(&mut len)).await, Ok(Ok(()))) {
+            if !matches!(
+                within("raw length", stream.read_exact(&mut len)).await,
+                Ok(Ok(()))
+            ) {
                 return;
             }
             let mut left = u64::from_be_bytes(len).min(clawmesh_crdt::manifest::MAX_BLOB_SIZE);
             let buf = vec![0x5au8; RAW_BUF];
             while left > 0 {
                 let n = usize::try_from(left.min(RAW_BUF as u64)).unwrap_or(RAW_BUF);
-                if !matches!(within("raw write", stream.write_all(&buf[..n])).await, Ok(Ok(()))) {
+                if !matches!(
+                    within("raw write", stream.write_all(&buf[..n])).await,
+                    Ok(Ok(()))
+                ) {
                     return;
                 }
                 left -= n as u64;
@@ -312,5 +500,10 @@ mod tests {
         .unwrap();
         assert_eq!(figures.bytes, 2 << 20);
         assert!(figures.fetch > Duration::ZERO && figures.raw > Duration::ZERO);
+        assert!(figures.raw_disk > Duration::ZERO);
+        assert!(
+            figures.fetch_cpu.total() > Duration::ZERO,
+            "the fetch used no CPU?"
+        );
     }
 }

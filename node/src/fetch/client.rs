@@ -185,10 +185,12 @@ pub async fn fetch_blob(
     // Disk writes and the whole-blob hash run on a blocking thread, off the
     // driver; chunks reach it only after the plan accepted them.
     let (to_writer, mut written) = mpsc::channel::<(u32, Vec<u8>)>(WRITE_QUEUE);
+    let recycler = Arc::clone(&source);
     let writer = tokio::task::spawn_blocking(move || {
         let mut partial = opened;
         while let Some((index, bytes)) = written.blocking_recv() {
             partial.write_chunk(index, &bytes)?;
+            recycler.recycle(bytes);
         }
         Ok::<_, PartialError>(partial)
     });
@@ -254,7 +256,7 @@ pub async fn fetch_blob(
                         metrics.bytes_in.inc_by(len);
                         progress.advance(len);
                     }
-                    ChunkVerdict::Duplicate | ChunkVerdict::Stale => {}
+                    ChunkVerdict::Duplicate | ChunkVerdict::Stale => source.recycle(bytes),
                     ChunkVerdict::Unexpected => {
                         metrics.chunk_failed(ChunkFailure::Stream);
                         if let Some((_, task)) = running.remove(&id) {

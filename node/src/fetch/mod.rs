@@ -7,6 +7,7 @@
 //! store only after the whole blob verifies.
 
 pub mod bench;
+mod buffers;
 pub mod cli;
 mod client;
 mod layout;
@@ -19,6 +20,7 @@ mod server;
 mod source;
 pub mod wire;
 
+pub use buffers::{BufferPool, DEFAULT_POOL_BUFFERS};
 pub use client::{
     DEFAULT_TICK, FetchConfig, FetchError, FetchReport, REPLY_QUEUE, fetch, fetch_blob,
 };

@@ -97,14 +97,16 @@ pub struct PartialBlob {
     /// sha256 of chunks `0..prefix_next`, all held.
     prefix: Sha256,
     prefix_next: u32,
-    /// Hashed offset at the last sync request.
-    flushed_to: u64,
+    /// Bytes written since the last sync request.
+    unsynced: u64,
     /// Syncs the file on its own thread, so writing never waits for the disk.
     syncer: Option<Syncer>,
 }
 
+/// A thread that fsyncs one file when asked, so its writer never waits for
+/// the disk.
 #[derive(Debug)]
-struct Syncer {
+pub(crate) struct Syncer {
     /// One pending request at most: a sync asked while one is queued is
     /// covered by it.
     ask: std::sync::mpsc::SyncSender<()>,
@@ -112,7 +114,8 @@ struct Syncer {
 }
 
 impl Syncer {
-    fn start(file: File) -> io::Result<Self> {
+    /// Starts the thread syncing `file` (a duplicate of the writer's handle).
+    pub(crate) fn start(file: File) -> io::Result<Self> {
         let (ask, asked) = std::sync::mpsc::sync_channel::<()>(1);
         let thread = std::thread::Builder::new()
             .name("fetch-sync".into())
@@ -125,8 +128,13 @@ impl Syncer {
         Ok(Self { ask, thread })
     }
 
+    /// Asks for a sync; a request already queued covers this one.
+    pub(crate) fn ask(&self) {
+        let _ = self.ask.try_send(());
+    }
+
     /// Waits for the syncs asked so far; the first error, if any.
-    fn stop(self) -> io::Result<()> {
+    pub(crate) fn stop(self) -> io::Result<()> {
         drop(self.ask);
         self.thread
             .join()
@@ -134,10 +142,11 @@ impl Syncer {
     }
 }
 
-/// A sync of the file is asked each time this much more of it is hashed; it
-/// runs on a thread of its own while the transfer goes on, so the fsync
-/// before the rename finds little left to write.
-const SYNC_STEP: u64 = 16 << 20;
+/// A sync of the file is asked each time this much more of it is written
+/// (in arrival order, not hashed order: the disk starts on a chunk as soon
+/// as it is in); it runs on a thread of its own while the transfer goes on,
+/// so the fsync before the rename finds little left to write.
+pub(crate) const SYNC_STEP: u64 = 16 << 20;
 
 impl PartialBlob {
     /// The temp file a fetch of `blob` writes to.
@@ -202,7 +211,7 @@ impl PartialBlob {
             held,
             prefix: Sha256::new(),
             prefix_next: 0,
-            flushed_to: 0,
+            unsynced: 0,
             syncer: None,
         })
     }
@@ -232,6 +241,7 @@ impl PartialBlob {
             .write_all_at(bytes, self.layout.offset(index))
             .map_err(io_err("write", &self.path))?;
         self.held[index as usize] = true;
+        self.sync_behind(bytes.len())?;
         self.advance_prefix(Some((index, bytes)))
     }
 
@@ -253,18 +263,25 @@ impl PartialBlob {
             }
             self.prefix_next += 1;
         }
-        let hashed_to = self.layout.offset(self.prefix_next).min(self.layout.size);
-        if hashed_to - self.flushed_to >= SYNC_STEP {
-            if self.syncer.is_none() {
-                let file = self.file.try_clone().map_err(io_err("dup", &self.path))?;
-                self.syncer = Some(Syncer::start(file).map_err(io_err("start syncing", &self.path))?);
-            }
-            if let Some(syncer) = &self.syncer {
-                // Full: a sync is queued already and will cover this range.
-                let _ = syncer.ask.try_send(());
-            }
-            self.flushed_to = hashed_to;
+        Ok(())
+    }
+
+    /// Asks the sync thread for a sync once `SYNC_STEP` more bytes were
+    /// written since the last request, so the disk writes while the
+    /// transfer goes on.
+    fn sync_behind(&mut self, written: usize) -> Result<(), PartialError> {
+        self.unsynced += written as u64;
+        if self.unsynced < SYNC_STEP {
+            return Ok(());
         }
+        if self.syncer.is_none() {
+            let file = self.file.try_clone().map_err(io_err("dup", &self.path))?;
+            self.syncer = Some(Syncer::start(file).map_err(io_err("start syncing", &self.path))?);
+        }
+        if let Some(syncer) = &self.syncer {
+            syncer.ask();
+        }
+        self.unsynced = 0;
         Ok(())
     }
 
@@ -285,7 +302,8 @@ impl PartialBlob {
         if let Some(syncer) = self.syncer.take() {
             syncer.stop().map_err(io_err("fsync", &self.path))?;
         }
-        self.file.sync_all().map_err(io_err("fsync", &self.path))?;
+        // `install_hashed_file` fsyncs the file before it renames it into
+        // place (a second fsync here cost a device flush for nothing).
         // Every chunk was checked against these hashes before it was written.
         match self.store.install_hashed_file(
             &self.path,

@@ -483,8 +483,8 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
         self.settle(id, index);
         let i = index as usize;
         let expected = self.layout.chunk_sha256.get(i);
-        let good = len == self.layout.chunk_len(index) as usize
-            && expected.is_some_and(|h| h == sha256);
+        let good =
+            len == self.layout.chunk_len(index) as usize && expected.is_some_and(|h| h == sha256);
         if !good {
             self.drop_peer(&peer, PeerStanding::Banned { chunk: index });
             return ChunkVerdict::Lied { peer };

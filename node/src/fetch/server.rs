@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::timeout;
 use tracing::{Instrument as _, debug, warn};
 
+use super::buffers::BufferPool;
 use super::metrics::FetchMetrics;
 use super::wire::{BLOB_PROTOCOL, ChunkHeader, encode_chunk_header, read_request};
 use crate::blob_store::{BlobId, BlobStore, GetError};
@@ -53,6 +54,18 @@ impl Default for ServeConfig {
 pub trait ChunkServe: Send + Sync + 'static {
     /// Chunk `index` of `blob`, verified; `None` if it is not held.
     fn chunk(&self, blob: &BlobId, index: u32) -> Option<Vec<u8>>;
+
+    /// Chunk `index` of `blob` into `buf` (resized to fit), reusing its
+    /// allocation; `false` if it is not held. The default calls `chunk`.
+    fn chunk_into(&self, blob: &BlobId, index: u32, buf: &mut Vec<u8>) -> bool {
+        match self.chunk(blob, index) {
+            Some(bytes) => {
+                *buf = bytes;
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Serves with a cheap check only: the chunk list must cover the file and
@@ -63,11 +76,16 @@ pub trait ChunkServe: Send + Sync + 'static {
 /// (and by the store's own verified reads).
 impl ChunkServe for BlobStore {
     fn chunk(&self, blob: &BlobId, index: u32) -> Option<Vec<u8>> {
-        match read_chunk_unverified(self, blob, index) {
-            Ok(bytes) => bytes,
+        let mut buf = Vec::new();
+        self.chunk_into(blob, index, &mut buf).then_some(buf)
+    }
+
+    fn chunk_into(&self, blob: &BlobId, index: u32, buf: &mut Vec<u8>) -> bool {
+        match read_chunk_unverified(self, blob, index, buf) {
+            Ok(held) => held,
             Err(error) => {
                 warn!(%blob, index, %error, "not serving a chunk the store cannot read");
-                None
+                false
             }
         }
     }
@@ -88,25 +106,30 @@ enum ServeReadError {
     Size { on_disk: u64, listed: u64 },
 }
 
+/// Reads chunk `index` into `buf`; `Ok(false)` if it is not held.
 fn read_chunk_unverified(
     store: &BlobStore,
     blob: &BlobId,
     index: u32,
-) -> Result<Option<Vec<u8>>, ServeReadError> {
+    buf: &mut Vec<u8>,
+) -> Result<bool, ServeReadError> {
     let info = match store.info(blob) {
         Ok(info) => info,
-        Err(GetError::NotFound(_)) => return Ok(None),
+        Err(GetError::NotFound(_)) => return Ok(false),
         Err(e) => return Err(e.into()),
     };
     if index as usize >= info.chunks.len() {
-        return Ok(None);
+        return Ok(false);
     }
     let offset = u64::from(index) * u64::from(info.chunk_size);
-    let len = info.size.saturating_sub(offset).min(u64::from(info.chunk_size));
+    let len = info
+        .size
+        .saturating_sub(offset)
+        .min(u64::from(info.chunk_size));
     let path = store.path_of(blob);
     let file = match File::open(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(io_error(&path, e)),
     };
     let on_disk = file.metadata().map_err(|e| io_error(&path, e))?.len();
@@ -116,10 +139,10 @@ fn read_chunk_unverified(
             listed: info.size,
         });
     }
-    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-    file.read_exact_at(&mut buf, offset)
+    buf.resize(usize::try_from(len).unwrap_or(0), 0);
+    file.read_exact_at(buf, offset)
         .map_err(|e| io_error(&path, e))?;
-    Ok(Some(buf))
+    Ok(true)
 }
 
 fn io_error(path: &std::path::Path, source: io::Error) -> ServeReadError {
@@ -157,6 +180,7 @@ pub async fn serve(
     metrics: FetchMetrics,
 ) {
     let permits = Arc::new(Semaphore::new(config.max_streams.max(1)));
+    let buffers = BufferPool::default();
     let mut streams = JoinSet::new();
     loop {
         tokio::select! {
@@ -169,8 +193,9 @@ pub async fn serve(
                 };
                 let source = Arc::clone(&source);
                 let metrics = metrics.clone();
+                let buffers = buffers.clone();
                 streams.spawn(async move {
-                    answer(stream, source, config, metrics).await;
+                    answer(stream, source, config, metrics, buffers).await;
                     drop(permit);
                 }.instrument(tracing::debug_span!("blob_out", %peer)));
             }
@@ -184,6 +209,7 @@ async fn answer(
     source: Arc<dyn ChunkServe>,
     config: ServeConfig,
     metrics: FetchMetrics,
+    buffers: BufferPool,
 ) {
     let request = match timeout(config.request_timeout, read_request(&mut stream)).await {
         Ok(Ok(r)) => r,
@@ -198,30 +224,36 @@ async fn answer(
     };
     debug!(blob = %request.blob, chunks = request.chunks.len(), "serving");
     let blob = request.blob;
+    // Buffers come from the server's pool and go back to it.
     let read = |index: u32| {
         let src = Arc::clone(&source);
-        tokio::task::spawn_blocking(move || src.chunk(&blob, index))
+        let mut buf = buffers.take(0);
+        tokio::task::spawn_blocking(move || {
+            let held = src.chunk_into(&blob, index, &mut buf);
+            (held, buf)
+        })
     };
     // The next chunk is read from disk while this one is written out.
     let mut next = request.chunks.first().map(|&i| read(i));
     for (at, &index) in request.chunks.iter().enumerate() {
         let Some(reading) = next.take() else { break };
-        let chunk = reading.await.ok().flatten();
+        let (held, body) = reading.await.unwrap_or((false, Vec::new()));
         next = request.chunks.get(at + 1).map(|&i| read(i));
-        let (header, body) = match chunk {
-            Some(bytes) => match u32::try_from(bytes.len()) {
-                Ok(len) => (ChunkHeader::Data { index, len }, bytes),
-                Err(_) => (ChunkHeader::NotHeld { index }, Vec::new()),
-            },
-            None => (ChunkHeader::NotHeld { index }, Vec::new()),
+        let header = match u32::try_from(body.len()) {
+            Ok(len) if held => ChunkHeader::Data { index, len },
+            _ => ChunkHeader::NotHeld { index },
         };
+        let sent = if held { &body[..] } else { &[] };
         let write = async {
             stream.write_all(&encode_chunk_header(header)).await?;
-            stream.write_all(&body).await
+            stream.write_all(sent).await
         };
-        match timeout(config.chunk_timeout, write).await {
+        let written = timeout(config.chunk_timeout, write).await;
+        let sent = sent.len() as u64;
+        buffers.give(body);
+        match written {
             Ok(Ok(())) => {
-                metrics.bytes_out.inc_by(body.len() as u64);
+                metrics.bytes_out.inc_by(sent);
             }
             Ok(Err(error)) => {
                 debug!(%error, index, "blob stream failed");
@@ -234,4 +266,41 @@ async fn answer(
         }
     }
     let _ = timeout(config.chunk_timeout, stream.close()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob_store::BlobStoreLimits;
+
+    #[test]
+    fn chunks_are_read_into_a_reused_buffer_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path(), BlobStoreLimits::default()).unwrap();
+        let chunk = 64 * 1024;
+        let bytes: Vec<u8> = (0..2 * chunk + 100).map(|i| (i % 251) as u8).collect();
+        let id = store.put(&bytes, None, chunk as u32).unwrap();
+        // One buffer for every read, as the server's pool hands it out.
+        let mut buf = vec![0xff; 3 * chunk];
+        for (index, range) in [
+            (2, 2 * chunk..bytes.len()),
+            (0, 0..chunk),
+            (1, chunk..2 * chunk),
+        ] {
+            assert!(store.chunk_into(&id, index, &mut buf));
+            assert_eq!(buf, bytes[range], "chunk {index}");
+        }
+        assert!(
+            !store.chunk_into(&id, 3, &mut buf),
+            "past the end is not held"
+        );
+        assert!(
+            !store.chunk_into(&BlobId([7; 32]), 0, &mut buf),
+            "another blob is not held"
+        );
+        assert_eq!(
+            store.chunk(&id, 1).as_deref(),
+            Some(&bytes[chunk..2 * chunk])
+        );
+    }
 }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
+use super::buffers::BufferPool;
 use super::plan::RequestId;
 use super::wire::{
     BLOB_PROTOCOL, BlobRequest, ChunkHeader, ReadError, read_chunk_header, write_request,
@@ -162,6 +163,12 @@ pub trait ChunkSource: Send + Sync + 'static {
         chunks: Vec<WantedChunk>,
         replies: ReplySink,
     ) -> BoxFuture<'static, Result<(), SourceError>>;
+
+    /// Takes back the bytes of a chunk the fetch is done with (written, or
+    /// dropped), for reuse by the next answer. The default frees them.
+    fn recycle(&self, bytes: Vec<u8>) {
+        drop(bytes);
+    }
 }
 
 /// `ChunkSource` over libp2p streams.
@@ -169,6 +176,7 @@ pub trait ChunkSource: Send + Sync + 'static {
 pub struct Libp2pSource {
     control: libp2p_stream::Control,
     chunk_timeout: Duration,
+    buffers: BufferPool,
 }
 
 impl Libp2pSource {
@@ -178,6 +186,7 @@ impl Libp2pSource {
         Self {
             control,
             chunk_timeout,
+            buffers: BufferPool::default(),
         }
     }
 }
@@ -191,6 +200,7 @@ impl ChunkSource for Libp2pSource {
         replies: ReplySink,
     ) -> BoxFuture<'static, Result<(), SourceError>> {
         let mut control = self.control.clone();
+        let buffers = self.buffers.clone();
         let after = self.chunk_timeout;
         let open_after = after.min(MAX_OPEN_TIMEOUT);
         Box::pin(async move {
@@ -229,16 +239,17 @@ impl ChunkSource for Libp2pSource {
             // next one is read; answers still go out in request order.
             let mut hashing: Option<JoinHandle<SourceReply>> = None;
             for want in chunks {
-                let reply = match timeout(after, read_answer(&mut stream, peer, want)).await {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        return Err(SourceError::Timeout {
-                            peer,
-                            index: want.index,
-                            after,
-                        });
-                    }
-                };
+                let reply =
+                    match timeout(after, read_answer(&mut stream, peer, want, &buffers)).await {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            return Err(SourceError::Timeout {
+                                peer,
+                                index: want.index,
+                                after,
+                            });
+                        }
+                    };
                 if let Some(done) = hashing.take()
                     && !replies.send(hashed(done, peer).await?).await
                 {
@@ -272,6 +283,10 @@ impl ChunkSource for Libp2pSource {
             Ok(())
         })
     }
+
+    fn recycle(&self, bytes: Vec<u8>) {
+        self.buffers.give(bytes);
+    }
 }
 
 /// One answer as read off the stream, not yet hashed.
@@ -286,6 +301,7 @@ async fn read_answer(
     stream: &mut libp2p::Stream,
     peer: PeerId,
     want: WantedChunk,
+    buffers: &BufferPool,
 ) -> Result<Answer, SourceError> {
     let header = read_chunk_header(stream)
         .await
@@ -308,14 +324,15 @@ async fn read_answer(
                     got: len,
                 });
             }
-            let mut bytes = vec![0u8; len as usize];
-            stream
-                .read_exact(&mut bytes)
-                .await
-                .map_err(|e| SourceError::Stream {
+            // Only now, with the length checked against the manifest.
+            let mut bytes = buffers.take(len as usize);
+            if let Err(e) = stream.read_exact(&mut bytes).await {
+                buffers.give(bytes);
+                return Err(SourceError::Stream {
                     peer,
                     source: ReadError::Io(e),
-                })?;
+                });
+            }
             Ok(Answer::Data { index, bytes })
         }
     }

@@ -33,7 +33,9 @@ pub struct SwapEvent {
     pub from_version: Option<String>,
     /// Version serving after (or that was tried).
     pub to_version: Option<String>,
-    /// How the state got there (`migration`, `down_migration`, `replay`, `checkpoint+replay`).
+    /// How the state got there (`migration`; `migration+replay`: an early
+    /// snapshot migrated before the pause plus the calls since replayed;
+    /// `down_migration`, `replay`, `checkpoint+replay`).
     pub state_path: Option<&'static str>,
     /// Step timings.
     pub timings: StepTimings,

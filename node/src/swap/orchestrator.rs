@@ -38,7 +38,14 @@ pub struct SwapConfig {
     pub checkpoint_interval: Duration,
     /// Where durable checkpoints go (none: memory only).
     pub checkpoints_dir: Option<PathBuf>,
+    /// States of at least this many bytes (the last published length) are
+    /// snapshotted before a swap's pause; smaller ones move inside it.
+    pub early_snapshot_min_bytes: u64,
 }
+
+/// Overrides [`SwapConfig::early_snapshot_min_bytes`] from the node's
+/// environment (tests use 0 to send small states down the early path).
+pub const EARLY_SNAPSHOT_MIN_ENV: &str = "CLAWMESH_EARLY_SNAPSHOT_MIN_BYTES";
 
 impl Default for SwapConfig {
     /// Paused steps add up to 4 s, below the route's default 5 s bound on a
@@ -53,6 +60,10 @@ impl Default for SwapConfig {
             warm_window: Duration::from_secs(300),
             checkpoint_interval: Duration::from_secs(1),
             checkpoints_dir: None,
+            early_snapshot_min_bytes: std::env::var(EARLY_SNAPSHOT_MIN_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(EARLY_SNAPSHOT_MIN_BYTES),
         }
     }
 }
@@ -538,7 +549,7 @@ async fn run_swap(
     // current generation (no earlier early snapshot is pending).
     // Journal entries dropped only once the route runs again.
     let mut garbage = Vec::new();
-    let early = if state.last_len() >= EARLY_SNAPSHOT_MIN_BYTES
+    let early = if state.last_len() >= config.early_snapshot_min_bytes
         && state.generation() > 0
         && state.journal_base() == state.generation()
     {
@@ -741,7 +752,7 @@ async fn snapshot_and_restore(
     Ok(())
 }
 
-/// States smaller than this move inside the pause (one control round trip
+/// By default, states smaller than this move inside the pause (one control round trip
 /// with the snapshot and restore pipelined); larger ones are snapshotted
 /// before it and only the calls since are replayed inside it (two round
 /// trips, whatever the state's size).
@@ -988,7 +999,7 @@ async fn paused_delta(
     copied.extend(delta);
     *garbage = route.journal().replace(copied);
     state.set_journal_base(generation);
-    event.state_path = Some("migration");
+    event.state_path = Some("migration+replay");
     step_fault(package, "flip", old.pid(), new.pid())?;
     Ok(())
 }

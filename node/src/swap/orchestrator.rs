@@ -924,6 +924,7 @@ async fn replay(
 /// early snapshot, which becomes the package's checkpoint. If the old
 /// worker cannot say (it was restarted, its journal overflowed), the whole
 /// state moves inside the pause as without an early snapshot.
+#[allow(clippy::too_many_arguments)]
 async fn paused_delta(
     route: &Route<SupervisedWorker>,
     state: &PackageState,

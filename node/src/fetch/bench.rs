@@ -1,6 +1,8 @@
 //! `clawmesh bench fetch`: a blob fetched from several in-process peers on
 //! loopback with the blob protocol, against a raw libp2p stream copy of the
-//! same size over the same transport stack (TCP, noise, yamux), in one run.
+//! same size over the same transport stack (TCP, noise, yamux), and the same
+//! copy written to disk and fsynced, in one run, with the process's CPU per
+//! MiB in each phase.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -205,7 +207,8 @@ pub fn run_bench_fetch(args: BenchFetchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Measures one run: holders start, a fresh node fetches the blob, then the
-/// same node reads as many raw bytes from one holder over one stream.
+/// same node reads as many raw bytes from one holder over one stream, then
+/// again into a file it fsyncs.
 pub async fn bench(args: &BenchFetchArgs) -> anyhow::Result<BenchFetchFigures> {
     let size = usize::try_from(args.size_mib << 20).context("blob size")?;
     let chunk_size = args.chunk_kib.checked_mul(1024).context("chunk size")?;

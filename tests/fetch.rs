@@ -104,7 +104,10 @@ async fn fetch_from(
         .await
         .unwrap();
     let peers: Vec<_> = holders.iter().map(|h| h.peer_id()).collect();
-    fetcher.wait_connected(&peers, CONNECT_TIMEOUT).await.unwrap();
+    fetcher
+        .wait_connected(&peers, CONNECT_TIMEOUT)
+        .await
+        .unwrap();
     let source = Arc::new(Libp2pSource::new(
         fetcher.mesh.stream_control(),
         test_config().chunk_timeout,
@@ -180,7 +183,10 @@ async fn holder_killed_mid_transfer_is_replaced_by_the_others() {
         let layout = layout.clone();
         tokio::spawn(async move {
             let fetcher = spawn_loopback_node(addrs.to_vec()).await.unwrap();
-            fetcher.wait_connected(&peers, CONNECT_TIMEOUT).await.unwrap();
+            fetcher
+                .wait_connected(&peers, CONNECT_TIMEOUT)
+                .await
+                .unwrap();
             let source = Arc::new(Libp2pSource::new(
                 fetcher.mesh.stream_control(),
                 test_config().chunk_timeout,
@@ -277,14 +283,20 @@ fn cli_fetch_without_peers_goes_through_the_running_node() {
         let request = format!(r#"{{"op":"catalog","package":"{COUNTER}"}}"#);
         let answer = admin_raw(&mesh.dirs[node], &request);
         let versions = answer["ok"]["versions"].clone();
-        if versions.as_array().is_some_and(|v| v.iter().any(|x| x == version)) {
+        if versions
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x == version))
+        {
             Ok(())
         } else {
             Err(format!("{answer}"))
         }
     };
-    mesh.publisher.publish(&mesh.dirs[0], "counter.wasm", COUNTER, "1.0.0", &[]);
-    wait_for("node1 to learn 1.0.0 from the mesh", CONVERGE, || catalog_has(1, "1.0.0"));
+    mesh.publisher
+        .publish(&mesh.dirs[0], "counter.wasm", COUNTER, "1.0.0", &[]);
+    wait_for("node1 to learn 1.0.0 from the mesh", CONVERGE, || {
+        catalog_has(1, "1.0.0")
+    });
 
     let package = format!("{COUNTER}@1.0.0");
     let out = clawmesh_ok(&["fetch", &package, "--node", mesh.node(1), "--json"]);
@@ -313,8 +325,11 @@ fn cli_fetch_without_peers_goes_through_the_running_node() {
 
     // 2.0.0's only holder stops: node1 knows the manifest, nobody serves the blob.
     // Another component, so another blob than the one node1 now holds.
-    mesh.publisher.publish(&mesh.dirs[0], "counter_v2.wasm", COUNTER, "2.0.0", &[]);
-    wait_for("node1 to learn 2.0.0 from the mesh", CONVERGE, || catalog_has(1, "2.0.0"));
+    mesh.publisher
+        .publish(&mesh.dirs[0], "counter_v2.wasm", COUNTER, "2.0.0", &[]);
+    wait_for("node1 to learn 2.0.0 from the mesh", CONVERGE, || {
+        catalog_has(1, "2.0.0")
+    });
     mesh.stop(0);
     let err = clawmesh_fails(
         &["fetch", &format!("{COUNTER}@2.0.0"), "--node", mesh.node(1)],

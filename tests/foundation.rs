@@ -23,17 +23,43 @@ fn setup() -> Setup {
     let key = root.join("alice.key");
     let id = clawmesh_ok(&["key", "gen", "--out", s(&key)]);
     assert_eq!(id.trim().len(), 16, "key gen prints the key id: {id:?}");
-    assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let node = root.join("node");
     fs::create_dir_all(&node).unwrap();
     let pubkey = root.join("alice.key.pub");
-    clawmesh_ok(&["trust", "init", "--key", s(&pubkey), "--out", s(&node.join("trust.toml"))]);
-    Setup { _dir: dir, root, key, node }
+    clawmesh_ok(&[
+        "trust",
+        "init",
+        "--key",
+        s(&pubkey),
+        "--out",
+        s(&node.join("trust.toml")),
+    ]);
+    Setup {
+        _dir: dir,
+        root,
+        key,
+        node,
+    }
 }
 
 fn pack(st: &Setup, wasm: &Path, name: &str, version: &str, extra: &[&str]) -> PathBuf {
     let out = st.root.join(format!("{name}-{version}.pkg"));
-    let mut args = vec!["pack", s(wasm), "--name", name, "--version", version, "--key", s(&st.key), "-o", s(&out)];
+    let mut args = vec![
+        "pack",
+        s(wasm),
+        "--name",
+        name,
+        "--version",
+        version,
+        "--key",
+        s(&st.key),
+        "-o",
+        s(&out),
+    ];
     args.extend_from_slice(extra);
     clawmesh_ok(&args);
     out
@@ -47,7 +73,11 @@ fn publish_refused(st: &Setup, pkg: &Path, extra: &[&str], expect: &[&str]) {
     for e in expect {
         assert!(err.contains(e), "expected {e:?} in: {err}");
     }
-    assert_eq!(fingerprint(&st.node), before, "a refused publish changed the store");
+    assert_eq!(
+        fingerprint(&st.node),
+        before,
+        "a refused publish changed the store"
+    );
 }
 
 #[test]
@@ -58,12 +88,22 @@ fn pack_publish_and_every_refusal_leaves_the_store_untouched() {
     let out = clawmesh_ok(&["publish", s(&pkg), "--node", s(&st.node), "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let sha = v["sha256"].as_str().unwrap().to_string();
-    assert_eq!(sha, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(fs::read(&counter).unwrap())));
+    assert_eq!(
+        sha,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            fs::read(&counter).unwrap()
+        ))
+    );
     assert_eq!(v["newly_stored"], true);
 
     // Wrong --sha256: names expected and actual.
     let wrong = "ab".repeat(32);
-    publish_refused(&st, &pkg, &["--sha256", &wrong], &["sha256 mismatch", &wrong, &sha]);
+    publish_refused(
+        &st,
+        &pkg,
+        &["--sha256", &wrong],
+        &["sha256 mismatch", &wrong, &sha],
+    );
     // The right --sha256 is accepted (idempotently).
     clawmesh_ok(&["publish", s(&pkg), "--sha256", &sha, "--node", s(&st.node)]);
 
@@ -79,7 +119,12 @@ fn pack_publish_and_every_refusal_leaves_the_store_untouched() {
     file.blob[100] ^= 0xff;
     let swapped = st.root.join("swapped.pkg");
     fs::write(&swapped, file.encode_to_vec()).unwrap();
-    publish_refused(&st, &swapped, &[], &["does not match its manifest", "sha256"]);
+    publish_refused(
+        &st,
+        &swapped,
+        &[],
+        &["does not match its manifest", "sha256"],
+    );
 
     // Truncated and malformed files.
     let bytes = fs::read(&pkg).unwrap();
@@ -103,8 +148,16 @@ fn a_key_outside_the_trust_root_is_refused() {
     clawmesh_ok(&["key", "gen", "--out", s(&stranger)]);
     let out = st.root.join("mallory.pkg");
     clawmesh_ok(&[
-        "pack", s(&skill("counter.wasm")), "--name", "dev.clawmesh.counter", "--version", "6.6.6",
-        "--key", s(&stranger), "-o", s(&out),
+        "pack",
+        s(&skill("counter.wasm")),
+        "--name",
+        "dev.clawmesh.counter",
+        "--version",
+        "6.6.6",
+        "--key",
+        s(&stranger),
+        "-o",
+        s(&out),
     ]);
     publish_refused(&st, &out, &[], &["manifest refused"]);
 }
@@ -115,9 +168,20 @@ fn pack_refuses_bad_input_with_named_problems() {
     let counter = skill("counter.wasm");
     let out = st.root.join("x.pkg");
     let base = |name: &str, version: &str| -> Vec<String> {
-        ["pack", s(&counter), "--name", name, "--version", version, "--key", s(&st.key), "-o", s(&out)]
-            .map(String::from)
-            .to_vec()
+        [
+            "pack",
+            s(&counter),
+            "--name",
+            name,
+            "--version",
+            version,
+            "--key",
+            s(&st.key),
+            "-o",
+            s(&out),
+        ]
+        .map(String::from)
+        .to_vec()
     };
     let run = |args: Vec<String>| {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -131,7 +195,21 @@ fn pack_refuses_bad_input_with_named_problems() {
     // A core module is not a component.
     let core = st.root.join("core.wasm");
     fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
-    let err = clawmesh_fails(&["pack", s(&core), "--name", "dev.a.b", "--version", "1.0.0", "--key", s(&st.key), "-o", s(&out)], 1);
+    let err = clawmesh_fails(
+        &[
+            "pack",
+            s(&core),
+            "--name",
+            "dev.a.b",
+            "--version",
+            "1.0.0",
+            "--key",
+            s(&st.key),
+            "-o",
+            s(&out),
+        ],
+        1,
+    );
     assert!(err.contains("core WebAssembly module"), "{err}");
     // A world-readable secret key is refused.
     fs::set_permissions(&st.key, fs::Permissions::from_mode(0o644)).unwrap();
@@ -147,26 +225,82 @@ fn resolve_unifies_shared_dependencies_and_names_conflicts() {
         let p = pack(&st, &counter, "dev.clawmesh.codec", v, &[]);
         clawmesh_ok(&["publish", s(&p), "--node", s(&st.node)]);
     }
-    let a = pack(&st, &counter, "dev.clawmesh.a", "1.0.0", &["--dep", "dev.clawmesh.codec@^1.2,shared"]);
-    let b = pack(&st, &counter, "dev.clawmesh.b", "1.0.0", &["--dep", "dev.clawmesh.codec@>=1.4, <2,shared"]);
-    let c = pack(&st, &counter, "dev.clawmesh.c", "1.0.0", &["--dep", "dev.clawmesh.codec@^2,shared"]);
-    let d = pack(&st, &counter, "dev.clawmesh.d", "1.0.0", &["--dep", "dev.clawmesh.codec@~1.2"]);
+    let a = pack(
+        &st,
+        &counter,
+        "dev.clawmesh.a",
+        "1.0.0",
+        &["--dep", "dev.clawmesh.codec@^1.2,shared"],
+    );
+    let b = pack(
+        &st,
+        &counter,
+        "dev.clawmesh.b",
+        "1.0.0",
+        &["--dep", "dev.clawmesh.codec@>=1.4, <2,shared"],
+    );
+    let c = pack(
+        &st,
+        &counter,
+        "dev.clawmesh.c",
+        "1.0.0",
+        &["--dep", "dev.clawmesh.codec@^2,shared"],
+    );
+    let d = pack(
+        &st,
+        &counter,
+        "dev.clawmesh.d",
+        "1.0.0",
+        &["--dep", "dev.clawmesh.codec@~1.2"],
+    );
     for p in [&a, &b, &c, &d] {
         clawmesh_ok(&["publish", s(p), "--node", s(&st.node)]);
     }
-    let lock = clawmesh_ok(&["resolve", "dev.clawmesh.a@1.0.0", "dev.clawmesh.b@1.0.0", "--node", s(&st.node), "--json"]);
+    let lock = clawmesh_ok(&[
+        "resolve",
+        "dev.clawmesh.a@1.0.0",
+        "dev.clawmesh.b@1.0.0",
+        "--node",
+        s(&st.node),
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&lock).unwrap();
     assert_eq!(v["shared"]["dev.clawmesh.codec"], "1.5.0", "{lock}");
 
     // A private dependency sits beside a shared one of another version.
-    let lock = clawmesh_ok(&["resolve", "dev.clawmesh.c@1.0.0", "dev.clawmesh.d@1.0.0", "--node", s(&st.node), "--json"]);
+    let lock = clawmesh_ok(&[
+        "resolve",
+        "dev.clawmesh.c@1.0.0",
+        "dev.clawmesh.d@1.0.0",
+        "--node",
+        s(&st.node),
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&lock).unwrap();
     assert_eq!(v["shared"]["dev.clawmesh.codec"], "2.1.0", "{lock}");
-    assert_eq!(v["private"]["dev.clawmesh.d"]["dev.clawmesh.codec"], "1.2.0", "{lock}");
+    assert_eq!(
+        v["private"]["dev.clawmesh.d"]["dev.clawmesh.codec"], "1.2.0",
+        "{lock}"
+    );
 
     // A shared conflict names each requirer and range.
-    let err = clawmesh_fails(&["resolve", "dev.clawmesh.a@1.0.0", "dev.clawmesh.c@1.0.0", "--node", s(&st.node)], 1);
-    for needle in ["dev.clawmesh.codec", "dev.clawmesh.a@1.0.0", "^1.2", "dev.clawmesh.c@1.0.0", "^2"] {
+    let err = clawmesh_fails(
+        &[
+            "resolve",
+            "dev.clawmesh.a@1.0.0",
+            "dev.clawmesh.c@1.0.0",
+            "--node",
+            s(&st.node),
+        ],
+        1,
+    );
+    for needle in [
+        "dev.clawmesh.codec",
+        "dev.clawmesh.a@1.0.0",
+        "^1.2",
+        "dev.clawmesh.c@1.0.0",
+        "^2",
+    ] {
         assert!(err.contains(needle), "expected {needle:?} in: {err}");
     }
 }
@@ -174,7 +308,13 @@ fn resolve_unifies_shared_dependencies_and_names_conflicts() {
 #[test]
 fn gc_drops_only_unreferenced_blobs() {
     let st = setup();
-    let pkg = pack(&st, &skill("counter.wasm"), "dev.clawmesh.counter", "1.0.0", &[]);
+    let pkg = pack(
+        &st,
+        &skill("counter.wasm"),
+        "dev.clawmesh.counter",
+        "1.0.0",
+        &[],
+    );
     clawmesh_ok(&["publish", s(&pkg), "--node", s(&st.node)]);
     let stray = st.node.join("blobs/sha256/00");
     fs::create_dir_all(&stray).unwrap();
@@ -190,8 +330,25 @@ fn gc_drops_only_unreferenced_blobs() {
 #[test]
 fn the_command_contract_holds() {
     for cmd in [
-        "key", "trust", "pack", "publish", "node", "release", "rollback", "status", "invoke", "dev", "sim", "demo",
-        "doctor", "deploy", "fetch", "bench", "resolve", "gc", "completions",
+        "key",
+        "trust",
+        "pack",
+        "publish",
+        "node",
+        "release",
+        "rollback",
+        "status",
+        "invoke",
+        "dev",
+        "sim",
+        "demo",
+        "doctor",
+        "deploy",
+        "fetch",
+        "bench",
+        "resolve",
+        "gc",
+        "completions",
     ] {
         let out = clawmesh(&[cmd, "--help"]);
         assert!(out.status.success(), "{cmd} --help failed");
@@ -201,5 +358,8 @@ fn the_command_contract_holds() {
     let missing = clawmesh(&["publish", "/nonexistent.pkg", "--node", "/nonexistent"]);
     assert_eq!(missing.status.code(), Some(1));
     let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(err.contains("trust root") && !err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("trust root") && !err.contains("panicked"),
+        "{err}"
+    );
 }

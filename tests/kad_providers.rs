@@ -13,8 +13,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clawmesh_e2e::{NodeProcess, Publisher, admin, clawmesh_ok, http_get, s, status_json, wait_for};
-use clawmesh_node::mesh::{KAD_PROTOCOL, MeshConfig, MeshHandle, MeshNetwork, load_or_create_identity};
+use clawmesh_e2e::{
+    NodeProcess, Publisher, admin, clawmesh_ok, http_get, s, status_json, wait_for,
+};
+use clawmesh_node::mesh::{
+    KAD_PROTOCOL, MeshConfig, MeshHandle, MeshNetwork, load_or_create_identity,
+};
 use futures::AsyncWriteExt as _;
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -25,10 +29,13 @@ const COUNTER: &str = "dev.clawmesh.counter";
 fn metric(node: &NodeProcess, name: &str) -> Option<f64> {
     let (code, body) = http_get(&format!("{}/metrics", node.http()));
     assert_eq!(code, 200);
-    String::from_utf8(body)
-        .unwrap()
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    String::from_utf8(body).unwrap().lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 fn wait_metric(node: &NodeProcess, what: &str, name: &str, done: impl Fn(f64) -> bool) {
@@ -61,33 +68,75 @@ fn a_blob_no_status_lists_is_fetched_from_a_holder_found_through_provider_record
     // The fetcher's identity exists before it runs, so the holder refuses
     // it from the start: the two never connect, and the holder never learns
     // the fetcher's addresses.
-    let fetcher_id = load_or_create_identity(&dirs[2]).unwrap().public().to_peer_id().to_string();
-    admin(&dirs[1], serde_json::json!({"op": "block_peers", "peers": [fetcher_id]})).unwrap();
+    let fetcher_id = load_or_create_identity(&dirs[2])
+        .unwrap()
+        .public()
+        .to_peer_id()
+        .to_string();
+    admin(
+        &dirs[1],
+        serde_json::json!({"op": "block_peers", "peers": [fetcher_id]}),
+    )
+    .unwrap();
 
     // Published on the holder, never released: no status lists the blob.
     // The publish announces it, which provides it on the DHT: the hub, the
     // only peer the holder's query reaches, stores the record.
     publisher.publish(&dirs[1], "counter.wasm", COUNTER, "1.0.0", &[]);
-    wait_metric(&hub, "the hub to store the holder's provider record", "clawmesh_mesh_provider_records", |v| v >= 1.0);
-    wait_metric(&holder, "the holder to provide its blob", "clawmesh_mesh_blobs_provided", |v| v == 1.0);
+    wait_metric(
+        &hub,
+        "the hub to store the holder's provider record",
+        "clawmesh_mesh_provider_records",
+        |v| v >= 1.0,
+    );
+    wait_metric(
+        &holder,
+        "the holder to provide its blob",
+        "clawmesh_mesh_blobs_provided",
+        |v| v == 1.0,
+    );
 
     let fetcher = NodeProcess::start(&dirs[2], &["--bootstrap", &bootstrap]);
-    wait_for("the fetcher to learn 1.0.0 from the mesh catalog", CONVERGE, || {
-        match admin(&dirs[2], serde_json::json!({"op": "catalog", "package": COUNTER})) {
-            Ok(v) if v["versions"].as_array().is_some_and(|vs| vs.iter().any(|x| x == "1.0.0")) => Ok(()),
+    wait_for(
+        "the fetcher to learn 1.0.0 from the mesh catalog",
+        CONVERGE,
+        || match admin(
+            &dirs[2],
+            serde_json::json!({"op": "catalog", "package": COUNTER}),
+        ) {
+            Ok(v)
+                if v["versions"]
+                    .as_array()
+                    .is_some_and(|vs| vs.iter().any(|x| x == "1.0.0")) =>
+            {
+                Ok(())
+            }
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
     // Connected to the hub only: the holder closes every connection the
     // fetcher's DHT queries open to it (the fetcher counts each for the
     // moment the holder takes to refuse it). Nothing is released.
-    wait_metric(&fetcher, "the fetcher to be connected to the hub only", "clawmesh_mesh_peers_connected", |v| v == 1.0);
+    wait_metric(
+        &fetcher,
+        "the fetcher to be connected to the hub only",
+        "clawmesh_mesh_peers_connected",
+        |v| v == 1.0,
+    );
     let status = status_json(&dirs[2]);
-    assert_eq!(status["mesh"]["targets"], serde_json::json!({}), "nothing is released, so no status lists a blob");
+    assert_eq!(
+        status["mesh"]["targets"],
+        serde_json::json!({}),
+        "nothing is released, so no status lists a blob"
+    );
 
     // The holder accepts the fetcher again; it cannot dial it (it never
     // learnt an address), so the fetcher finds it through the DHT.
-    admin(&dirs[1], serde_json::json!({"op": "unblock_peers", "peers": [fetcher_id]})).unwrap();
+    admin(
+        &dirs[1],
+        serde_json::json!({"op": "unblock_peers", "peers": [fetcher_id]}),
+    )
+    .unwrap();
     let package = format!("{COUNTER}@1.0.0");
     let out = clawmesh_ok(&["fetch", &package, "--node", s(&dirs[2]), "--json"]);
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
@@ -95,14 +144,35 @@ fn a_blob_no_status_lists_is_fetched_from_a_holder_found_through_provider_record
     let size = report["size"].as_u64().unwrap();
     assert!(size > 0);
     assert_eq!(report["fetched_bytes"].as_u64(), Some(size), "{report}");
-    assert_eq!(report["peers_used"].as_array().map(Vec::len), Some(1), "{report}");
-    assert_eq!(report["peers_used"][0]["peer"], holder_id.as_str(), "{report}");
-    let from_kad: Vec<&str> = report["kad_providers"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect();
+    assert_eq!(
+        report["peers_used"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(
+        report["peers_used"][0]["peer"],
+        holder_id.as_str(),
+        "{report}"
+    );
+    let from_kad: Vec<&str> = report["kad_providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
     assert_eq!(from_kad, vec![holder_id.as_str()], "{report}");
-    assert_eq!(metric(&fetcher, "clawmesh_mesh_provider_lookup_hits_total"), Some(1.0));
+    assert_eq!(
+        metric(&fetcher, "clawmesh_mesh_provider_lookup_hits_total"),
+        Some(1.0)
+    );
 
     // The fetcher now holds the blob and provides it in turn.
-    wait_metric(&fetcher, "the fetcher to provide the fetched blob", "clawmesh_mesh_blobs_provided", |v| v == 1.0);
+    wait_metric(
+        &fetcher,
+        "the fetcher to provide the fetched blob",
+        "clawmesh_mesh_blobs_provided",
+        |v| v == 1.0,
+    );
     drop((hub, holder, fetcher));
 }
 
@@ -152,16 +222,29 @@ fn provider_records_naming_another_peer_or_no_blob_are_refused() {
     let hub = NodeProcess::start(&dirs[0], &[]);
     let hub_id = peer_of(&hub);
     let bootstrap = hub.info["p2p"][0].as_str().unwrap().to_string();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let rogue = spawn_peer(&runtime, &dirs[1], &bootstrap);
     // The peer the rogue claims provides a blob: a real identity that never joins.
-    let victim = load_or_create_identity(&dirs[2]).unwrap().public().to_peer_id();
+    let victim = load_or_create_identity(&dirs[2])
+        .unwrap()
+        .public()
+        .to_peer_id();
     let (forged_key, honest_key) = ([1u8; 32], [2u8; 32]);
 
     runtime.block_on(async {
         let hub_peer = tokio::time::timeout(CONVERGE, async {
             loop {
-                if let Some(p) = rogue.connected_peers().await.unwrap().into_iter().find(|p| p.to_string() == hub_id) {
+                if let Some(p) = rogue
+                    .connected_peers()
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .find(|p| p.to_string() == hub_id)
+                {
                     return p;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -169,7 +252,11 @@ fn provider_records_naming_another_peer_or_no_blob_are_refused() {
         })
         .await
         .expect("rogue connected to the hub");
-        let mut stream = rogue.stream_control().open_stream(hub_peer, KAD_PROTOCOL).await.unwrap();
+        let mut stream = rogue
+            .stream_control()
+            .open_stream(hub_peer, KAD_PROTOCOL)
+            .await
+            .unwrap();
         // In this order on one stream, which the hub reads in order.
         for message in [
             add_provider_message(&forged_key, &victim.to_bytes()),
@@ -181,18 +268,37 @@ fn provider_records_naming_another_peer_or_no_blob_are_refused() {
         stream.flush().await.unwrap();
         // Kept open until the hub has read all three (closing at once may
         // reset the stream before the last message is read).
-        wait_metric(&hub, "the honest record", "clawmesh_mesh_provider_records_stored_total", |v| v == 1.0);
+        wait_metric(
+            &hub,
+            "the honest record",
+            "clawmesh_mesh_provider_records_stored_total",
+            |v| v == 1.0,
+        );
         stream.close().await.unwrap();
     });
     // The forged record came first: the store holds only the honest one,
     // and the short key is counted as refused.
     assert_eq!(metric(&hub, "clawmesh_mesh_provider_records"), Some(1.0));
-    assert_eq!(metric(&hub, r#"clawmesh_mesh_provider_records_refused_total{reason="not_a_blob_key"}"#), Some(1.0));
+    assert_eq!(
+        metric(
+            &hub,
+            r#"clawmesh_mesh_provider_records_refused_total{reason="not_a_blob_key"}"#
+        ),
+        Some(1.0)
+    );
     // An honest peer asks the hub (a node never lists the asker itself as
     // a provider, so the rogue cannot ask for its own record).
     let observer = spawn_peer(&runtime, &dirs[3], &bootstrap);
-    let lookup = |key| runtime.block_on(observer.get_providers(key, 4, Duration::from_secs(10))).unwrap();
-    assert_eq!(lookup(forged_key), vec![], "the hub lists a provider for the forged key");
+    let lookup = |key| {
+        runtime
+            .block_on(observer.get_providers(key, 4, Duration::from_secs(10)))
+            .unwrap()
+    };
+    assert_eq!(
+        lookup(forged_key),
+        vec![],
+        "the hub lists a provider for the forged key"
+    );
     assert_eq!(lookup(honest_key), vec![rogue.local_peer_id()]);
     runtime.block_on(observer.shutdown());
     runtime.block_on(rogue.shutdown());

@@ -17,7 +17,10 @@ pub fn clawmesh_bin() -> PathBuf {
     }
     // Test binaries live in target/<profile>/deps/; the binary one level up.
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile_dir.join("clawmesh");
     assert!(
         bin.is_file(),
@@ -31,13 +34,22 @@ pub fn clawmesh_bin() -> PathBuf {
 pub fn skills_dir() -> PathBuf {
     std::env::var_os("CLAWMESH_SKILLS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../skills/target/wasm32-wasip2/release")))
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../skills/target/wasm32-wasip2/release"
+            ))
+        })
 }
 
 /// A built sample skill; fails (never skips) when it is missing.
 pub fn skill(file: &str) -> PathBuf {
     let p = skills_dir().join(file);
-    assert!(p.is_file(), "{} is missing: run scripts/build-skills", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/build-skills",
+        p.display()
+    );
     p
 }
 
@@ -82,13 +94,18 @@ pub fn fingerprint(dir: &Path) -> BTreeMap<PathBuf, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else { continue };
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
             } else if p.file_name().is_some_and(|n| n != "lock") {
-                out.insert(p.clone(), hex::encode(Sha256::digest(fs::read(&p).unwrap())));
+                out.insert(
+                    p.clone(),
+                    hex::encode(Sha256::digest(fs::read(&p).unwrap())),
+                );
             }
         }
     }
@@ -124,7 +141,12 @@ impl NodeProcess {
     /// [`NodeProcess::start_with_env`] with the node run through `wrapper`
     /// (e.g. `["ip", "netns", "exec", NAME]`), which must exec the node so
     /// that the child's pid is the node's.
-    pub fn start_wrapped(wrapper: &[&str], data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         use std::io::{BufRead, BufReader};
         use std::process::Stdio;
         let bin = clawmesh_bin();
@@ -164,7 +186,8 @@ impl NodeProcess {
             panic!("node on {} did not start within 60 s", data_dir.display());
         }
         let info: serde_json::Value =
-            serde_json::from_slice(&fs::read(data_dir.join("node.json")).expect("node.json")).expect("node.json is JSON");
+            serde_json::from_slice(&fs::read(data_dir.join("node.json")).expect("node.json"))
+                .expect("node.json is JSON");
         Self {
             child,
             data_dir: data_dir.to_path_buf(),
@@ -174,7 +197,10 @@ impl NodeProcess {
 
     /// The node's HTTP base URL.
     pub fn http(&self) -> String {
-        self.info["http"].as_str().expect("http in node.json").to_string()
+        self.info["http"]
+            .as_str()
+            .expect("http in node.json")
+            .to_string()
     }
 
     /// The node's process id.
@@ -222,9 +248,14 @@ impl Drop for NodeProcess {
 pub fn http_post(url: &str, body: &[u8]) -> (u16, Vec<u8>) {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").expect("http URL");
-    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let (authority, path) = rest
+        .split_once('/')
+        .map(|(a, p)| (a, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     let mut stream = std::net::TcpStream::connect(authority).expect("connect");
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
     write!(
         stream,
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -241,21 +272,41 @@ pub fn http_post(url: &str, body: &[u8]) -> (u16, Vec<u8>) {
 pub fn http_get(url: &str) -> (u16, Vec<u8>) {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").expect("http URL");
-    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let (authority, path) = rest
+        .split_once('/')
+        .map(|(a, p)| (a, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
     let mut stream = std::net::TcpStream::connect(authority).expect("connect");
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n").unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("read response");
     parse_response(&response)
 }
 
 fn parse_response(response: &[u8]) -> (u16, Vec<u8>) {
-    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP head");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("HTTP head");
     let head = String::from_utf8_lossy(&response[..split]).to_string();
-    let status: u16 = head.split_whitespace().nth(1).expect("status").parse().expect("status code");
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .expect("status")
+        .parse()
+        .expect("status code");
     let mut body = response[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body);
     }
     (status, body)
@@ -264,7 +315,8 @@ fn parse_response(response: &[u8]) -> (u16, Vec<u8>) {
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = data.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 {
             break;
         }
@@ -291,23 +343,52 @@ impl Publisher {
         let public = root.join("publisher.key.pub");
         for dir in node_dirs {
             fs::create_dir_all(dir).unwrap();
-            clawmesh_ok(&["trust", "init", "--key", s(&public), "--out", s(&dir.join("trust.toml")), "--force"]);
+            clawmesh_ok(&[
+                "trust",
+                "init",
+                "--key",
+                s(&public),
+                "--out",
+                s(&dir.join("trust.toml")),
+                "--force",
+            ]);
         }
-        Self { root: root.to_path_buf(), key }
+        Self {
+            root: root.to_path_buf(),
+            key,
+        }
     }
 
     /// Packs `skill_file` as `name@version` and returns the package path.
     pub fn pack(&self, skill_file: &str, name: &str, version: &str, extra: &[&str]) -> PathBuf {
         let out = self.root.join(format!("{name}-{version}.pkg"));
         let wasm = skill(skill_file);
-        let mut args = vec!["pack", s(&wasm), "--name", name, "--version", version, "--key", s(&self.key), "-o", s(&out)];
+        let mut args = vec![
+            "pack",
+            s(&wasm),
+            "--name",
+            name,
+            "--version",
+            version,
+            "--key",
+            s(&self.key),
+            "-o",
+            s(&out),
+        ];
         args.extend_from_slice(extra);
         clawmesh_ok(&args);
         out
     }
 
     /// Packs and publishes into `node_dir`'s store.
-    pub fn publish(&self, node_dir: &Path, skill_file: &str, name: &str, version: &str, extra: &[&str]) -> PathBuf {
+    pub fn publish(
+        &self,
+        node_dir: &Path,
+        skill_file: &str,
+        name: &str,
+        version: &str,
+        extra: &[&str],
+    ) -> PathBuf {
         let pkg = self.pack(skill_file, name, version, extra);
         clawmesh_ok(&["publish", s(&pkg), "--node", s(node_dir)]);
         pkg
@@ -317,12 +398,18 @@ impl Publisher {
 /// Polls `probe` until it returns `Some`, or panics after `timeout` with
 /// `what` and the last value seen. This waits on an observable condition;
 /// the interval only paces the polling.
-pub fn wait_for<T>(what: &str, timeout: std::time::Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+pub fn wait_for<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         match probe() {
             Ok(v) => return v,
-            Err(last) if std::time::Instant::now() >= deadline => panic!("timed out waiting for {what}: {last}"),
+            Err(last) if std::time::Instant::now() >= deadline => {
+                panic!("timed out waiting for {what}: {last}")
+            }
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
         }
     }
@@ -330,13 +417,15 @@ pub fn wait_for<T>(what: &str, timeout: std::time::Duration, mut probe: impl FnM
 
 /// `clawmesh status --json` of a node.
 pub fn status_json(node_dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&clawmesh_ok(&["status", "--json", "--node", s(node_dir)])).expect("status JSON")
+    serde_json::from_str(&clawmesh_ok(&["status", "--json", "--node", s(node_dir)]))
+        .expect("status JSON")
 }
 
 /// Sends one raw admin request line and returns the parsed answer.
 pub fn admin_raw(node_dir: &Path, line: &str) -> serde_json::Value {
     use std::io::{BufRead, BufReader, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(node_dir.join("admin.sock")).expect("admin socket");
+    let mut stream =
+        std::os::unix::net::UnixStream::connect(node_dir.join("admin.sock")).expect("admin socket");
     stream.write_all(line.as_bytes()).unwrap();
     stream.write_all(b"\n").unwrap();
     let mut answer = String::new();
@@ -345,10 +434,16 @@ pub fn admin_raw(node_dir: &Path, line: &str) -> serde_json::Value {
 }
 
 /// One admin request as JSON; `Ok(the "ok" value)` or `Err((code, message))`.
-pub fn admin(node_dir: &Path, request: serde_json::Value) -> Result<serde_json::Value, (String, String)> {
+pub fn admin(
+    node_dir: &Path,
+    request: serde_json::Value,
+) -> Result<serde_json::Value, (String, String)> {
     use std::io::{BufRead, BufReader, Write};
-    let stream = std::os::unix::net::UnixStream::connect(node_dir.join("admin.sock")).expect("admin socket");
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(120))).unwrap();
+    let stream =
+        std::os::unix::net::UnixStream::connect(node_dir.join("admin.sock")).expect("admin socket");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
     let mut line = serde_json::to_vec(&request).unwrap();
     line.push(b'\n');
     (&stream).write_all(&line).unwrap();
@@ -387,16 +482,27 @@ impl Mesh {
     /// Starts `n` nodes.
     pub fn start(n: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let dirs: Vec<PathBuf> = (0..n).map(|i| dir.path().join(format!("node{i}"))).collect();
+        let dirs: Vec<PathBuf> = (0..n)
+            .map(|i| dir.path().join(format!("node{i}")))
+            .collect();
         let refs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
         let publisher = Publisher::new(dir.path(), &refs);
         let first = NodeProcess::start(&dirs[0], &[]);
-        let bootstrap = first.info["p2p"][0].as_str().expect("p2p address").to_string();
+        let bootstrap = first.info["p2p"][0]
+            .as_str()
+            .expect("p2p address")
+            .to_string();
         let mut nodes = vec![Some(first)];
         for d in &dirs[1..] {
             nodes.push(Some(NodeProcess::start(d, &["--bootstrap", &bootstrap])));
         }
-        Self { dir, publisher, nodes, dirs, bootstrap }
+        Self {
+            dir,
+            publisher,
+            nodes,
+            dirs,
+            bootstrap,
+        }
     }
 
     /// Stops node `i` (SIGTERM).
@@ -408,7 +514,11 @@ impl Mesh {
 
     /// Restarts node `i` on its data dir.
     pub fn restart(&mut self, i: usize) {
-        let extra: Vec<&str> = if i == 0 { vec![] } else { vec!["--bootstrap", &self.bootstrap] };
+        let extra: Vec<&str> = if i == 0 {
+            vec![]
+        } else {
+            vec!["--bootstrap", &self.bootstrap]
+        };
         self.nodes[i] = Some(NodeProcess::start(&self.dirs[i], &extra));
     }
 
@@ -423,11 +533,19 @@ impl Mesh {
             if self.nodes[i].is_none() {
                 continue;
             }
-            wait_for(&format!("node{i} to target {package}@{version}"), timeout, || {
-                let st = status_json(d);
-                let got = st["mesh"]["targets"][package]["version"].clone();
-                if got == version { Ok(()) } else { Err(format!("target {got}")) }
-            });
+            wait_for(
+                &format!("node{i} to target {package}@{version}"),
+                timeout,
+                || {
+                    let st = status_json(d);
+                    let got = st["mesh"]["targets"][package]["version"].clone();
+                    if got == version {
+                        Ok(())
+                    } else {
+                        Err(format!("target {got}"))
+                    }
+                },
+            );
         }
     }
 
@@ -438,15 +556,19 @@ impl Mesh {
             if self.nodes[i].is_none() {
                 continue;
             }
-            wait_for(&format!("node{i} to run {package}@{version}"), timeout, || {
-                let st = status_json(d);
-                let local = &st["mesh"]["local"][package];
-                if local["state"] == "active" && local["running"] == version {
-                    Ok(())
-                } else {
-                    Err(format!("{local}"))
-                }
-            });
+            wait_for(
+                &format!("node{i} to run {package}@{version}"),
+                timeout,
+                || {
+                    let st = status_json(d);
+                    let local = &st["mesh"]["local"][package];
+                    if local["state"] == "active" && local["running"] == version {
+                        Ok(())
+                    } else {
+                        Err(format!("{local}"))
+                    }
+                },
+            );
         }
     }
 }
@@ -468,11 +590,17 @@ pub struct NetnsLab {
 const LAB_SUBNET: &str = "10.77.0";
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip").args(args).output().map_err(|e| format!("ip {args:?}: {e}"))?;
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(format!(
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 
@@ -509,17 +637,30 @@ impl NetnsLab {
             ip(&["-n", &br, "link", "add", bridge, "type", "bridge"])?;
             ip(&["-n", &br, "link", "set", bridge, "up"])?;
         }
-        ip(&["-n", &br, "link", "add", "xa", "type", "veth", "peer", "name", "xb"])?;
+        ip(&[
+            "-n", &br, "link", "add", "xa", "type", "veth", "peer", "name", "xb",
+        ])?;
         ip(&["-n", &br, "link", "set", "xa", "master", "bra"])?;
         ip(&["-n", &br, "link", "set", "xb", "master", "brb"])?;
         for (i, ns) in self.node_ns.clone().iter().enumerate() {
             self.add_ns(ns)?;
             let port = format!("v{i}");
-            ip(&["-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns])?;
+            ip(&[
+                "-n", &br, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                ns,
+            ])?;
             let bridge = if group_a.contains(&i) { "bra" } else { "brb" };
             ip(&["-n", &br, "link", "set", &port, "master", bridge])?;
             ip(&["-n", &br, "link", "set", &port, "up"])?;
-            ip(&["-n", ns, "addr", "add", &format!("{}/24", self.addr(i)), "dev", "eth0"])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", self.addr(i)),
+                "dev",
+                "eth0",
+            ])?;
             ip(&["-n", ns, "link", "set", "eth0", "up"])?;
         }
         self.heal()
@@ -536,9 +677,16 @@ impl NetnsLab {
     /// cgroup hierarchy from the node (its skills then run without limits).
     pub fn wrapper(&self, i: usize) -> Vec<String> {
         let ns = &self.node_ns[i];
-        let nsenter = Command::new("nsenter").arg("--version").output().is_ok_and(|o| o.status.success());
+        let nsenter = Command::new("nsenter")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
         if nsenter {
-            vec!["nsenter".into(), format!("--net=/run/netns/{ns}"), "--".into()]
+            vec![
+                "nsenter".into(),
+                format!("--net=/run/netns/{ns}"),
+                "--".into(),
+            ]
         } else {
             vec!["ip".into(), "netns".into(), "exec".into(), ns.clone()]
         }

@@ -301,8 +301,15 @@ fn worker_kills_lose_nothing_with(steps: &[&str], env: &[(&str, &str)]) {
     if env.contains(&EARLY_ALWAYS) {
         // A clean swap and rollback first: the path the faults hit.
         let swapped = deploy(&node_dir, "2.0.0").unwrap();
-        assert_eq!(swapped["swap"]["state_path"], "migration+replay", "{swapped}");
-        admin(&node_dir, serde_json::json!({"op": "rollback", "package": COUNTER})).unwrap();
+        assert_eq!(
+            swapped["swap"]["state_path"], "migration+replay",
+            "{swapped}"
+        );
+        admin(
+            &node_dir,
+            serde_json::json!({"op": "rollback", "package": COUNTER}),
+        )
+        .unwrap();
         assert_eq!(get_when_serving(&node), expected);
     }
     let mut version = "1.0.0";
@@ -398,10 +405,15 @@ fn the_sidecar_swaps_a_raw_component_in_place_and_events_stream_it() {
 
     // Subscribe before the swap; the first event line must be that swap.
     let events = UnixStream::connect(node_dir.join("admin.sock")).unwrap();
-    events.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    (&events).write_all(b"{\"op\":\"events\",\"package\":\"dev.clawmesh.counter\"}\n").unwrap();
+    events
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    (&events)
+        .write_all(b"{\"op\":\"events\",\"package\":\"dev.clawmesh.counter\"}\n")
+        .unwrap();
     let mut lines = BufReader::new(events).lines();
-    let subscribed: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let subscribed: serde_json::Value =
+        serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(subscribed["ok"]["subscribed"], true);
 
     let wasm = clawmesh_e2e::skill("counter_v2.wasm");
@@ -416,13 +428,26 @@ fn the_sidecar_swaps_a_raw_component_in_place_and_events_stream_it() {
         "--once",
     ]);
     assert!(out.starts_with("swap 1.0.0 → 0.0.0-dev+"), "{out}");
-    for step in ["prewarm", "pause", "snapshot", "restore", "flip", "state 8 B kept"] {
+    for step in [
+        "prewarm",
+        "pause",
+        "snapshot",
+        "restore",
+        "flip",
+        "state 8 B kept",
+    ] {
         assert!(out.contains(step), "{step} missing from {out}");
     }
     assert_eq!(get(&node), 9, "state kept across the sidecar's swap");
     let event: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(event["ok"]["kind"], "swap", "{event}");
-    assert!(event["ok"]["to_version"].as_str().unwrap().starts_with("0.0.0-dev+"), "{event}");
+    assert!(
+        event["ok"]["to_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("0.0.0-dev+"),
+        "{event}"
+    );
 }
 
 const KV: &str = "dev.clawmesh.kv";
@@ -468,8 +493,11 @@ fn a_state_larger_than_a_frame_swaps_and_rolls_back_through_the_segment() {
         assert_eq!(status, 200, "put: {}", String::from_utf8_lossy(&answer));
     }
     // The checkpoint finds the 64 KiB segment too small and grows it.
-    let checkpoint =
-        admin(&node_dir, serde_json::json!({"op": "checkpoint", "package": KV})).unwrap();
+    let checkpoint = admin(
+        &node_dir,
+        serde_json::json!({"op": "checkpoint", "package": KV}),
+    )
+    .unwrap();
     assert!(checkpoint["state_bytes"].as_u64().unwrap() > 16 << 20);
     let swapped = admin(
         &node_dir,
@@ -477,7 +505,10 @@ fn a_state_larger_than_a_frame_swaps_and_rolls_back_through_the_segment() {
     )
     .unwrap();
     let bytes = swapped["swap"]["state_bytes"].as_u64().unwrap();
-    assert!(bytes > 16 << 20, "state of {bytes} bytes is not over a frame");
+    assert!(
+        bytes > 16 << 20,
+        "state of {bytes} bytes is not over a frame"
+    );
     // Over 64 KiB: migrated before the pause, the calls since replayed.
     assert_eq!(swapped["swap"]["state_path"], "migration+replay");
     for i in [0, keys / 2, keys - 1] {
@@ -490,7 +521,11 @@ fn a_state_larger_than_a_frame_swaps_and_rolls_back_through_the_segment() {
     let mut body = b"late\n".to_vec();
     body.extend_from_slice(&kv_value(7));
     assert_eq!(kv_call(&node, "put", &body).0, 200);
-    let back = admin(&node_dir, serde_json::json!({"op": "rollback", "package": KV})).unwrap();
+    let back = admin(
+        &node_dir,
+        serde_json::json!({"op": "rollback", "package": KV}),
+    )
+    .unwrap();
     assert_eq!(back["state_path"], "replay", "{back}");
     let (status, value) = kv_call(&node, "get", b"late");
     assert_eq!(status, 200);
@@ -533,7 +568,11 @@ fn a_trap_inside_handle_keeps_every_acknowledged_call() {
     // After a checkpoint the journal starts over: only the call since it is
     // replayed onto the restored checkpoint (this fixture's `restore`
     // ignores the state it is given, so the checkpoint itself reads as 0).
-    admin(&node_dir, serde_json::json!({"op": "checkpoint", "package": TRAPS})).unwrap();
+    admin(
+        &node_dir,
+        serde_json::json!({"op": "checkpoint", "package": TRAPS}),
+    )
+    .unwrap();
     assert_eq!(call("add"), (200, "10".to_string()));
     let (_, body) = call("boom");
     assert!(body.contains("+ 1 calls"), "{body}");
@@ -545,7 +584,13 @@ fn a_trap_inside_handle_keeps_every_acknowledged_call() {
 fn kv_node(dir: &Path, v2_memory: &[&str], values: usize) -> (NodeProcess, std::path::PathBuf) {
     let node_dir = dir.join("node");
     let publisher = Publisher::new(dir, &[&node_dir]);
-    publisher.publish(&node_dir, "kv_v1.wasm", KV, "1.0.0", &["--max-memory-mib", "512"]);
+    publisher.publish(
+        &node_dir,
+        "kv_v1.wasm",
+        KV,
+        "1.0.0",
+        &["--max-memory-mib", "512"],
+    );
     publisher.publish(&node_dir, "kv_v2.wasm", KV, "2.0.0", v2_memory);
     let node = NodeProcess::start_with_env(
         &node_dir,
@@ -567,7 +612,11 @@ fn kv_node(dir: &Path, v2_memory: &[&str], values: usize) -> (NodeProcess, std::
         assert_eq!(status, 200, "put: {}", String::from_utf8_lossy(&answer));
     }
     // The checkpoint the swap's early snapshot starts from.
-    admin(&node_dir, serde_json::json!({"op": "checkpoint", "package": KV})).unwrap();
+    admin(
+        &node_dir,
+        serde_json::json!({"op": "checkpoint", "package": KV}),
+    )
+    .unwrap();
     (node, node_dir)
 }
 
@@ -610,7 +659,10 @@ fn calls_made_between_the_early_snapshot_and_the_pause_survive_the_swap() {
         .into_iter()
         .flat_map(|w| w.join().unwrap())
         .collect();
-    assert_eq!(swapped["swap"]["state_path"], "migration+replay", "{swapped}");
+    assert_eq!(
+        swapped["swap"]["state_path"], "migration+replay",
+        "{swapped}"
+    );
     assert!(
         swapped["swap"]["replayed"].as_u64().unwrap() > 0,
         "the writes after the early snapshot were replayed into v2: {swapped}"
@@ -645,13 +697,25 @@ fn calls_made_between_the_early_snapshot_and_the_pause_survive_the_swap() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for key in &acknowledged {
-        assert_eq!(kv_call(&node, "get", key.as_bytes()).0, 200, "{key} lost by the crash");
+        assert_eq!(
+            kv_call(&node, "get", key.as_bytes()).0,
+            200,
+            "{key} lost by the crash"
+        );
     }
     // And a rollback to v1 (no down-migration) keeps them too.
-    let back = admin(&node_dir, serde_json::json!({"op": "rollback", "package": KV})).unwrap();
+    let back = admin(
+        &node_dir,
+        serde_json::json!({"op": "rollback", "package": KV}),
+    )
+    .unwrap();
     assert_eq!(back["state_path"], "replay", "{back}");
     for key in &acknowledged {
-        assert_eq!(kv_call(&node, "get", key.as_bytes()).0, 200, "{key} lost by the rollback");
+        assert_eq!(
+            kv_call(&node, "get", key.as_bytes()).0,
+            200,
+            "{key} lost by the rollback"
+        );
     }
 }
 
@@ -688,10 +752,17 @@ fn a_version_too_small_for_the_state_is_refused_at_restore_and_the_old_one_keeps
         assert_eq!(status, 200);
         assert!(value == kv_value(i), "value {i} changed");
     }
-    admin(&node_dir, serde_json::json!({"op": "checkpoint", "package": KV})).unwrap();
+    admin(
+        &node_dir,
+        serde_json::json!({"op": "checkpoint", "package": KV}),
+    )
+    .unwrap();
     let last = swap_status_of(&node_dir, KV)["last_failure"].clone();
     assert_eq!(last["kind"], "swap_failed", "{last}");
-    assert!(last["error"].as_str().unwrap().contains("out of memory"), "{last}");
+    assert!(
+        last["error"].as_str().unwrap().contains("out of memory"),
+        "{last}"
+    );
 }
 
 fn swap_status_of(node_dir: &Path, package: &str) -> serde_json::Value {
@@ -715,7 +786,10 @@ fn a_worker_killed_during_an_early_snapshot_swap_loses_no_acknowledged_call() {
     let all_there = |written: usize, after: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while kv_call(&node, "get", format!("n{}", written - 1).as_bytes()).0 != 200 {
-            assert!(Instant::now() < deadline, "never served again after {after}");
+            assert!(
+                Instant::now() < deadline,
+                "never served again after {after}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         for i in 0..written {
@@ -724,17 +798,25 @@ fn a_worker_killed_during_an_early_snapshot_swap_loses_no_acknowledged_call() {
             assert_eq!(value, i.to_string().as_bytes(), "n{i} after {after}");
         }
         let (status, value) = kv_call(&node, "get", b"k0031");
-        assert!(status == 200 && value == kv_value(31), "fill lost after {after}");
+        assert!(
+            status == 200 && value == kv_value(31),
+            "fill lost after {after}"
+        );
     };
     for step in ["pause", "restore", "flip"] {
         for who in ["kill-old", "kill-new"] {
             for _ in 0..3 {
-                let (status, _) = kv_call(&node, "put", format!("n{written}\n{written}").as_bytes());
+                let (status, _) =
+                    kv_call(&node, "put", format!("n{written}\n{written}").as_bytes());
                 assert_eq!(status, 200);
                 written += 1;
             }
             let fault = format!("{step}:{who}");
-            admin(&node_dir, serde_json::json!({"op": "inject_fault", "spec": fault})).unwrap();
+            admin(
+                &node_dir,
+                serde_json::json!({"op": "inject_fault", "spec": fault}),
+            )
+            .unwrap();
             let outcome = admin(
                 &node_dir,
                 serde_json::json!({"op": "deploy", "package": KV, "version": "2.0.0"}),
@@ -746,8 +828,10 @@ fn a_worker_killed_during_an_early_snapshot_swap_loses_no_acknowledged_call() {
             all_there(written, &format!("{fault} ({outcome:?})"));
             // v1 cannot read v2's state: back through a rollback.
             if version == "2.0.0" {
-                let back =
-                    admin(&node_dir, serde_json::json!({"op": "rollback", "package": KV}));
+                let back = admin(
+                    &node_dir,
+                    serde_json::json!({"op": "rollback", "package": KV}),
+                );
                 assert!(back.is_ok(), "rollback after {fault}: {back:?}");
                 version = "1.0.0";
                 all_there(written, &format!("{fault} and a rollback"));

@@ -17,7 +17,9 @@ use libp2p::multiaddr::Protocol;
 const WAIT: Duration = Duration::from_secs(60);
 const LOOKUP_BOUND: Duration = Duration::from_secs(5);
 
-async fn spawn(bootstrap: Option<libp2p::Multiaddr>) -> anyhow::Result<(MeshHandle, libp2p::Multiaddr)> {
+async fn spawn(
+    bootstrap: Option<libp2p::Multiaddr>,
+) -> anyhow::Result<(MeshHandle, libp2p::Multiaddr)> {
     let mut cfg = MeshConfig::new(Keypair::generate_ed25519());
     cfg.listen = vec!["/ip4/127.0.0.1/tcp/0".parse()?];
     cfg.bootstrap = bootstrap.into_iter().collect();
@@ -59,8 +61,18 @@ fn report(name: &str, mut times: Vec<Duration>, baseline: Duration) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let nodes: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(8).max(3);
-    let lookups: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(200).max(1);
+    let nodes: usize = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(8)
+        .max(3);
+    let lookups: usize = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(200)
+        .max(1);
 
     let (first, first_addr) = spawn(None).await?;
     let mut mesh = vec![first];
@@ -103,11 +115,17 @@ async fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let found = asker.get_providers(blob, 16, LOOKUP_BOUND).await?;
         hits.push(t.elapsed());
-        anyhow::ensure!(found == vec![provider.local_peer_id()], "lookup found {found:?}");
+        anyhow::ensure!(
+            found == vec![provider.local_peer_id()],
+            "lookup found {found:?}"
+        );
         let t = Instant::now();
         let none = asker.get_providers([0x24u8; 32], 16, LOOKUP_BOUND).await?;
         misses.push(t.elapsed());
-        anyhow::ensure!(none.is_empty(), "a blob nobody provides has providers: {none:?}");
+        anyhow::ensure!(
+            none.is_empty(),
+            "a blob nobody provides has providers: {none:?}"
+        );
     }
     baseline.sort();
     let base = percentile(&baseline, 0.5);
@@ -116,7 +134,11 @@ async fn main() -> anyhow::Result<()> {
         first.as_secs_f64() * 1e3,
         since_providing.as_secs_f64() * 1e3
     );
-    report("baseline: swarm task round trip (connected_peers)", baseline, base);
+    report(
+        "baseline: swarm task round trip (connected_peers)",
+        baseline,
+        base,
+    );
     report("lookup, provider found", hits, base);
     report("lookup, no provider", misses, base);
     for node in &mesh {

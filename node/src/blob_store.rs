@@ -330,7 +330,12 @@ impl BlobStore {
     /// chunk hashes with `chunk_size`. Idempotent: storing a blob that is
     /// already present and intact changes nothing.
     #[tracing::instrument(skip(self, bytes), fields(size = bytes.len()))]
-    pub fn put(&self, bytes: &[u8], expected: Option<&BlobId>, chunk_size: u32) -> Result<BlobId, PutError> {
+    pub fn put(
+        &self,
+        bytes: &[u8],
+        expected: Option<&BlobId>,
+        chunk_size: u32,
+    ) -> Result<BlobId, PutError> {
         let size = bytes.len() as u64;
         self.check_admissible(size, chunk_size)?;
         let actual = BlobId::of(bytes);
@@ -511,7 +516,8 @@ impl BlobStore {
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
         fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
-        let json = serde_json::to_vec(info).map_err(|e| io_err("encode chunk list", &dir)(io::Error::other(e)))?;
+        let json = serde_json::to_vec(info)
+            .map_err(|e| io_err("encode chunk list", &dir)(io::Error::other(e)))?;
         self.write_atomically(&self.chunks_path_of(actual), &json)?;
         place(&final_path)?;
         sync_dir(&dir)
@@ -524,8 +530,11 @@ impl BlobStore {
             .tempfile_in(&tmp_dir)
             .map_err(io_err("create temp file in", &tmp_dir))?;
         tmp.write_all(bytes).map_err(io_err("write", tmp.path()))?;
-        tmp.as_file().sync_all().map_err(io_err("fsync", tmp.path()))?;
-        tmp.persist(dest).map_err(|e| io_err("rename into", dest)(e.error))?;
+        tmp.as_file()
+            .sync_all()
+            .map_err(io_err("fsync", tmp.path()))?;
+        tmp.persist(dest)
+            .map_err(|e| io_err("rename into", dest)(e.error))?;
         Ok(())
     }
 
@@ -553,10 +562,11 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(GetError::NotFound(*id)),
             Err(e) => return Err(io_err("read", &path)(e).into()),
         };
-        let info: BlobInfo = serde_json::from_slice(&bytes).map_err(|e| GetError::BadChunkList {
-            id: *id,
-            reason: e.to_string(),
-        })?;
+        let info: BlobInfo =
+            serde_json::from_slice(&bytes).map_err(|e| GetError::BadChunkList {
+                id: *id,
+                reason: e.to_string(),
+            })?;
         let expected_chunks = info.size.div_ceil(u64::from(info.chunk_size.max(1)));
         if info.chunk_size == 0 || info.chunks.len() as u64 != expected_chunks {
             return Err(GetError::BadChunkList {
@@ -577,7 +587,11 @@ impl BlobStore {
         let info = self.info(id)?;
         let count = u32::try_from(info.chunks.len()).unwrap_or(u32::MAX);
         let Some(expected_hex) = info.chunks.get(index as usize) else {
-            return Err(GetError::NoSuchChunk { id: *id, index, count });
+            return Err(GetError::NoSuchChunk {
+                id: *id,
+                index,
+                count,
+            });
         };
         let offset = u64::from(index) * u64::from(info.chunk_size);
         let len = (info.size - offset).min(u64::from(info.chunk_size));
@@ -587,7 +601,8 @@ impl BlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(GetError::NotFound(*id)),
             Err(e) => return Err(io_err("open", &path)(e).into()),
         };
-        file.seek(SeekFrom::Start(offset)).map_err(io_err("seek", &path))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(io_err("seek", &path))?;
         let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
         file.read_exact(&mut buf).map_err(io_err("read", &path))?;
         if hex::encode(Sha256::digest(&buf)) != *expected_hex {
@@ -615,7 +630,11 @@ impl BlobStore {
             }
             for entry in fs::read_dir(&prefix).map_err(io_err("list", &prefix))? {
                 let entry = entry.map_err(io_err("list", &prefix))?;
-                if let Some(id) = entry.file_name().to_str().and_then(|n| n.parse::<BlobId>().ok()) {
+                if let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<BlobId>().ok())
+                {
                     out.push(id);
                 }
             }
@@ -755,7 +774,10 @@ mod tests {
             joined.extend(s.read_chunk(&id, i).unwrap());
         }
         assert_eq!(joined, blob);
-        assert!(matches!(s.read_chunk(&id, 4), Err(GetError::NoSuchChunk { count: 4, .. })));
+        assert!(matches!(
+            s.read_chunk(&id, 4),
+            Err(GetError::NoSuchChunk { count: 4, .. })
+        ));
         // Idempotent.
         assert_eq!(s.put(&blob, Some(&id), CHUNK).unwrap(), id);
     }
@@ -769,7 +791,10 @@ mod tests {
         let wrong = BlobId([7; 32]);
         let err = s.put(b"new bytes", Some(&wrong), CHUNK).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains(&wrong.to_hex()) && msg.contains(&BlobId::of(b"new bytes").to_hex()), "{msg}");
+        assert!(
+            msg.contains(&wrong.to_hex()) && msg.contains(&BlobId::of(b"new bytes").to_hex()),
+            "{msg}"
+        );
         assert_eq!(snapshot(dir.path()), before);
     }
 
@@ -784,9 +809,18 @@ mod tests {
             },
         )
         .unwrap();
-        assert!(matches!(s.put(&[0; 11], None, CHUNK), Err(PutError::TooLarge { size: 11, limit: 10 })));
+        assert!(matches!(
+            s.put(&[0; 11], None, CHUNK),
+            Err(PutError::TooLarge {
+                size: 11,
+                limit: 10
+            })
+        ));
         s.put(&[1; 10], None, CHUNK).unwrap();
-        assert!(matches!(s.put(&[2; 10], None, CHUNK), Err(PutError::StoreFull { .. })));
+        assert!(matches!(
+            s.put(&[2; 10], None, CHUNK),
+            Err(PutError::StoreFull { .. })
+        ));
         assert_eq!(s.list().unwrap().len(), 1);
     }
 
@@ -796,7 +830,10 @@ mod tests {
         let s = store(dir.path());
         let id = s.put(b"precious bytes", None, CHUNK).unwrap();
         fs::write(s.path_of(&id), b"precious bytez").unwrap();
-        assert!(matches!(s.read_chunk(&id, 0), Err(GetError::CorruptChunk { .. })));
+        assert!(matches!(
+            s.read_chunk(&id, 0),
+            Err(GetError::CorruptChunk { .. })
+        ));
         assert!(matches!(s.get(&id), Err(GetError::Corrupt { .. })));
         assert!(!s.contains(&id));
         assert!(matches!(s.get(&id), Err(GetError::NotFound(_))));
@@ -814,7 +851,10 @@ mod tests {
         });
         let id = BlobId::of(&blob);
         assert_eq!(s.get(&id).unwrap(), blob);
-        assert_eq!(fs::read_dir(dir.path().join("blobs/tmp")).unwrap().count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("blobs/tmp")).unwrap().count(),
+            0
+        );
     }
 
     #[test]
@@ -851,12 +891,20 @@ mod tests {
         fs::write(&tmp, &blob).unwrap();
         let before = snapshot(&s.root().join("sha256"));
         let wrong = BlobId([1; 32]);
-        assert!(matches!(s.install_file(&tmp, &wrong, CHUNK, None), Err(PutError::ChecksumMismatch { .. })));
+        assert!(matches!(
+            s.install_file(&tmp, &wrong, CHUNK, None),
+            Err(PutError::ChecksumMismatch { .. })
+        ));
         assert_eq!(snapshot(&s.root().join("sha256")), before);
         assert!(tmp.is_file());
         let short = [[0u8; 32]; 3];
-        assert!(matches!(s.install_file(&tmp, &BlobId::of(&blob), CHUNK, Some(&short)), Err(PutError::ChunkSize { .. })));
-        let id = s.install_file(&tmp, &BlobId::of(&blob), CHUNK, None).unwrap();
+        assert!(matches!(
+            s.install_file(&tmp, &BlobId::of(&blob), CHUNK, Some(&short)),
+            Err(PutError::ChunkSize { .. })
+        ));
+        let id = s
+            .install_file(&tmp, &BlobId::of(&blob), CHUNK, None)
+            .unwrap();
         assert!(!tmp.exists());
         assert_eq!(s.get(&id).unwrap(), blob);
         assert_eq!(s.info(&id).unwrap().chunks.len(), 4);
@@ -865,8 +913,19 @@ mod tests {
 
     #[test]
     fn blob_id_parsing_names_the_problem() {
-        assert!("zz".parse::<BlobId>().unwrap_err().to_string().contains("64 hex"));
+        assert!(
+            "zz".parse::<BlobId>()
+                .unwrap_err()
+                .to_string()
+                .contains("64 hex")
+        );
         let not_hex = "g".repeat(64);
-        assert!(not_hex.parse::<BlobId>().unwrap_err().to_string().contains("hexadecimal"));
+        assert!(
+            not_hex
+                .parse::<BlobId>()
+                .unwrap_err()
+                .to_string()
+                .contains("hexadecimal")
+        );
     }
 }

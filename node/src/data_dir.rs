@@ -88,5 +88,6 @@ pub fn read_trust(path: &Path) -> anyhow::Result<clawmesh_crdt::trust::TrustRoot
             path.display()
         )
     })?;
-    clawmesh_crdt::trust::TrustRoot::from_toml(&text).with_context(|| format!("trust root {}", path.display()))
+    clawmesh_crdt::trust::TrustRoot::from_toml(&text)
+        .with_context(|| format!("trust root {}", path.display()))
 }

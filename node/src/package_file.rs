@@ -44,7 +44,9 @@ pub enum PackageFileError {
         reason: String,
     },
     /// A protobuf, but not ours.
-    #[error("package file {path} has no clawmesh package magic (is it a .wasm? pack it with `clawmesh pack` first)")]
+    #[error(
+        "package file {path} has no clawmesh package magic (is it a .wasm? pack it with `clawmesh pack` first)"
+    )]
     BadMagic {
         /// The file.
         path: PathBuf,
@@ -137,7 +139,8 @@ pub fn write_file_atomically(path: &Path, bytes: &[u8], mode: u32) -> io::Result
         _ => PathBuf::from("."),
     };
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir)?;
-    tmp.as_file().set_permissions(fs::Permissions::from_mode(mode))?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -154,16 +157,28 @@ mod tests {
         let p = dir.path().join("x.pkg");
         fs::write(&p, b"\0asm\x0d\0\x01\0garbage").unwrap();
         let e = read_package_file(&p).unwrap_err().to_string();
-        assert!(e.contains("truncated or not a clawmesh package") || e.contains("no clawmesh package magic"), "{e}");
+        assert!(
+            e.contains("truncated or not a clawmesh package")
+                || e.contains("no clawmesh package magic"),
+            "{e}"
+        );
 
         let full = encode_package(SignedEnvelope::default(), vec![1, 2, 3]);
         fs::write(&p, &full[..full.len() - 2]).unwrap();
         let e = read_package_file(&p).unwrap_err().to_string();
         assert!(e.contains("truncated"), "{e}");
 
-        let no_magic = PackageFile { magic: b"nope".to_vec(), manifest: None, blob: vec![] }.encode_to_vec();
+        let no_magic = PackageFile {
+            magic: b"nope".to_vec(),
+            manifest: None,
+            blob: vec![],
+        }
+        .encode_to_vec();
         fs::write(&p, no_magic).unwrap();
-        assert!(matches!(read_package_file(&p), Err(PackageFileError::BadMagic { .. })));
+        assert!(matches!(
+            read_package_file(&p),
+            Err(PackageFileError::BadMagic { .. })
+        ));
 
         fs::write(&p, encode_package(SignedEnvelope::default(), vec![9; 10])).unwrap();
         let pkg = read_package_file(&p).unwrap();

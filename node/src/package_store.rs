@@ -18,7 +18,9 @@ use crate::package_file::write_file_atomically;
 #[derive(Debug, thiserror::Error)]
 pub enum PackageStoreError {
     /// Same name and version already published with other content.
-    #[error("{package}@{version} is already published with blob {existing}; versions are immutable (publish a new version)")]
+    #[error(
+        "{package}@{version} is already published with blob {existing}; versions are immutable (publish a new version)"
+    )]
     VersionTaken {
         /// Package.
         package: String,
@@ -76,11 +78,17 @@ impl PackageStore {
     }
 
     fn path_of(&self, package: &PackageName, version: &semver::Version) -> PathBuf {
-        self.root.join(package.as_str()).join(format!("{version}.manifest"))
+        self.root
+            .join(package.as_str())
+            .join(format!("{version}.manifest"))
     }
 
     /// Stores a verified manifest.
-    pub fn put(&self, signed: &SignedManifest, trust: &TrustRoot) -> Result<StoreOutcome, PackageStoreError> {
+    pub fn put(
+        &self,
+        signed: &SignedManifest,
+        trust: &TrustRoot,
+    ) -> Result<StoreOutcome, PackageStoreError> {
         let m = &signed.manifest;
         let path = self.path_of(&m.name, &m.version);
         if path.exists() {
@@ -101,7 +109,8 @@ impl PackageStore {
         if let Some(dir) = path.parent() {
             fs::create_dir_all(dir).map_err(io("create directory"))?;
         }
-        write_file_atomically(&path, &signed.envelope.encode_to_vec(), 0o644).map_err(io("write"))?;
+        write_file_atomically(&path, &signed.envelope.encode_to_vec(), 0o644)
+            .map_err(io("write"))?;
         Ok(StoreOutcome::Stored)
     }
 
@@ -115,7 +124,8 @@ impl PackageStore {
             path: path.to_path_buf(),
             source,
         })?;
-        let envelope = SignedEnvelope::decode(bytes.as_slice()).map_err(|e| invalid(e.to_string()))?;
+        let envelope =
+            SignedEnvelope::decode(bytes.as_slice()).map_err(|e| invalid(e.to_string()))?;
         SignedManifest::verify(envelope, trust).map_err(|e| invalid(e.to_string()))
     }
 
@@ -135,12 +145,19 @@ impl PackageStore {
 
     /// Every stored manifest that still verifies, in (package, version)
     /// order, and the ones that do not with why.
-    pub fn list(&self, trust: &TrustRoot) -> Result<(Vec<SignedManifest>, Vec<PackageStoreError>), PackageStoreError> {
+    pub fn list(
+        &self,
+        trust: &TrustRoot,
+    ) -> Result<(Vec<SignedManifest>, Vec<PackageStoreError>), PackageStoreError> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         let io = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| PackageStoreError::Io { op: "list", path, source }
+            move |source| PackageStoreError::Io {
+                op: "list",
+                path,
+                source,
+            }
         };
         for pkg in fs::read_dir(&self.root).map_err(io(&self.root))? {
             let pkg = pkg.map_err(io(&self.root))?.path();
@@ -157,7 +174,9 @@ impl PackageStore {
                 }
             }
         }
-        good.sort_by(|a, b| (&a.manifest.name, &a.manifest.version).cmp(&(&b.manifest.name, &b.manifest.version)));
+        good.sort_by(|a, b| {
+            (&a.manifest.name, &a.manifest.version).cmp(&(&b.manifest.name, &b.manifest.version))
+        });
         Ok((good, bad))
     }
 }

@@ -69,7 +69,11 @@ pub fn check_blob_against_manifest(signed: &SignedManifest, blob: &[u8]) -> Resu
         ));
     }
     if blob.len() as u64 != m.size {
-        return Err(format!("size: manifest says {} bytes, blob has {}", m.size, blob.len()));
+        return Err(format!(
+            "size: manifest says {} bytes, blob has {}",
+            m.size,
+            blob.len()
+        ));
     }
     let chunks = ChunkHashes::compute(blob, m.chunk_size);
     if let Some(i) = chunks.iter().zip(&m.chunk_sha256).position(|(a, b)| a != b) {
@@ -101,7 +105,8 @@ pub fn publish_file(
     {
         return Err(PublishError::ChecksumMismatch { expected, actual });
     }
-    let signed = SignedManifest::verify(pkg.manifest, trust).map_err(|e| PublishError::Manifest(e.to_string()))?;
+    let signed = SignedManifest::verify(pkg.manifest, trust)
+        .map_err(|e| PublishError::Manifest(e.to_string()))?;
     check_blob_against_manifest(&signed, &pkg.blob).map_err(PublishError::BlobMismatch)?;
     let m = &signed.manifest;
     if let Some(existing) = packages.get(&m.name, &m.version, trust)?

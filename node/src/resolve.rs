@@ -12,13 +12,18 @@ pub fn parse_root(text: &str) -> anyhow::Result<(PackageName, semver::Version)> 
     let Some((name, version)) = text.split_once('@') else {
         bail!("{text:?}: expected PKG@VERSION");
     };
-    let name: PackageName = name.parse().with_context(|| format!("{text:?}: package name"))?;
+    let name: PackageName = name
+        .parse()
+        .with_context(|| format!("{text:?}: package name"))?;
     let version = semver::Version::parse(version).with_context(|| format!("{text:?}: version"))?;
     Ok((name, version))
 }
 
 /// Resolves `roots` against the given manifests.
-pub fn resolve_lock(manifests: &[SignedManifest], roots: &[(PackageName, semver::Version)]) -> anyhow::Result<Lock> {
+pub fn resolve_lock(
+    manifests: &[SignedManifest],
+    roots: &[(PackageName, semver::Version)],
+) -> anyhow::Result<Lock> {
     let mut catalog = Catalog::default();
     for m in manifests {
         catalog
@@ -44,10 +49,14 @@ pub struct LockView {
 }
 
 fn strings(m: &BTreeMap<PackageName, semver::Version>) -> VersionMap {
-    m.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    m.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
-fn nested(m: &BTreeMap<PackageName, BTreeMap<PackageName, semver::Version>>) -> BTreeMap<String, VersionMap> {
+fn nested(
+    m: &BTreeMap<PackageName, BTreeMap<PackageName, semver::Version>>,
+) -> BTreeMap<String, VersionMap> {
     m.iter().map(|(k, v)| (k.to_string(), strings(v))).collect()
 }
 

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use clawmesh_crdt::arbitration::{IntentFacts, Target};
 use clawmesh_crdt::PackageStatus;
+use clawmesh_crdt::arbitration::{IntentFacts, Target};
 use clawmesh_crdt::peer::{MAX_ANNOUNCEMENT_BYTES, PeerAction, PeerConfig, PeerCore, PeerInput};
 use clawmesh_crdt::release_state::transition;
 use clawmesh_crdt::{

@@ -56,15 +56,25 @@ fn cgroups() -> Check {
             Ok(()) => check(
                 "cgroups",
                 Verdict::Ok,
-                format!("{}: a probe cgroup with memory, pids and cpu limits was made and removed", support.label()),
+                format!(
+                    "{}: a probe cgroup with memory, pids and cpu limits was made and removed",
+                    support.label()
+                ),
             ),
-            Err(e) => check("cgroups", Verdict::Degraded, format!("{}: probe made but not removed: {e}", support.label())),
+            Err(e) => check(
+                "cgroups",
+                Verdict::Degraded,
+                format!("{}: probe made but not removed: {e}", support.label()),
+            ),
         },
         Ok(None) => check("cgroups", Verdict::Degraded, "no cgroup could be made"),
         Err(e) => check(
             "cgroups",
             Verdict::Degraded,
-            format!("{} detected but a probe cgroup failed: {e}", support.label()),
+            format!(
+                "{} detected but a probe cgroup failed: {e}",
+                support.label()
+            ),
         ),
     };
     // `detect` made this probe's node directories; leave nothing behind.
@@ -81,23 +91,46 @@ fn state_segment() -> Check {
                     Verdict::Ok,
                     "memfd created, sealed, written and read back (hot swap can move state)",
                 ),
-                Ok(_) => check("state segment", Verdict::Missing, "read back different bytes"),
-                Err(e) => check("state segment", Verdict::Missing, format!("read failed: {e}")),
+                Ok(_) => check(
+                    "state segment",
+                    Verdict::Missing,
+                    "read back different bytes",
+                ),
+                Err(e) => check(
+                    "state segment",
+                    Verdict::Missing,
+                    format!("read failed: {e}"),
+                ),
             },
-            Err(e) => check("state segment", Verdict::Missing, format!("publish failed: {e}")),
+            Err(e) => check(
+                "state segment",
+                Verdict::Missing,
+                format!("publish failed: {e}"),
+            ),
         },
-        Err(e) => check("state segment", Verdict::Missing, format!("memfd unavailable: {e}")),
+        Err(e) => check(
+            "state segment",
+            Verdict::Missing,
+            format!("memfd unavailable: {e}"),
+        ),
     }
 }
 
 fn dev_shm() -> Check {
     let ok = std::fs::read_to_string("/proc/mounts")
-        .map(|m| m.lines().any(|l| l.split_whitespace().nth(1) == Some("/dev/shm")))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(1) == Some("/dev/shm"))
+        })
         .unwrap_or(false);
     if ok {
         check("/dev/shm", Verdict::Ok, "mounted")
     } else {
-        check("/dev/shm", Verdict::Degraded, "not mounted (memfd still works; nothing else needs it)")
+        check(
+            "/dev/shm",
+            Verdict::Degraded,
+            "not mounted (memfd still works; nothing else needs it)",
+        )
     }
 }
 
@@ -123,16 +156,32 @@ fn netns() -> Check {
         .unwrap_or(false);
     let root = nix::unistd::geteuid().is_root();
     match (has_ip, root) {
-        (true, true) => check("network namespaces", Verdict::Ok, "iproute2 present and running as root: partition tests can use veth"),
-        (false, _) => check("network namespaces", Verdict::Degraded, "iproute2 (`ip`) missing: partition tests fall back to libp2p block lists"),
-        (true, false) => check("network namespaces", Verdict::Degraded, "not root: partition tests fall back to libp2p block lists"),
+        (true, true) => check(
+            "network namespaces",
+            Verdict::Ok,
+            "iproute2 present and running as root: partition tests can use veth",
+        ),
+        (false, _) => check(
+            "network namespaces",
+            Verdict::Degraded,
+            "iproute2 (`ip`) missing: partition tests fall back to libp2p block lists",
+        ),
+        (true, false) => check(
+            "network namespaces",
+            Verdict::Degraded,
+            "not root: partition tests fall back to libp2p block lists",
+        ),
     }
 }
 
 fn sample_skills() -> Check {
     let dir = super::default_skills_dir();
     if dir.join("counter.wasm").is_file() {
-        check("sample skills", Verdict::Ok, format!("built in {}", dir.display()))
+        check(
+            "sample skills",
+            Verdict::Ok,
+            format!("built in {}", dir.display()),
+        )
     } else {
         check(
             "sample skills",
@@ -147,7 +196,11 @@ fn kernel() -> Check {
         Ok(u) => check(
             "kernel",
             Verdict::Ok,
-            format!("{} {}", u.sysname().to_string_lossy(), u.release().to_string_lossy()),
+            format!(
+                "{} {}",
+                u.sysname().to_string_lossy(),
+                u.release().to_string_lossy()
+            ),
         ),
         Err(e) => check("kernel", Verdict::Degraded, format!("uname failed: {e}")),
     }
@@ -155,7 +208,15 @@ fn kernel() -> Check {
 
 /// Every check, in display order.
 pub fn run_checks() -> Vec<Check> {
-    vec![kernel(), cgroups(), state_segment(), dev_shm(), open_files(), netns(), sample_skills()]
+    vec![
+        kernel(),
+        cgroups(),
+        state_segment(),
+        dev_shm(),
+        open_files(),
+        netns(),
+        sample_skills(),
+    ]
 }
 
 /// Runs `clawmesh doctor`; exits 1 only if something clawmesh needs is missing.
@@ -175,5 +236,9 @@ pub fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
             println!("{mark} {:<20} {}", c.name, c.detail);
         }
     }
-    Ok(if missing { ExitCode::from(super::EXIT_FAILURE) } else { ExitCode::SUCCESS })
+    Ok(if missing {
+        ExitCode::from(super::EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -15,7 +15,10 @@ pub const PUBLIC_SUFFIX: &str = ".pub";
 
 fn refuse_overwrite(path: &Path, force: bool) -> anyhow::Result<()> {
     if path.exists() && !force {
-        bail!("{} already exists (pass --force to overwrite)", path.display());
+        bail!(
+            "{} already exists (pass --force to overwrite)",
+            path.display()
+        );
     }
     Ok(())
 }
@@ -65,7 +68,8 @@ pub fn read_secret_key(path: &Path) -> anyhow::Result<PublisherKey> {
             path.display()
         );
     }
-    let text = fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+    let text =
+        fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
     PublisherKey::from_key_file(&text).with_context(|| format!("key file {}", path.display()))
 }
 
@@ -85,13 +89,22 @@ fn read_public(path: &Path) -> anyhow::Result<Vec<TrustedPublisher>> {
             .to_string();
         return Ok(vec![publisher_of(&secret, &name)]);
     }
-    let root = TrustRoot::from_toml(&text)
-        .with_context(|| format!("{} is neither a secret key nor a public key file", path.display()))?;
+    let root = TrustRoot::from_toml(&text).with_context(|| {
+        format!(
+            "{} is neither a secret key nor a public key file",
+            path.display()
+        )
+    })?;
     Ok(root.publishers().cloned().collect())
 }
 
 /// Writes a trust root listing the given keys.
-pub fn trust_init(key_files: &[std::path::PathBuf], threshold: usize, out: &Path, force: bool) -> anyhow::Result<ExitCode> {
+pub fn trust_init(
+    key_files: &[std::path::PathBuf],
+    threshold: usize,
+    out: &Path,
+    force: bool,
+) -> anyhow::Result<ExitCode> {
     refuse_overwrite(out, force)?;
     let mut keys = Vec::new();
     for p in key_files {

@@ -10,14 +10,17 @@ use clawmesh_crdt::{Intent, IntentAction, SignedIntent};
 
 use super::keys::read_secret_key;
 use super::ui::Ui;
-use super::{NodeDir, RollbackArgs, ReleaseArgs, StatusArgs};
-use crate::daemon::admin_protocol::AdminRequest;
+use super::{NodeDir, ReleaseArgs, RollbackArgs, StatusArgs};
 use crate::daemon::admin_call;
+use crate::daemon::admin_protocol::AdminRequest;
 use crate::daemon::mesh_admin::MeshRequest;
 use crate::data_dir::DataDir;
 
 fn mesh_call(node: &NodeDir, request: MeshRequest) -> anyhow::Result<serde_json::Value> {
-    Ok(admin_call(&DataDir::new(&node.node).admin_socket(), &AdminRequest::Mesh(request))?)
+    Ok(admin_call(
+        &DataDir::new(&node.node).admin_socket(),
+        &AdminRequest::Mesh(request),
+    )?)
 }
 
 fn unix_ms() -> u64 {
@@ -28,9 +31,20 @@ fn unix_ms() -> u64 {
 }
 
 /// Signs an intent one past the node's known clock and submits it.
-fn submit_intent(node: &NodeDir, key: &Path, package: &str, version: &str, action: IntentAction) -> anyhow::Result<serde_json::Value> {
+fn submit_intent(
+    node: &NodeDir,
+    key: &Path,
+    package: &str,
+    version: &str,
+    action: IntentAction,
+) -> anyhow::Result<serde_json::Value> {
     let key = read_secret_key(key)?;
-    let known = mesh_call(node, MeshRequest::IntentClock { package: package.into() })?;
+    let known = mesh_call(
+        node,
+        MeshRequest::IntentClock {
+            package: package.into(),
+        },
+    )?;
     let clock = known["clock"].as_u64().context("node answered no clock")? + 1;
     let intent = Intent {
         package: package.parse().context("package")?,
@@ -60,10 +74,22 @@ pub fn release(args: &ReleaseArgs) -> anyhow::Result<ExitCode> {
     };
     // The package must be in the catalog: announce it from this node's store
     // if it was published here (harmless if it is already there).
-    if let Err(e) = mesh_call(&args.node, MeshRequest::Announce { package: package.into(), version: version.into() }) {
+    if let Err(e) = mesh_call(
+        &args.node,
+        MeshRequest::Announce {
+            package: package.into(),
+            version: version.into(),
+        },
+    ) {
         tracing::debug!(error = %e, "not announced from this node's store");
     }
-    let done = submit_intent(&args.node, &args.key, package, version, IntentAction::Deploy)?;
+    let done = submit_intent(
+        &args.node,
+        &args.key,
+        package,
+        version,
+        IntentAction::Deploy,
+    )?;
     print_intent(&done, args.json)
 }
 
@@ -72,11 +98,25 @@ pub fn rollback(args: &RollbackArgs) -> anyhow::Result<ExitCode> {
     let version = match &args.to {
         Some(v) => v.clone(),
         None => {
-            let t = mesh_call(&args.node, MeshRequest::RollbackTarget { package: args.package.clone() })?;
-            t["version"].as_str().context("node answered no version")?.to_string()
+            let t = mesh_call(
+                &args.node,
+                MeshRequest::RollbackTarget {
+                    package: args.package.clone(),
+                },
+            )?;
+            t["version"]
+                .as_str()
+                .context("node answered no version")?
+                .to_string()
         }
     };
-    let done = submit_intent(&args.node, &args.key, &args.package, &version, IntentAction::Rollback)?;
+    let done = submit_intent(
+        &args.node,
+        &args.key,
+        &args.package,
+        &version,
+        IntentAction::Rollback,
+    )?;
     print_intent(&done, args.json)
 }
 
@@ -91,7 +131,10 @@ fn print_intent(done: &serde_json::Value, json: bool) -> anyhow::Result<ExitCode
             done["package"].as_str().unwrap_or("?"),
             done["version"].as_str().unwrap_or("?"),
             done["clock"],
-            done["digest"].as_str().map(|d| &d[..16.min(d.len())]).unwrap_or("?"),
+            done["digest"]
+                .as_str()
+                .map(|d| &d[..16.min(d.len())])
+                .unwrap_or("?"),
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -121,7 +164,11 @@ pub fn render_mesh_status(status: &serde_json::Value, ui: &Ui) -> String {
         out.push_str(&format!(
             "target {p} = {}{}\n",
             t["version"].as_str().unwrap_or("-"),
-            if t["paused"].as_bool() == Some(true) { " (paused)" } else { "" }
+            if t["paused"].as_bool() == Some(true) {
+                " (paused)"
+            } else {
+                ""
+            }
         ));
     }
     out.push_str(&format!("{:<54}", "NODE"));
@@ -136,7 +183,10 @@ pub fn render_mesh_status(status: &serde_json::Value, ui: &Ui) -> String {
             let text = match cell["state"].as_str() {
                 Some(state) => format!(
                     "{state} {}",
-                    cell["running"].as_str().or(cell["version"].as_str()).unwrap_or("")
+                    cell["running"]
+                        .as_str()
+                        .or(cell["version"].as_str())
+                        .unwrap_or("")
                 ),
                 None => "-".into(),
             };
@@ -170,7 +220,10 @@ pub fn status(args: &StatusArgs) -> anyhow::Result<ExitCode> {
     let ui = Ui::from_env();
     loop {
         let mesh = mesh_call(&args.node, MeshRequest::MeshStatus);
-        let local = admin_call(&DataDir::new(&args.node.node).admin_socket(), &AdminRequest::Status)?;
+        let local = admin_call(
+            &DataDir::new(&args.node.node).admin_socket(),
+            &AdminRequest::Status,
+        )?;
         let combined = serde_json::json!({ "mesh": mesh.as_ref().ok(), "local": local });
         if args.json {
             println!("{}", serde_json::to_string_pretty(&combined)?);

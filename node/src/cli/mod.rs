@@ -376,7 +376,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::demo(&args),
         Command::Doctor(args) => doctor::doctor(&args),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "clawmesh", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "clawmesh",
+                &mut std::io::stdout(),
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Node(args) => {
@@ -396,7 +401,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev(args) => crate::dev::run_dev(args),
         Command::Sim(args) => sim::sim(&args),
         Command::Bench(BenchCommand::Invoke(args)) => crate::bench::run_bench_invoke(args),
-        Command::Bench(BenchCommand::Release(args)) => crate::bench_release::run_bench_release(args),
+        Command::Bench(BenchCommand::Release(args)) => {
+            crate::bench_release::run_bench_release(args)
+        }
         Command::Bench(BenchCommand::Fetch(args)) => crate::fetch::bench::run_bench_fetch(args),
         Command::Bench(BenchCommand::Swap(args)) => crate::swap::run_bench_swap(args),
     }

@@ -53,16 +53,25 @@ pub fn render_local_status(status: &serde_json::Value, ui: &Ui) -> String {
         "PACKAGE", "VERSION", "ROLE", "STATE", "PID", "RESTARTS", "MEMORY"
     ));
     for s in status["skills"].as_array().into_iter().flatten() {
-        let state = s["state"].as_str().map(str::to_string).unwrap_or_else(|| s["state"].to_string());
+        let state = s["state"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| s["state"].to_string());
         out.push_str(&format!(
             "{:<32} {:<10} {:<8} {} {:>8} {:>9} {:>12}\n",
             s["package"].as_str().unwrap_or("?"),
             s["version"].as_str().unwrap_or("?"),
             s["role"].as_str().unwrap_or("?"),
             ui.ok(&format!("{state:<10}")),
-            s["pid"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            s["pid"]
+                .as_u64()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
             s["restarts"].as_u64().unwrap_or(0),
-            s["memory_bytes"].as_u64().map(|m| format!("{} KiB", m / 1024)).unwrap_or_else(|| "-".into()),
+            s["memory_bytes"]
+                .as_u64()
+                .map(|m| format!("{} KiB", m / 1024))
+                .unwrap_or_else(|| "-".into()),
         ));
     }
     out
@@ -73,7 +82,9 @@ fn read_data(spec: Option<&str>) -> anyhow::Result<Vec<u8>> {
         None => Ok(Vec::new()),
         Some("-") => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading stdin")?;
             Ok(buf)
         }
         Some(s) if s.starts_with('@') => {
@@ -89,7 +100,9 @@ pub fn invoke(args: &InvokeArgs) -> anyhow::Result<ExitCode> {
     let info = NodeInfo::read(&DataDir::new(&args.node.node).node_json())?;
     let body = read_data(args.data.as_deref())?;
     let url = format!("{}/v1/skills/{}/{}", info.http, args.package, args.op);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (status, bytes) = runtime.block_on(http_post(&url, body))?;
     if status.is_success() {
         std::io::stdout().write_all(&bytes)?;
@@ -111,7 +124,8 @@ pub async fn http_post(url: &str, body: Vec<u8>) -> anyhow::Result<(hyper::Statu
     let stream = tokio::net::TcpStream::connect(authority.as_str())
         .await
         .with_context(|| format!("connecting to {authority}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
     let request = hyper::Request::post(uri.path())
         .header(hyper::header::HOST, authority.as_str())

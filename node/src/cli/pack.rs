@@ -4,7 +4,9 @@ use std::fs;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use clawmesh_crdt::manifest::{Capabilities, DependencySpec, Manifest, PackageName, SignedManifest};
+use clawmesh_crdt::manifest::{
+    Capabilities, DependencySpec, Manifest, PackageName, SignedManifest,
+};
 
 use clawmesh_crdt::range::VersionRange;
 
@@ -49,9 +51,16 @@ pub fn parse_dep(text: &str) -> anyhow::Result<DependencySpec> {
     let Some((name, range)) = body.split_once('@') else {
         bail!("--dep {text:?}: expected PKG@RANGE[,shared]");
     };
-    let package: PackageName = name.parse().with_context(|| format!("--dep {text:?}: package name"))?;
-    let range = VersionRange::parse(range).with_context(|| format!("--dep {text:?}: version range"))?;
-    Ok(DependencySpec { package, range, shared })
+    let package: PackageName = name
+        .parse()
+        .with_context(|| format!("--dep {text:?}: package name"))?;
+    let range =
+        VersionRange::parse(range).with_context(|| format!("--dep {text:?}: version range"))?;
+    Ok(DependencySpec {
+        package,
+        range,
+        shared,
+    })
 }
 
 /// Runs `clawmesh pack`.
@@ -63,7 +72,11 @@ pub fn pack(args: &PackArgs) -> anyhow::Result<ExitCode> {
     let name: PackageName = args.name.parse().context("--name")?;
     let version = semver::Version::parse(&args.version)
         .with_context(|| format!("--version {:?} is not a semantic version", args.version))?;
-    let deps = args.deps.iter().map(|d| parse_dep(d)).collect::<anyhow::Result<Vec<_>>>()?;
+    let deps = args
+        .deps
+        .iter()
+        .map(|d| parse_dep(d))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let keys = args
         .keys
         .iter()
@@ -73,8 +86,16 @@ pub fn pack(args: &PackArgs) -> anyhow::Result<ExitCode> {
         max_memory_bytes: args.max_memory_mib.saturating_mul(1 << 20),
         ..Capabilities::default()
     };
-    let mut manifest = Manifest::for_blob(name, version, deps, &blob, args.abi_world.clone(), args.state_schema, caps)
-        .context("building the manifest")?;
+    let mut manifest = Manifest::for_blob(
+        name,
+        version,
+        deps,
+        &blob,
+        args.abi_world.clone(),
+        args.state_schema,
+        caps,
+    )
+    .context("building the manifest")?;
     manifest.description = args.description.clone();
     manifest.validate().context("--description")?;
     let key_refs: Vec<_> = keys.iter().collect();
@@ -87,10 +108,16 @@ pub fn pack(args: &PackArgs) -> anyhow::Result<ExitCode> {
         hex::encode(m.sha256),
         m.size,
         m.chunk_sha256.len(),
-        signed.signers.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+        signed
+            .signers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let file = encode_package(signed.envelope, blob);
-    write_file_atomically(&args.out, &file, 0o644).with_context(|| format!("writing {}", args.out.display()))?;
+    write_file_atomically(&args.out, &file, 0o644)
+        .with_context(|| format!("writing {}", args.out.display()))?;
     println!("packed {summary} → {}", args.out.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -102,9 +129,21 @@ mod tests {
     #[test]
     fn preamble_check_names_the_problem() {
         assert!(check_component_preamble(&COMPONENT_PREAMBLE).is_ok());
-        assert!(check_component_preamble(&CORE_MODULE_PREAMBLE).unwrap_err().contains("core WebAssembly module"));
-        assert!(check_component_preamble(b"hello world").unwrap_err().contains("not WebAssembly"));
-        assert!(check_component_preamble(b"\0asm").unwrap_err().contains("not WebAssembly"));
+        assert!(
+            check_component_preamble(&CORE_MODULE_PREAMBLE)
+                .unwrap_err()
+                .contains("core WebAssembly module")
+        );
+        assert!(
+            check_component_preamble(b"hello world")
+                .unwrap_err()
+                .contains("not WebAssembly")
+        );
+        assert!(
+            check_component_preamble(b"\0asm")
+                .unwrap_err()
+                .contains("not WebAssembly")
+        );
     }
 
     #[test]
@@ -115,7 +154,12 @@ mod tests {
         let d = parse_dep("com.example.codec@>=1.2, <2").unwrap();
         assert!(!d.shared);
         assert!(parse_dep("com.example.codec").is_err());
-        assert!(parse_dep("com.example.codec@^1,bogus").unwrap_err().to_string().contains("unknown flag"));
+        assert!(
+            parse_dep("com.example.codec@^1,bogus")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown flag")
+        );
         assert!(parse_dep("Not A Name@^1").is_err());
     }
 }

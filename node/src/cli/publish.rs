@@ -31,8 +31,14 @@ pub fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
         .context("--sha256")?;
     let trust = trust_for(&args.node, args.trust.as_ref())?;
     let dir = DataDir::new(&args.node.node);
-    let published = publish_file(&args.file, expected, &trust, &dir.blob_store()?, &dir.package_store()?)
-        .with_context(|| format!("publishing {}", args.file.display()))?;
+    let published = publish_file(
+        &args.file,
+        expected,
+        &trust,
+        &dir.blob_store()?,
+        &dir.package_store()?,
+    )
+    .with_context(|| format!("publishing {}", args.file.display()))?;
     // A running node also puts it into the mesh catalog.
     let announce = crate::daemon::admin_call(
         &dir.admin_socket(),
@@ -43,7 +49,9 @@ pub fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
     );
     let announced = match &announce {
         Ok(_) => "announced to the mesh".to_string(),
-        Err(crate::daemon::AdminClientError::Connect { .. }) => "node not running: stored only".to_string(),
+        Err(crate::daemon::AdminClientError::Connect { .. }) => {
+            "node not running: stored only".to_string()
+        }
         Err(e) => format!("not announced: {e}"),
     };
     if args.json {
@@ -52,7 +60,11 @@ pub fn publish(args: &PublishArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         let ui = Ui::from_env();
-        let verb = if published.newly_stored { "published" } else { "already published" };
+        let verb = if published.newly_stored {
+            "published"
+        } else {
+            "already published"
+        };
         println!(
             "{} {}@{} sha256 {} ({} bytes, {} chunks, signed by {})",
             ui.ok(verb),
@@ -83,7 +95,10 @@ pub fn resolve(args: &ResolveArgs) -> anyhow::Result<ExitCode> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     let lock = crate::resolve::resolve_lock(&manifests, &roots)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&crate::resolve::LockView::from(&lock))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&crate::resolve::LockView::from(&lock))?
+        );
     } else {
         print!("{}", crate::resolve::render_lock(&lock));
     }
@@ -102,7 +117,10 @@ pub fn gc(args: &GcArgs) -> anyhow::Result<ExitCode> {
             bad[0]
         );
     }
-    let keep: BTreeSet<BlobId> = manifests.iter().map(|m| BlobId(m.manifest.sha256)).collect();
+    let keep: BTreeSet<BlobId> = manifests
+        .iter()
+        .map(|m| BlobId(m.manifest.sha256))
+        .collect();
     let report = dir.blob_store()?.gc(&keep)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -34,8 +34,10 @@ pub struct SimArgs {
 /// Runs `clawmesh sim`; exits 1 when an invariant was violated.
 pub fn sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
     let scenario = if args.scenario.ends_with(".toml") {
-        let text = std::fs::read_to_string(&args.scenario).with_context(|| format!("reading {}", args.scenario))?;
-        clawmesh_simulations::Scenario::from_toml(&text).with_context(|| format!("scenario {}", args.scenario))?
+        let text = std::fs::read_to_string(&args.scenario)
+            .with_context(|| format!("reading {}", args.scenario))?;
+        clawmesh_simulations::Scenario::from_toml(&text)
+            .with_context(|| format!("scenario {}", args.scenario))?
     } else {
         scenario_by_name(&args.scenario)?
     };
@@ -46,11 +48,16 @@ pub fn sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
     if let Some(runs) = args.runs {
         let report = sweep(config, args.seed..args.seed.saturating_add(runs));
         print!("{}", report.to_table());
-        return Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_FAILURE) });
+        return Ok(if report.passed() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(super::EXIT_FAILURE)
+        });
     }
     let report = run(config)?;
     if let Some(path) = &args.plot {
-        std::fs::write(path, render_svg(&report)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, render_svg(&report))
+            .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("plot written to {}", path.display());
     }
     if args.json {
@@ -58,5 +65,9 @@ pub fn sim(args: &SimArgs) -> anyhow::Result<ExitCode> {
     } else {
         print!("{}", report.to_table());
     }
-    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(super::EXIT_FAILURE) })
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(super::EXIT_FAILURE)
+    })
 }

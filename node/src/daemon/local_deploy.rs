@@ -185,16 +185,7 @@ pub async fn deploy_wasm(
     if let Some(mib) = max_memory_mib {
         limits.wasm_memory_bytes = mib.saturating_mul(1 << 20);
     }
-    run_blob(
-        ctx,
-        package,
-        &version,
-        id,
-        limits,
-        "wasm",
-        start,
-    )
-    .await
+    run_blob(ctx, package, &version, id, limits, "wasm", start).await
 }
 
 async fn run_blob(

@@ -77,7 +77,9 @@ pub struct MeshSide {
 
 impl std::fmt::Debug for MeshSide {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MeshSide").field("peer_id", &self.peer_id).finish_non_exhaustive()
+        f.debug_struct("MeshSide")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,30 +92,49 @@ pub const MAX_BLOCK_PEERS: usize = 256;
 fn parse_peers(peers: &[String]) -> Result<Vec<libp2p::PeerId>, Refusal> {
     peers
         .iter()
-        .map(|p| p.parse().map_err(|e| ("bad_request", format!("peer id {p:?}: {e}"))))
+        .map(|p| {
+            p.parse()
+                .map_err(|e| ("bad_request", format!("peer id {p:?}: {e}")))
+        })
         .collect()
 }
 
 /// Carries out one mesh request.
-pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshRequest) -> Result<serde_json::Value, Refusal> {
+pub async fn handle_mesh(
+    ctx: &NodeContext,
+    mesh: &MeshSide,
+    request: MeshRequest,
+) -> Result<serde_json::Value, Refusal> {
     let stopped = || ("mesh_stopped", "the mesh driver has stopped".to_string());
     match request {
         MeshRequest::Catalog { package } => {
-            let name: PackageName = package.parse().map_err(|e| ("bad_request", format!("package {package:?}: {e}")))?;
+            let name: PackageName = package
+                .parse()
+                .map_err(|e| ("bad_request", format!("package {package:?}: {e}")))?;
             let versions = mesh
                 .driver
                 .inspect(move |core| {
                     core.catalog()
                         .get(&name)
-                        .map(|versions| versions.keys().map(ToString::to_string).collect::<Vec<_>>())
+                        .map(|versions| {
+                            versions.keys().map(ToString::to_string).collect::<Vec<_>>()
+                        })
                         .unwrap_or_default()
                 })
                 .await
                 .map_err(|_| stopped())?;
             Ok(serde_json::json!({ "versions": versions }))
         }
-        MeshRequest::BlockPeers { peers } | MeshRequest::UnblockPeers { peers } if peers.len() > MAX_BLOCK_PEERS => {
-            Err(("bad_request", format!("{} peers named; at most {MAX_BLOCK_PEERS} per request", peers.len())))
+        MeshRequest::BlockPeers { peers } | MeshRequest::UnblockPeers { peers }
+            if peers.len() > MAX_BLOCK_PEERS =>
+        {
+            Err((
+                "bad_request",
+                format!(
+                    "{} peers named; at most {MAX_BLOCK_PEERS} per request",
+                    peers.len()
+                ),
+            ))
         }
         MeshRequest::BlockPeers { peers } => {
             for peer in parse_peers(&peers)? {
@@ -128,13 +149,21 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
             Ok(serde_json::json!({ "unblocked": peers }))
         }
         MeshRequest::Announce { package, version } => {
-            let name: PackageName = package.parse().map_err(|e| ("bad_request", format!("package {package:?}: {e}")))?;
-            let v = semver::Version::parse(&version).map_err(|e| ("bad_request", format!("version {version:?}: {e}")))?;
+            let name: PackageName = package
+                .parse()
+                .map_err(|e| ("bad_request", format!("package {package:?}: {e}")))?;
+            let v = semver::Version::parse(&version)
+                .map_err(|e| ("bad_request", format!("version {version:?}: {e}")))?;
             let signed = ctx
                 .packages
                 .get(&name, &v, &ctx.trust)
                 .map_err(|e| ("invalid_manifest", e.to_string()))?
-                .ok_or_else(|| ("not_published", format!("{package}@{version} is not published on this node")))?;
+                .ok_or_else(|| {
+                    (
+                        "not_published",
+                        format!("{package}@{version} is not published on this node"),
+                    )
+                })?;
             // Its blob is in the store: announce it as a DHT provider record too.
             if let Err(e) = mesh.network.start_providing(signed.manifest.sha256).await {
                 tracing::warn!(error = %e, "published blob not provided on the DHT");
@@ -146,7 +175,9 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
             Ok(serde_json::json!({ "announced": format!("{package}@{version}") }))
         }
         MeshRequest::IntentClock { package } => {
-            let name: PackageName = package.parse().map_err(|e| ("bad_request", format!("package {package:?}: {e}")))?;
+            let name: PackageName = package
+                .parse()
+                .map_err(|e| ("bad_request", format!("package {package:?}: {e}")))?;
             let clock = mesh
                 .driver
                 .inspect(move |core| {
@@ -162,9 +193,12 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
             Ok(serde_json::json!({ "clock": clock }))
         }
         MeshRequest::SubmitIntent { envelope_hex } => {
-            let bytes = hex::decode(envelope_hex.trim()).map_err(|e| ("bad_request", format!("envelope_hex: {e}")))?;
-            let envelope = SignedEnvelope::decode(bytes.as_slice()).map_err(|e| ("bad_request", format!("envelope: {e}")))?;
-            let intent = SignedIntent::verify(envelope, &ctx.trust).map_err(|e| ("intent_refused", e.to_string()))?;
+            let bytes = hex::decode(envelope_hex.trim())
+                .map_err(|e| ("bad_request", format!("envelope_hex: {e}")))?;
+            let envelope = SignedEnvelope::decode(bytes.as_slice())
+                .map_err(|e| ("bad_request", format!("envelope: {e}")))?;
+            let intent = SignedIntent::verify(envelope, &ctx.trust)
+                .map_err(|e| ("intent_refused", e.to_string()))?;
             let summary = serde_json::json!({
                 "package": intent.intent.package.to_string(),
                 "version": intent.intent.version.to_string(),
@@ -179,7 +213,9 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
             Ok(summary)
         }
         MeshRequest::RollbackTarget { package } => {
-            let name: PackageName = package.parse().map_err(|e| ("bad_request", format!("package {package:?}: {e}")))?;
+            let name: PackageName = package
+                .parse()
+                .map_err(|e| ("bad_request", format!("package {package:?}: {e}")))?;
             let found = mesh
                 .driver
                 .inspect(move |core| {
@@ -195,10 +231,15 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
                 .await
                 .map_err(|_| stopped())?;
             match found {
-                None => Err(("no_target", format!("{package} has no target on the mesh yet"))),
+                None => Err((
+                    "no_target",
+                    format!("{package} has no target on the mesh yet"),
+                )),
                 Some((current, None)) => Err((
                     "no_previous",
-                    format!("{package} targets {current} and no earlier version is published; name one with --to"),
+                    format!(
+                        "{package} targets {current} and no earlier version is published; name one with --to"
+                    ),
                 )),
                 Some((current, Some(previous))) => Ok(serde_json::json!({
                     "current": current.to_string(),
@@ -219,13 +260,16 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
                         .map(|(p, v, q)| format!("{p}@{v} ({} nodes failed)", q.failed_nodes))
                         .collect();
                     let peers: Vec<String> = core.peers().map(ToString::to_string).collect();
-                    let rejected: Vec<String> = core.rejected().iter().map(|r| format!("{r:?}")).collect();
+                    let rejected: Vec<String> =
+                        core.rejected().iter().map(|r| format!("{r:?}")).collect();
                     // Heads and intent digests let a user (and the tests)
                     // check that a refused frame changed no document.
                     let heads: BTreeMap<String, Vec<String>> = core
                         .heads()
                         .into_iter()
-                        .map(|(doc, hs)| (doc.name(), hs.iter().map(|h| hex::encode(h.0)).collect()))
+                        .map(|(doc, hs)| {
+                            (doc.name(), hs.iter().map(|h| hex::encode(h.0)).collect())
+                        })
                         .collect();
                     let intents: Vec<serde_json::Value> = core
                         .intents()
@@ -246,7 +290,16 @@ pub async fn handle_mesh(ctx: &NodeContext, mesh: &MeshSide, request: MeshReques
                         "nodes": board.len(),
                         "bytes": board.bytes(),
                     });
-                    (table, targets, quarantine, peers, rejected, heads, intents, status_board)
+                    (
+                        table,
+                        targets,
+                        quarantine,
+                        peers,
+                        rejected,
+                        heads,
+                        intents,
+                        status_board,
+                    )
                 })
                 .await
                 .map_err(|_| stopped())?;

@@ -134,7 +134,11 @@ async fn announce_blobs(mesh: MeshHandle, store: BlobStore) {
                 Err(error) => tracing::warn!(blob = %new, %error, "blob not provided"),
             }
         }
-        tracing::debug!(held = held.len(), announced, "blob provider records reconciled");
+        tracing::debug!(
+            held = held.len(),
+            announced,
+            "blob provider records reconciled"
+        );
     }
 }
 
@@ -161,11 +165,7 @@ struct Candidates {
 /// provider found later join a running fetch: `fetch` takes its providers
 /// up front, the lookup is short next to a blob transfer, and a fetch that
 /// ends with `NoProviders` is retried by the release loop with a fresh list.
-async fn candidate_peers(
-    mesh: &MeshHandle,
-    driver: &DriverHandle,
-    sha256: [u8; 32],
-) -> Candidates {
+async fn candidate_peers(mesh: &MeshHandle, driver: &DriverHandle, sha256: [u8; 32]) -> Candidates {
     // The status read is in-process and quick; it decides the lookup's bound.
     let mut peers = providers(mesh, driver, sha256).await;
     let bound = if peers.is_empty() {
@@ -184,7 +184,10 @@ async fn candidate_peers(
                 Vec::new()
             })
     }
-    .instrument(tracing::debug_span!("kad_providers", bound_ms = bound.as_millis()));
+    .instrument(tracing::debug_span!(
+        "kad_providers",
+        bound_ms = bound.as_millis()
+    ));
     let (connected, from_kad) = tokio::join!(
         async { mesh.connected_peers().await.unwrap_or_default() },
         lookup,
@@ -195,7 +198,11 @@ async fn candidate_peers(
             peers.push(peer);
         }
     }
-    tracing::debug!(candidates = peers.len(), from_kad = from_kad.len(), "fetch candidates");
+    tracing::debug!(
+        candidates = peers.len(),
+        from_kad = from_kad.len(),
+        "fetch candidates"
+    );
     Candidates { peers, from_kad }
 }
 
@@ -226,10 +233,9 @@ async fn provide(mesh: &MeshHandle, sha256: [u8; 32]) {
 impl BlobFetcher for MeshFetcher {
     fn fetch<'a>(&'a self, manifest: &'a SignedManifest) -> FetchFuture<'a> {
         Box::pin(async move {
-            let providers =
-                candidate_peers(&self.mesh, &self.driver, manifest.manifest.sha256)
-                    .await
-                    .peers;
+            let providers = candidate_peers(&self.mesh, &self.driver, manifest.manifest.sha256)
+                .await
+                .peers;
             if providers.is_empty() {
                 return Err("no peer is connected to fetch this blob from".to_string());
             }

@@ -7,9 +7,9 @@ mod admin_server;
 pub mod local_deploy;
 pub mod mesh_admin;
 mod mesh_fetch;
+mod node_info;
 mod node_mesh;
 pub mod release;
-mod node_info;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,7 +21,9 @@ use clap::Args;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::data_dir::DataDir;
-use crate::runtime::{CgroupManager, RuntimeHttpState, Supervisor, SupervisorConfig, WorkerCommand};
+use crate::runtime::{
+    CgroupManager, RuntimeHttpState, Supervisor, SupervisorConfig, WorkerCommand,
+};
 
 pub use admin_protocol::{AdminClientError, AdminError, AdminRequest, AdminResponse, admin_call};
 pub use node_info::NodeInfo;
@@ -81,7 +83,8 @@ pub struct NodeContext {
     /// The mesh side, once it is up.
     pub mesh: Arc<std::sync::OnceLock<mesh_admin::MeshSide>>,
     /// Blobs of running skills, kept from garbage collection.
-    pub pins: Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::blob_store::PinGuard>>>,
+    pub pins:
+        Arc<std::sync::Mutex<std::collections::BTreeMap<String, crate::blob_store::PinGuard>>>,
 }
 
 impl NodeContext {
@@ -104,7 +107,8 @@ impl NodeContext {
 
 async fn serve(args: NodeArgs) -> anyhow::Result<()> {
     let data = DataDir::new(&args.data_dir);
-    std::fs::create_dir_all(data.root()).with_context(|| format!("creating {}", data.root().display()))?;
+    std::fs::create_dir_all(data.root())
+        .with_context(|| format!("creating {}", data.root().display()))?;
     let _lock = lock_data_dir(&data)?;
     let trust_path = args.trust.clone().unwrap_or_else(|| data.trust_file());
     let trust = crate::data_dir::read_trust(&trust_path)?;
@@ -121,7 +125,11 @@ async fn serve(args: NodeArgs) -> anyhow::Result<()> {
         .prefix("clawmesh-rt-")
         .tempdir()
         .context("creating the worker socket directory")?;
-    let cgroup_name = format!("{}-{}", crate::runtime::cgroup::sanitize_name(&name), std::process::id());
+    let cgroup_name = format!(
+        "{}-{}",
+        crate::runtime::cgroup::sanitize_name(&name),
+        std::process::id()
+    );
     let cgroups = CgroupManager::detect(&cgroup_name);
     if let crate::runtime::CgroupSupport::Unavailable { reason } = cgroups.support() {
         tracing::warn!(%reason, "running skills WITHOUT cgroup limits");
@@ -156,9 +164,13 @@ async fn serve(args: NodeArgs) -> anyhow::Result<()> {
     let http_addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http_stop = stop_rx.clone();
-    let http_task = tokio::spawn(crate::runtime::http::serve(listener, http_state, async move {
-        let _ = http_stop.wait_for(|s| *s).await;
-    }));
+    let http_task = tokio::spawn(crate::runtime::http::serve(
+        listener,
+        http_state,
+        async move {
+            let _ = http_stop.wait_for(|s| *s).await;
+        },
+    ));
 
     let admin_path = data.admin_socket();
     let admin_task = admin_server::spawn(&admin_path, ctx.clone(), stop_rx.clone())?;
@@ -179,7 +191,10 @@ async fn serve(args: NodeArgs) -> anyhow::Result<()> {
     };
     info.write(&data.node_json()).context("writing node.json")?;
     tracing::info!(http = %http_addr, admin = %admin_path.display(), "node serving");
-    eprintln!("clawmesh node {name} serving on http://{http_addr} (admin socket {})", admin_path.display());
+    eprintln!(
+        "clawmesh node {name} serving on http://{http_addr} (admin socket {})",
+        admin_path.display()
+    );
 
     wait_for_signal().await?;
     eprintln!("clawmesh node {name} shutting down");

@@ -38,6 +38,7 @@ impl NodeInfo {
         use anyhow::Context;
         let bytes = std::fs::read(path)
             .with_context(|| format!("reading {} (is the node running?)", path.display()))?;
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is not a node.json", path.display()))
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a node.json", path.display()))
     }
 }

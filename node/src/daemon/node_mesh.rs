@@ -12,7 +12,9 @@ use super::mesh_admin::MeshSide;
 use super::mesh_fetch::MeshFetcher;
 use super::release::BlobFetcher;
 use super::{NodeArgs, NodeContext};
-use crate::mesh::{DocStore, DriverConfig, MAX_SYNC_FRAME, MeshConfig, MeshHandle, MeshNetwork, spawn_driver};
+use crate::mesh::{
+    DocStore, DriverConfig, MAX_SYNC_FRAME, MeshConfig, MeshHandle, MeshNetwork, spawn_driver,
+};
 
 /// Longest wait between two ticks of the peer core (it is also woken when
 /// its `poll_timeout` asks); lost sync sessions restart on these ticks.
@@ -38,13 +40,16 @@ pub async fn start(
     ctx: &NodeContext,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<RunningMesh> {
-    let identity = crate::mesh::load_or_create_identity(ctx.data.root()).context("loading the node identity")?;
+    let identity = crate::mesh::load_or_create_identity(ctx.data.root())
+        .context("loading the node identity")?;
     let mut config = MeshConfig::new(identity);
     config.listen = args.listen.clone();
     config.bootstrap = args.bootstrap.clone();
     let (network, events) = MeshNetwork::spawn(config).context("starting the mesh")?;
     // The mesh's counters (peers, sync, DHT provider records and lookups) on `/metrics`.
-    ctx.supervisor.metrics().register_more(|registry| network.metrics().register_under_clawmesh(registry));
+    ctx.supervisor
+        .metrics()
+        .register_more(|registry| network.metrics().register_under_clawmesh(registry));
     let peer_id = network.local_peer_id();
 
     let mut peer = PeerConfig {
@@ -52,10 +57,14 @@ pub async fn start(
         ..PeerConfig::default()
     };
     // One sync message must fit in one mesh frame.
-    peer.limits.max_sync_message_bytes = peer.limits.max_sync_message_bytes.min(MAX_SYNC_FRAME - SYNC_FRAME_OVERHEAD);
+    peer.limits.max_sync_message_bytes = peer
+        .limits
+        .max_sync_message_bytes
+        .min(MAX_SYNC_FRAME - SYNC_FRAME_OVERHEAD);
     let store = DocStore::open(ctx.data.docs_dir()).context("opening the mesh document store")?;
     let mut seed_bytes = [0u8; 8];
-    getrandom::fill(&mut seed_bytes).map_err(|e| anyhow::anyhow!("no randomness for the peer core seed: {e}"))?;
+    getrandom::fill(&mut seed_bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for the peer core seed: {e}"))?;
     let (driver, notices) = spawn_driver(
         DriverConfig {
             peer,
@@ -68,8 +77,10 @@ pub async fn start(
         store,
     )
     .context("starting the mesh driver")?;
-    let fetcher: Arc<dyn BlobFetcher> = MeshFetcher::start(network.clone(), driver.clone(), ctx.blobs.clone())?;
-    let (releases, _task) = super::release::spawn(ctx.clone(), driver.clone(), notices, Some(fetcher), stop);
+    let fetcher: Arc<dyn BlobFetcher> =
+        MeshFetcher::start(network.clone(), driver.clone(), ctx.blobs.clone())?;
+    let (releases, _task) =
+        super::release::spawn(ctx.clone(), driver.clone(), notices, Some(fetcher), stop);
     let _ = ctx.mesh.set(MeshSide {
         driver,
         releases,
@@ -80,7 +91,10 @@ pub async fn start(
     // The swarm reports its bound ports shortly after start; scripts need them.
     let deadline = Instant::now() + LISTEN_WAIT;
     let addrs = loop {
-        let addrs = network.listen_addrs().await.context("mesh stopped while starting")?;
+        let addrs = network
+            .listen_addrs()
+            .await
+            .context("mesh stopped while starting")?;
         if !addrs.is_empty() || Instant::now() >= deadline {
             break addrs;
         }

@@ -53,7 +53,8 @@ pub struct ReleaseView {
 pub type SharedReleaseView = Arc<Mutex<ReleaseView>>;
 
 /// A fetch in progress: resolves once the blob is stored, or says why not.
-pub type FetchFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
+pub type FetchFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'a>>;
 
 /// Fetches a blob the node does not hold from peers that do. Without one
 /// the release waits at Pending and its status says so.
@@ -109,7 +110,8 @@ impl Loop {
         // Targets decided from documents loaded at start-up were never
         // announced as a change: start from them.
         if let Ok(targets) = self.driver.inspect(|core| core.targets().clone()).await {
-            self.on_notice(DriverNotice::Core(PeerAction::TargetsChanged(targets))).await;
+            self.on_notice(DriverNotice::Core(PeerAction::TargetsChanged(targets)))
+                .await;
         }
         let mut ticker = tokio::time::interval(RELEASE_TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -134,7 +136,8 @@ impl Loop {
     async fn on_notice(&mut self, notice: DriverNotice) {
         match notice {
             DriverNotice::Core(PeerAction::TargetsChanged(targets)) => {
-                let mut packages: BTreeSet<PackageName> = self.controllers.keys().cloned().collect();
+                let mut packages: BTreeSet<PackageName> =
+                    self.controllers.keys().cloned().collect();
                 packages.extend(targets.keys().cloned());
                 for package in packages {
                     // A paused target keeps what runs: nothing new starts.
@@ -151,11 +154,17 @@ impl Loop {
             }
             DriverNotice::Core(PeerAction::Refused { from, reason }) => {
                 tracing::warn!(%from, %reason, "peer frame refused");
-                push_bounded(&mut self.view.lock().await.refused, format!("from {from}: {reason}"));
+                push_bounded(
+                    &mut self.view.lock().await.refused,
+                    format!("from {from}: {reason}"),
+                );
             }
             DriverNotice::Core(PeerAction::WriteFailed { what, reason }) => {
                 tracing::warn!(%what, %reason, "local mesh write refused");
-                push_bounded(&mut self.view.lock().await.refused, format!("local write {what}: {reason}"));
+                push_bounded(
+                    &mut self.view.lock().await.refused,
+                    format!("local write {what}: {reason}"),
+                );
             }
             DriverNotice::PersistFailed { doc, error } => {
                 tracing::error!(?doc, %error, "persisting a mesh document failed");
@@ -172,7 +181,11 @@ impl Loop {
             .or_insert_with(|| ReleaseController::new(ReleaseControllerConfig::default()));
         let actions = controller.handle(now, input);
         let status = controller.status();
-        self.view.lock().await.packages.insert(package.clone(), status);
+        self.view
+            .lock()
+            .await
+            .packages
+            .insert(package.clone(), status);
         for action in actions {
             self.execute(package, action).await;
         }
@@ -193,17 +206,20 @@ impl Loop {
                 let task = ActionTask::new(self, package);
                 tokio::spawn(async move {
                     let outcome = task.verify(&version).await;
-                    task.done(Some(ReleaseInput::Verified { version, outcome })).await;
+                    task.done(Some(ReleaseInput::Verified { version, outcome }))
+                        .await;
                 });
             }
             ReleaseAction::Deploy { version } => {
                 let task = ActionTask::new(self, package);
                 tokio::spawn(async move {
-                    let outcome = deploy_local(&task.ctx, task.package.as_str(), &version.to_string())
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| e.to_string());
-                    task.done(Some(ReleaseInput::Deployed { version, outcome })).await;
+                    let outcome =
+                        deploy_local(&task.ctx, task.package.as_str(), &version.to_string())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string());
+                    task.done(Some(ReleaseInput::Deployed { version, outcome }))
+                        .await;
                 });
             }
             ReleaseAction::RollBack { to } => {
@@ -245,7 +261,12 @@ impl Loop {
             .inspect(move |core| {
                 core.catalog()
                     .get(&package)
-                    .map(|versions| versions.values().map(|m| m.manifest.sha256).collect::<Vec<_>>())
+                    .map(|versions| {
+                        versions
+                            .values()
+                            .map(|m| m.manifest.sha256)
+                            .collect::<Vec<_>>()
+                    })
                     .unwrap_or_default()
             })
             .await
@@ -301,7 +322,12 @@ impl ActionTask {
         let package = self.package.clone();
         let version = version.clone();
         self.driver
-            .inspect(move |core| core.catalog().get(&package).and_then(|v| v.get(&version)).cloned())
+            .inspect(move |core| {
+                core.catalog()
+                    .get(&package)
+                    .and_then(|v| v.get(&version))
+                    .cloned()
+            })
             .await
             .ok()
             .flatten()
@@ -311,7 +337,11 @@ impl ActionTask {
     /// (the intent may arrive before the manifest does, and no peer may hold
     /// the blob yet); `None` after the last attempt leaves the release
     /// Pending.
-    async fn fetch(&self, fetcher: Option<Arc<dyn BlobFetcher>>, version: Version) -> Option<ReleaseInput> {
+    async fn fetch(
+        &self,
+        fetcher: Option<Arc<dyn BlobFetcher>>,
+        version: Version,
+    ) -> Option<ReleaseInput> {
         let mut wait = FETCH_RETRY_FIRST;
         for attempt in 1..=FETCH_ATTEMPTS {
             match self.fetch_once(fetcher.as_deref(), &version).await {
@@ -327,7 +357,11 @@ impl ActionTask {
         None
     }
 
-    async fn fetch_once(&self, fetcher: Option<&dyn BlobFetcher>, version: &Version) -> Result<(), String> {
+    async fn fetch_once(
+        &self,
+        fetcher: Option<&dyn BlobFetcher>,
+        version: &Version,
+    ) -> Result<(), String> {
         let manifest = self
             .manifest(version)
             .await
@@ -341,7 +375,8 @@ impl ActionTask {
         if self.ctx.blobs.contains(&BlobId(manifest.manifest.sha256)) {
             return Ok(());
         }
-        let fetcher = fetcher.ok_or_else(|| "blob not held here and this node cannot fetch".to_string())?;
+        let fetcher =
+            fetcher.ok_or_else(|| "blob not held here and this node cannot fetch".to_string())?;
         fetcher.fetch(&manifest).await
     }
 

@@ -156,14 +156,17 @@ pub fn spawn_driver(
             })?;
     }
     if let Some(bytes) = store.load_status_board()? {
-        let skipped = core
-            .load_status_board(&bytes)
-            .map_err(|source| DriverError::LoadStatusBoard {
-                path: store.status_board_path(),
-                source,
-            })?;
+        let skipped =
+            core.load_status_board(&bytes)
+                .map_err(|source| DriverError::LoadStatusBoard {
+                    path: store.status_board_path(),
+                    source,
+                })?;
         if skipped > 0 {
-            warn!(skipped, "saved status records skipped (invalid or past the board's bounds)");
+            warn!(
+                skipped,
+                "saved status records skipped (invalid or past the board's bounds)"
+            );
         }
     }
     let (input_tx, inputs) = mpsc::channel(DRIVER_QUEUE);

@@ -9,8 +9,8 @@ use super::command::Command;
 use super::config::{
     MAX_HEADS_BYTES, MAX_LOOKUP_TIMEOUT, MAX_PENDING_LOOKUPS, MAX_PROVIDERS_PER_LOOKUP,
 };
-use super::providers::MAX_PROVIDED_BLOBS;
 use super::metrics::MeshMetrics;
+use super::providers::MAX_PROVIDED_BLOBS;
 
 /// The swarm task has stopped (shut down, or it failed); nothing more can be done.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

@@ -370,7 +370,11 @@ mod tests {
             store.insert_remote(record(key(1), peer, now), now),
             Ok(Stored::New)
         );
-        let listed: Vec<PeerId> = store.providers(&key(1)).iter().map(|r| r.provider).collect();
+        let listed: Vec<PeerId> = store
+            .providers(&key(1))
+            .iter()
+            .map(|r| r.provider)
+            .collect();
         assert_eq!(listed, vec![peer]);
         assert_eq!(store.remote_records(), 1);
         assert!(store.providers(&key(2)).is_empty());
@@ -433,7 +437,9 @@ mod tests {
         let mut store = small(PeerId::random());
         let flood = PeerId::random();
         for n in 0..3 {
-            store.insert_remote(record(key(n), flood, now), now).unwrap();
+            store
+                .insert_remote(record(key(n), flood, now), now)
+                .unwrap();
         }
         assert_eq!(
             store.insert_remote(record(key(3), flood, now), now),
@@ -476,7 +482,11 @@ mod tests {
         let mut store = small(PeerId::random());
         let mut r = record(key(1), PeerId::random(), now);
         r.addresses = (0..50u16)
-            .map(|port| format!("/ip4/10.0.0.1/tcp/{port}").parse::<Multiaddr>().unwrap())
+            .map(|port| {
+                format!("/ip4/10.0.0.1/tcp/{port}")
+                    .parse::<Multiaddr>()
+                    .unwrap()
+            })
             .collect();
         store.insert_remote(r, now).unwrap();
         assert_eq!(

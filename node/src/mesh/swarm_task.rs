@@ -295,9 +295,10 @@ impl SwarmTask {
                 self.dial_if_wanted(peer, addrs);
             }
             kad::Event::InboundRequest {
-                request: kad::InboundRequest::AddProvider {
-                    record: Some(record),
-                },
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
             } => self.on_provider_record(record),
             kad::Event::OutboundQueryProgressed {
                 id,
@@ -606,7 +607,9 @@ impl SwarmTask {
                 }
             }
             Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
-            Err(error) => lookup.span.in_scope(|| debug!(%error, "provider lookup ended")),
+            Err(error) => lookup
+                .span
+                .in_scope(|| debug!(%error, "provider lookup ended")),
         }
         let full = lookup.found.len() >= lookup.limit;
         lookup.query_done |= last || full;

@@ -163,18 +163,20 @@ impl<'a> JournalChunk<'a> {
         let mut calls = Vec::with_capacity((count as usize).min(rest.len() / 6 + 1));
         for _ in 0..count {
             let (op_len, tail) = take_u16(rest, "journal op length")?;
-            let (op, tail) = tail
-                .split_at_checked(usize::from(op_len))
-                .ok_or(FrameError::Truncated { field: "journal op" })?;
+            let (op, tail) =
+                tail.split_at_checked(usize::from(op_len))
+                    .ok_or(FrameError::Truncated {
+                        field: "journal op",
+                    })?;
             let op = std::str::from_utf8(op).map_err(|_| FrameError::NotUtf8 {
                 field: "journal op",
             })?;
             let (input_len, tail) = take_u32(tail, "journal input length")?;
-            let (input, tail) = tail
-                .split_at_checked(input_len as usize)
-                .ok_or(FrameError::Truncated {
-                    field: "journal input",
-                })?;
+            let (input, tail) =
+                tail.split_at_checked(input_len as usize)
+                    .ok_or(FrameError::Truncated {
+                        field: "journal input",
+                    })?;
             calls.push((op, input));
             rest = tail;
         }
@@ -516,7 +518,11 @@ pub fn decode_request(frame: &[u8]) -> Result<Frame<Request<'_>>, FrameError> {
         kind::JOURNAL_SINCE => {
             let (generation, rest) = take_u64(payload, "journal generation")?;
             let (from, rest) = take_u32(rest, "journal start")?;
-            empty(rest, "journal-since", Request::JournalSince { generation, from })?
+            empty(
+                rest,
+                "journal-since",
+                Request::JournalSince { generation, from },
+            )?
         }
         kind::PROBE_SNAPSHOT => empty(payload, "probe-snapshot", Request::ProbeSnapshot)?,
         other => return Err(FrameError::UnknownKind { kind: other }),
@@ -719,7 +725,10 @@ mod tests {
             8 + JournalChunk::call_len("add", b"1") + JournalChunk::call_len("", b"")
         );
         for cut in 0..out.len() - 1 {
-            assert!(JournalChunk::decode(&out[1..1 + cut]).is_err(), "cut at {cut}");
+            assert!(
+                JournalChunk::decode(&out[1..1 + cut]).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 

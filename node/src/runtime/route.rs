@@ -514,7 +514,11 @@ mod tests {
         while route.queued() == 0 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(route.calls_in_progress(), 2, "the third call waits in the queue");
+        assert_eq!(
+            route.calls_in_progress(),
+            2,
+            "the third call waits in the queue"
+        );
         route.pause();
         drop(first);
         drop(second);
@@ -540,14 +544,26 @@ mod tests {
         let _held = route.enter().await.unwrap();
         assert!(matches!(
             route.enter().await,
-            Err(InvokeError::Overloaded { max_in_flight: 1, .. })
+            Err(InvokeError::Overloaded {
+                max_in_flight: 1,
+                ..
+            })
         ));
         assert_eq!(route.queued(), 0);
     }
 
     #[test]
     fn the_window_size_is_clamped_to_its_bounds() {
-        let size = |calls| WindowLimits { calls, ..WindowLimits::default() }.size();
-        assert_eq!((size(0), size(16), size(usize::MAX)), (1, 16, MAX_ROUTE_WINDOW));
+        let size = |calls| {
+            WindowLimits {
+                calls,
+                ..WindowLimits::default()
+            }
+            .size()
+        };
+        assert_eq!(
+            (size(0), size(16), size(usize::MAX)),
+            (1, 16, MAX_ROUTE_WINDOW)
+        );
     }
 }

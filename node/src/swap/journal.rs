@@ -106,7 +106,8 @@ impl Journal {
         let mut fresh = Entries::default();
         for entry in entries {
             let size = entry.op.len() + entry.input.len();
-            if fresh.entries.len() >= MAX_JOURNAL_ENTRIES || fresh.bytes + size > MAX_JOURNAL_BYTES {
+            if fresh.entries.len() >= MAX_JOURNAL_ENTRIES || fresh.bytes + size > MAX_JOURNAL_BYTES
+            {
                 fresh.overflowed = true;
                 break;
             }

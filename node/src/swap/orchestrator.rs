@@ -117,7 +117,11 @@ fn us(since: Instant) -> u64 {
 
 /// The `health` step on `worker`, bounded by the configured timeout;
 /// returns how long it took, in µs.
-async fn health_step(package: &str, worker: &SupervisedWorker, config: &SwapConfig) -> Result<u64, SwapError> {
+async fn health_step(
+    package: &str,
+    worker: &SupervisedWorker,
+    config: &SwapConfig,
+) -> Result<u64, SwapError> {
     let start = Instant::now();
     bounded(package, "health", config.health_timeout, async {
         worker
@@ -200,7 +204,11 @@ async fn snapshot_to_segment_for(
             .await
             .map_err(|e| e.to_string())?;
         let write = settle_write(state, &payload)?;
-        tracing::debug!(?write, epoch = state.segment_epoch(), "snapshot into the segment");
+        tracing::debug!(
+            ?write,
+            epoch = state.segment_epoch(),
+            "snapshot into the segment"
+        );
         if write.published {
             return Ok(write);
         }
@@ -342,7 +350,9 @@ async fn pipelined(
                     let request = restore_request(*generation, Duration::ZERO);
                     Box::pin(async move { worker.request(&request).await })
                 }
-                Step::Invoke(entry) => Box::pin(worker.invoke(entry.op.clone(), entry.input.clone())),
+                Step::Invoke(entry) => {
+                    Box::pin(worker.invoke(entry.op.clone(), entry.input.clone()))
+                }
                 Step::Snapshot => Box::pin(worker.request(&Request::SnapshotToSegment)),
                 Step::Probe => Box::pin(worker.request(&Request::ProbeSnapshot)),
                 Step::Health => Box::pin(worker.request(&Request::Health)),
@@ -572,7 +582,9 @@ async fn run_swap(
     event.timings.prewarm_us = us(started);
     let paused_at = Instant::now();
     let outcome = match early {
-        Some(early) => paused_delta(route, state, old, &new, early, config, event, &mut garbage).await,
+        Some(early) => {
+            paused_delta(route, state, old, &new, early, config, event, &mut garbage).await
+        }
         None => paused_steps(route, state, old, &new, config, event, &mut garbage).await,
     };
     if outcome.is_err() && state.journal_base() != state.generation() {
@@ -677,8 +689,7 @@ async fn snapshot_and_restore(
     let target = state.generation() + 1;
     let start = Instant::now();
     let snapshot = async {
-        let result =
-            settled_snapshot(state, route, old, Some(new), config.snapshot_timeout).await;
+        let result = settled_snapshot(state, route, old, Some(new), config.snapshot_timeout).await;
         (result, us(start))
     };
     let wait = config.snapshot_timeout;
@@ -730,12 +741,18 @@ async fn snapshot_and_restore(
             ensure_attached(state, new)
                 .await
                 .map_err(|message| InvokeError::Internal { message })?;
-            new.request(&restore_request(write.generation, Duration::ZERO)).await
+            new.request(&restore_request(write.generation, Duration::ZERO))
+                .await
         })
         .await;
         match restored {
             Ok(Ok(_)) => {}
-            Ok(Err(error)) => return Err(step("restore", takeover_failure("restore", &error, write.len))),
+            Ok(Err(error)) => {
+                return Err(step(
+                    "restore",
+                    takeover_failure("restore", &error, write.len),
+                ));
+            }
             Err(_) => {
                 return Err(step(
                     "restore",
@@ -820,7 +837,10 @@ async fn pre_copy(
             // It could still publish later: stop that (the supervisor
             // restarts it from the checkpoint its journal follows).
             kill(old);
-            return Err(failed("snapshot", format!("early snapshot timed out after {bound:?}")));
+            return Err(failed(
+                "snapshot",
+                format!("early snapshot timed out after {bound:?}"),
+            ));
         }
     };
     event.state_bytes = write.len;
@@ -836,7 +856,9 @@ async fn pre_copy(
         Ok(Ok(_)) => {}
         Ok(Err((step, error))) => {
             let what = match step {
-                "snapshot probe" => "the new version cannot snapshot the state it restored: snapshot",
+                "snapshot probe" => {
+                    "the new version cannot snapshot the state it restored: snapshot"
+                }
                 "health" => "health after the restore",
                 _ => "restore",
             };
@@ -851,9 +873,9 @@ async fn pre_copy(
             break;
         };
         let fetched = calls.len();
-        replay(new, &calls)
-            .await
-            .map_err(|(step, error)| failed("restore", takeover_failure(step, &error, write.len)))?;
+        replay(new, &calls).await.map_err(|(step, error)| {
+            failed("restore", takeover_failure(step, &error, write.len))
+        })?;
         copied.extend(calls);
         if fetched < CATCH_UP_ENOUGH {
             break;
@@ -970,7 +992,11 @@ async fn paused_delta(
     match replayed {
         Ok(Ok(_)) => {}
         Ok(Err((step, error))) => {
-            let name = if step == "health" { "health" } else { "restore" };
+            let name = if step == "health" {
+                "health"
+            } else {
+                "restore"
+            };
             return Err(SwapError::Step {
                 package: package.to_string(),
                 step: name,
@@ -992,7 +1018,10 @@ async fn paused_delta(
     if new.pid() != new_pid {
         // The new worker was restarted since it restored the early
         // snapshot: it holds the checkpoint it recovered, not that state.
-        tracing::info!(package, "new worker restarted since the early snapshot; moving the whole state");
+        tracing::info!(
+            package,
+            "new worker restarted since the early snapshot; moving the whole state"
+        );
         return snapshot_and_restore(route, state, old, new, config, event, garbage).await;
     }
     event.timings.restore_us = us(start);
@@ -1066,7 +1095,8 @@ pub async fn rollback(
     }
     let paused_at = Instant::now();
     let mut garbage = Vec::new();
-    let outcome = rollback_paused(&route, &state, &new, &old, config, &mut event, &mut garbage).await;
+    let outcome =
+        rollback_paused(&route, &state, &new, &old, config, &mut event, &mut garbage).await;
     match outcome {
         Ok(()) => {
             let flip_start = Instant::now();
@@ -1157,8 +1187,7 @@ async fn rollback_paused(
     let target = state.generation() + 1;
     let start = Instant::now();
     let snapshot = async {
-        let result =
-            settled_snapshot(state, route, new, Some(old), config.snapshot_timeout).await;
+        let result = settled_snapshot(state, route, new, Some(old), config.snapshot_timeout).await;
         (result, us(start))
     };
     let down = bounded(
@@ -1361,7 +1390,10 @@ pub async fn recover_restarted(
         return 0;
     };
     let epoch = match state.segment_fd() {
-        Ok((fd, epoch)) => match connection.request_with_fd(&Request::AttachSegment, fd).await {
+        Ok((fd, epoch)) => match connection
+            .request_with_fd(&Request::AttachSegment, fd)
+            .await
+        {
             Ok(_) => epoch,
             Err(error) => {
                 tracing::warn!(%error, "restarted worker did not attach the state segment");

@@ -73,7 +73,8 @@ impl WorkerJournal {
             return;
         }
         // Both bounded by the frame decoder: op ≤ u16::MAX, input < MAX_FRAME.
-        self.bytes.extend_from_slice(&(op.len() as u16).to_le_bytes());
+        self.bytes
+            .extend_from_slice(&(op.len() as u16).to_le_bytes());
         self.bytes.extend_from_slice(op.as_bytes());
         self.bytes
             .extend_from_slice(&(input.len() as u32).to_le_bytes());
@@ -156,7 +157,11 @@ impl SegmentState {
             .ok_or("attach-segment frame arrived without an fd")?;
         let segment =
             StateSegment::from_fd(fd).map_err(|e| format!("attaching the state segment: {e}"))?;
-        tracing::debug!(capacity = segment.capacity(), generation = segment.generation(), "state segment attached");
+        tracing::debug!(
+            capacity = segment.capacity(),
+            generation = segment.generation(),
+            "state segment attached"
+        );
         // A grown segment keeps the generations, so the baseline stays valid.
         self.segment = Some(segment);
         Ok(())
@@ -165,10 +170,7 @@ impl SegmentState {
     /// Publishes a snapshot into the segment; the instance's state is then
     /// that generation, and the journal starts over.
     pub fn publish(&mut self, state: &SkillState) -> Result<SegmentWrite, String> {
-        let segment = self
-            .segment
-            .as_mut()
-            .ok_or("no state segment attached")?;
+        let segment = self.segment.as_mut().ok_or("no state segment attached")?;
         let len = state.data.len() as u64;
         if len > segment.capacity() {
             return Ok(SegmentWrite {
@@ -201,7 +203,11 @@ impl SegmentState {
         wait: Duration,
     ) -> Result<Result<(), CallError>, String> {
         let segment = self.segment.as_ref().ok_or("no state segment attached")?;
-        tracing::debug!(generation, at = segment.generation(), "restore from the segment");
+        tracing::debug!(
+            generation,
+            at = segment.generation(),
+            "restore from the segment"
+        );
         wait_for_generation(segment, generation, wait)?;
         read_generation(segment, generation, &mut self.scratch)?;
         let restored = instance.restore(&self.scratch);
@@ -217,7 +223,12 @@ impl SegmentState {
     /// as many as fit in one frame (at least one, or an error when even
     /// that one does not fit). Refused unless the instance's state is that
     /// generation plus an exact journal.
-    pub fn journal_since(&self, generation: u64, from: u32, out: &mut Vec<u8>) -> Result<(), String> {
+    pub fn journal_since(
+        &self,
+        generation: u64,
+        from: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), String> {
         if self.baseline != Some(generation) {
             return Err(format!(
                 "the instance's state is not generation {generation} plus a journal (baseline {:?})",
@@ -235,7 +246,9 @@ impl SegmentState {
             let len = JournalChunk::call_len(op, input);
             if used + len > room {
                 if count == 0 {
-                    return Err(format!("a journaled call of {len} bytes does not fit in a frame"));
+                    return Err(format!(
+                        "a journaled call of {len} bytes does not fit in a frame"
+                    ));
                 }
                 break;
             }
@@ -357,7 +370,11 @@ mod tests {
         let calls: Vec<_> = journal.calls().collect();
         assert_eq!(
             calls,
-            vec![("add", &b"\x01"[..]), ("", &b""[..]), ("put", &b"k\nvalue"[..])]
+            vec![
+                ("add", &b"\x01"[..]),
+                ("", &b""[..]),
+                ("put", &b"k\nvalue"[..])
+            ]
         );
         let big = vec![0u8; MAX_JOURNAL_BYTES];
         journal.record("x", &big);
@@ -393,7 +410,10 @@ mod tests {
         );
         // The node's mapping sees what the worker published.
         let current = node.read().unwrap();
-        assert_eq!((current.schema, current.payload.as_slice()), (2, &b"after"[..]));
+        assert_eq!(
+            (current.schema, current.payload.as_slice()),
+            (2, &b"after"[..])
+        );
         let mut out = SkillState {
             schema: 0,
             data: Vec::new(),
@@ -434,7 +454,11 @@ mod tests {
         assert_eq!(chunk.total, 5);
         assert_eq!(
             chunk.calls,
-            vec![("add", &[2u8][..]), ("add", &[3u8][..]), ("add", &[4u8][..])]
+            vec![
+                ("add", &[2u8][..]),
+                ("add", &[3u8][..]),
+                ("add", &[4u8][..])
+            ]
         );
         out.clear();
         assert!(worker.journal_since(published + 1, 0, &mut out).is_err());

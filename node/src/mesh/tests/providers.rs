@@ -75,7 +75,11 @@ async fn a_provider_is_found_through_the_node_that_stored_its_record() {
     assert_eq!(none, Ok(Vec::new()));
     let m = fetcher.handle.metrics().snapshot();
     assert_eq!(
-        (m.provider_lookups, m.provider_lookup_hits, m.providers_found),
+        (
+            m.provider_lookups,
+            m.provider_lookup_hits,
+            m.providers_found
+        ),
         (2, 1, 1)
     );
     assert_eq!(

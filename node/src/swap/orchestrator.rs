@@ -382,6 +382,9 @@ fn write_durable(state: &PackageState, version: &str) {
     let Some(dir) = state.checkpoints_dir() else {
         return;
     };
+    // Two writers at once would share the temp file: the second rename
+    // found it gone ("No such file or directory") and its checkpoint was lost.
+    let _writing = state.durable_write_lock();
     if state.journal_base() != state.generation() {
         // An early snapshot no journal follows yet: not a checkpoint.
         return;

@@ -64,6 +64,9 @@ pub struct PackageState {
     package: String,
     segment: Mutex<Segment>,
     tracked: Mutex<Tracked>,
+    /// Held while a durable checkpoint is written: a swap and a periodic
+    /// checkpoint finishing together share the file and its temp file.
+    durable_write: Mutex<()>,
 }
 
 /// The package's segment and which one it is: the epoch grows with every
@@ -121,6 +124,7 @@ impl PackageState {
             package,
             segment: Mutex::new(Segment::default()),
             tracked: Mutex::default(),
+            durable_write: Mutex::new(()),
         }
     }
 
@@ -283,6 +287,15 @@ impl PackageState {
     /// Sets where durable checkpoints go.
     pub fn set_checkpoints_dir(&self, dir: Option<PathBuf>) {
         self.tracked().checkpoints_dir = dir;
+    }
+
+    /// Serialises durable checkpoint writes of this package; whoever holds
+    /// it reads the current state after taking it, so a later writer never
+    /// replaces a newer file with an older state.
+    pub fn durable_write_lock(&self) -> MutexGuard<'_, ()> {
+        self.durable_write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records a durable checkpoint written at `unix_ms`.

@@ -295,12 +295,10 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
         loop {
             let (id, reply) = match frames.next_frame() {
                 Ok(Next::NeedMore) => break,
-                Ok(Next::Frame(body)) => {
-                    match answer_of(body, Bytes::copy_from_slice) {
-                        Ok(answer) => answer,
-                        Err(error) => break 'read format!("worker sent a bad frame: {error}"),
-                    }
-                }
+                Ok(Next::Frame(body)) => match answer_of(body, Bytes::copy_from_slice) {
+                    Ok(answer) => answer,
+                    Err(error) => break 'read format!("worker sent a bad frame: {error}"),
+                },
                 Ok(Next::Large {
                     mut started,
                     missing,

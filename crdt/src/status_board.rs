@@ -324,6 +324,9 @@ impl StatusBoard {
         match self.records.get(node_id) {
             None => true,
             Some(held) if node_id == self.own_id => seq >= held.status.seq && held.bytes != bytes,
+            // Equal seqs with different bytes come only from a forgery or a
+            // reset node; the larger encoding wins so every node keeps the
+            // same one.
             Some(held) => {
                 seq > held.status.seq || (seq == held.status.seq && bytes > held.bytes.as_slice())
             }
@@ -341,16 +344,11 @@ impl StatusBoard {
         if record.node_id == self.own_id {
             return self.refute(&record, bytes);
         }
+        if !self.would_take(&record.node_id, record.seq, bytes) {
+            return Merged::Stale;
+        }
         match self.records.get(&record.node_id) {
             Some(held) => {
-                // Equal seqs with different bytes come only from a forgery or
-                // a reset node; the larger encoding wins so every node keeps
-                // the same one.
-                let newer = record.seq > held.status.seq
-                    || (record.seq == held.status.seq && bytes > held.bytes.as_slice());
-                if !newer {
-                    return Merged::Stale;
-                }
                 let failures_changed = !held.status.failures().eq(record.failures());
                 if self.bytes - held.bytes.len() + bytes.len() > self.limits.max_bytes {
                     return Merged::BoardFull;
@@ -374,12 +372,10 @@ impl StatusBoard {
     /// A record for this node's own id: kept out, and answered by the node's
     /// own record above it, unless it is exactly the node's own record.
     fn refute(&mut self, record: &NodeStatus, bytes: &[u8]) -> Merged {
-        let mine = self.records.get(&self.own_id);
-        let my_seq = mine.map_or(0, |m| m.status.seq);
-        if record.seq < my_seq || mine.is_some_and(|m| m.bytes == bytes) {
+        if !self.would_take(&record.node_id, record.seq, bytes) {
             return Merged::Stale;
         }
-        let mut own = mine.map_or_else(
+        let mut own = self.records.get(&self.own_id).map_or_else(
             || NodeStatus {
                 node_id: self.own_id.clone(),
                 seq: 0,

@@ -7,19 +7,24 @@
 //! swaps, rolls back, checkpoints and recovers restarted workers.
 
 pub mod bench;
+mod checkpoint;
 pub mod durable;
 pub mod events;
 pub mod fault;
 pub mod journal;
 pub mod orchestrator;
 pub mod package_state;
+mod rollback;
+mod steps;
+mod takeover;
 pub mod worker_segment;
 
 pub use bench::{BenchSwapArgs, run_bench_swap};
+pub use checkpoint::{checkpoint, recover_restarted};
 pub use durable::{Checkpoint, CheckpointMeta, DeployedEntry, DurableError};
 pub use events::{StepTimings, SwapEvent};
 pub use journal::{Journal, JournalEntry};
-pub use orchestrator::{
-    SwapConfig, SwapError, checkpoint, deploy_or_swap, recover_restarted, rollback, swap,
-};
+pub use orchestrator::{SwapConfig, SwapError, deploy_or_swap, swap};
 pub use package_state::{PackageState, PackageSwapStatus, SegmentError, WarmWindow};
+pub use rollback::rollback;
+pub use takeover::EARLY_SNAPSHOT_MIN_BYTES;

@@ -1,0 +1,197 @@
+//! Checkpoints (on demand and periodic) and the recovery of a restarted
+//! worker from the last checkpoint and the journal.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+
+use super::events::SwapEvent;
+use super::orchestrator::{SwapConfig, SwapError};
+use super::package_state::PackageState;
+use super::steps::{
+    REPLAY_BATCH, restore_request, snapshot_into_segment, step_fault, us, write_durable,
+};
+use crate::runtime::connection::WorkerConnection;
+use crate::runtime::frame::Request;
+use crate::runtime::{SupervisedWorker, Supervisor};
+
+/// Takes a checkpoint of `package` now (pause, drain, snapshot, resume),
+/// then writes it to disk.
+pub async fn checkpoint(
+    supervisor: &Supervisor,
+    package: &str,
+    config: &SwapConfig,
+) -> Result<SwapEvent, SwapError> {
+    checkpoint_now(supervisor, package, config, false)
+        .await
+        .map(|event| event.unwrap_or_else(|| SwapEvent::new(package, "checkpoint_skipped")))
+}
+
+/// A checkpoint; when `keep_window`, skipped (`None`) while a warm window
+/// is open and the journal has room, decided under the control lock so a
+/// swap that just opened a window is seen.
+pub(super) async fn checkpoint_now(
+    supervisor: &Supervisor,
+    package: &str,
+    config: &SwapConfig,
+    keep_window: bool,
+) -> Result<Option<SwapEvent>, SwapError> {
+    let route = supervisor
+        .route(package)
+        .ok_or_else(|| SwapError::NotRunning {
+            package: package.to_string(),
+        })?;
+    let state = supervisor.package_state(package);
+    let control = supervisor.lock_control().await;
+    if keep_window && state.window().is_some() && !route.journal().wants_checkpoint() {
+        return Ok(None);
+    }
+    let active = route.active();
+    let mut event = SwapEvent::new(package, "checkpoint");
+    event.to_version = Some(active.spec().version.clone());
+    let paused_at = Instant::now();
+    route.pause();
+    let result = async {
+        step_fault(package, "checkpoint", active.pid(), None)?;
+        if !route.drain(config.drain_timeout).await {
+            return Err(SwapError::Step {
+                package: package.to_string(),
+                step: "pause",
+                why: "calls still running".into(),
+            });
+        }
+        snapshot_into_segment(&state, &route, &active, config.snapshot_timeout).await
+    }
+    .await;
+    route.resume();
+    event.timings.pause_us = us(paused_at);
+    drop(control);
+    let (_, bytes, _) = result?;
+    event.state_bytes = bytes;
+    // A checkpoint replaces the pre-swap state: rollback becomes a swap.
+    state.close_window();
+    write_durable(&state, &active.spec().version);
+    state.record(&event);
+    Ok(Some(event))
+}
+
+pub(super) fn start_checkpoint_task(
+    supervisor: &Supervisor,
+    state: &Arc<PackageState>,
+    config: &SwapConfig,
+) {
+    if !state.claim_checkpoint_task() {
+        return;
+    }
+    let supervisor = supervisor.clone();
+    let weak = Arc::downgrade(state);
+    let config = config.clone();
+    tokio::spawn(async move {
+        // The first checkpoint one interval after the deploy's own, not at once.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + config.checkpoint_interval,
+            config.checkpoint_interval,
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(state) = weak.upgrade() else { return };
+            let current = supervisor.existing_package_state(state.package());
+            if !current.is_some_and(|c| Arc::ptr_eq(&c, &state)) {
+                return;
+            }
+            let Some(route) = supervisor.route(state.package()) else {
+                return;
+            };
+            let journal = route.journal();
+            if journal.is_empty() {
+                continue;
+            }
+            // While a warm window is open the pre-swap state must stay in
+            // the other buffer; only a journal near its bound closes it.
+            if state.window().is_some() && !journal.wants_checkpoint() {
+                continue;
+            }
+            if let Err(error) = checkpoint_now(&supervisor, state.package(), &config, true).await {
+                tracing::warn!(%error, "periodic checkpoint failed");
+            }
+        }
+    });
+}
+
+/// Called by the supervisor after it restarted a crashed worker, before the
+/// worker serves: hands it the package's state segment and, when it is the
+/// package's active worker, restores the last checkpoint and replays the
+/// journal, so no acknowledged call is lost. Returns the segment epoch the
+/// worker attached (0: none).
+pub async fn recover_restarted(
+    supervisor: &Supervisor,
+    worker: &SupervisedWorker,
+    connection: &WorkerConnection,
+) -> u64 {
+    let package = &worker.spec().package;
+    let Some(state) = supervisor.existing_package_state(package) else {
+        return 0;
+    };
+    let epoch = match state.segment_fd() {
+        Ok((fd, epoch)) => match connection
+            .request_with_fd(&Request::AttachSegment, fd)
+            .await
+        {
+            Ok(_) => epoch,
+            Err(error) => {
+                tracing::warn!(%error, "restarted worker did not attach the state segment");
+                0
+            }
+        },
+        Err(_) => 0,
+    };
+    let Some(route) = supervisor.route(package) else {
+        return epoch;
+    };
+    if !std::ptr::eq(Arc::as_ptr(&route.active()), worker) {
+        return epoch;
+    }
+    let mut event = SwapEvent::new(package, "recovered");
+    event.to_version = Some(worker.spec().version.clone());
+    let started = Instant::now();
+    let result: Result<u64, String> = async {
+        // The checkpoint the journal follows (the current one, or the one
+        // before it between a swap's early snapshot and its pause).
+        let generation = state.journal_base();
+        if generation > 0 {
+            if epoch == 0 {
+                return Err("the state segment could not be attached".into());
+            }
+            connection
+                .request(&restore_request(generation, Duration::ZERO))
+                .await
+                .map_err(|e| format!("restore: {e}"))?;
+            event.state_bytes = state.current().map_or(0, |c| c.payload.len() as u64);
+        }
+        let entries = route.journal().entries();
+        for batch in entries.chunks(REPLAY_BATCH) {
+            let calls = batch
+                .iter()
+                .map(|entry| connection.invoke(entry.op.clone(), Bytes::clone(&entry.input)));
+            for result in futures::future::join_all(calls).await {
+                result.map_err(|e| format!("replay: {e}"))?;
+            }
+        }
+        Ok(entries.len() as u64)
+    }
+    .await;
+    event.timings.restore_us = us(started);
+    event.state_path = Some("checkpoint+replay");
+    match result {
+        Ok(replayed) => event.replayed = replayed,
+        Err(why) => {
+            event.kind = "recovery_failed";
+            event.error = Some(why);
+        }
+    }
+    state.record(&event);
+    supervisor.emit(event);
+    epoch
+}

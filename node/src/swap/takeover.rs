@@ -1,0 +1,360 @@
+//! Steps 2–4 of a swap: the pause, and the state moving from the old
+//! worker to the new one, either whole inside the pause or snapshotted
+//! early with only the calls since replayed inside it.
+
+use std::time::{Duration, Instant};
+
+use super::events::SwapEvent;
+use super::journal::JournalEntry;
+use super::orchestrator::{SwapConfig, SwapError};
+use super::package_state::PackageState;
+use super::steps::{
+    Step, bounded, ensure_attached, health_step, journal_since, kill, pipelined, replay,
+    restore_request, settled_snapshot, snapshot_to_segment_for, step_fault, takeover_failure, us,
+};
+use crate::runtime::InvokeError;
+use crate::runtime::frame::Request;
+use crate::runtime::{Route, SupervisedWorker};
+
+/// Steps 2–4 under the pause; the caller flips or aborts.
+pub(super) async fn paused_steps(
+    route: &Route<SupervisedWorker>,
+    state: &PackageState,
+    old: &SupervisedWorker,
+    new: &SupervisedWorker,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+    garbage: &mut Vec<JournalEntry>,
+) -> Result<(), SwapError> {
+    pause_and_drain(route, state, old, new, config, event).await?;
+    snapshot_and_restore(route, state, old, new, config, event, garbage).await
+}
+
+/// Step 2: pause the route and let the calls in its window finish.
+pub(super) async fn pause_and_drain(
+    route: &Route<SupervisedWorker>,
+    state: &PackageState,
+    old: &SupervisedWorker,
+    new: &SupervisedWorker,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+) -> Result<(), SwapError> {
+    let package = state.package();
+    step_fault(package, "pause", old.pid(), new.pid())?;
+    let start = Instant::now();
+    route.pause();
+    if !route.drain(config.drain_timeout).await {
+        return Err(SwapError::Step {
+            package: package.to_string(),
+            step: "pause",
+            why: format!(
+                "{} calls still running after {:?}",
+                route.calls_in_progress(),
+                config.drain_timeout
+            ),
+        });
+    }
+    event.timings.drain_us = us(start);
+    Ok(())
+}
+
+/// Steps 3–4 with the whole state inside the pause (no early snapshot, or
+/// its delta could not be had).
+pub(super) async fn snapshot_and_restore(
+    route: &Route<SupervisedWorker>,
+    state: &PackageState,
+    old: &SupervisedWorker,
+    new: &SupervisedWorker,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+    garbage: &mut Vec<JournalEntry>,
+) -> Result<(), SwapError> {
+    let package = state.package();
+    // 3. Old worker snapshots into the segment (a checkpoint: the journal
+    // empties); 4. the new worker restores it (migrating) and passes health.
+    // All three go out at once: the new worker waits in its own process for
+    // the snapshot's generation, so the pause costs one round trip, not three.
+    step_fault(package, "snapshot", old.pid(), new.pid())?;
+    step_fault(package, "restore", old.pid(), new.pid())?;
+    step_fault(package, "health", old.pid(), new.pid())?;
+    let target = state.generation() + 1;
+    let start = Instant::now();
+    let snapshot = async {
+        let result = settled_snapshot(state, route, old, Some(new), config.snapshot_timeout).await;
+        (result, us(start))
+    };
+    let wait = config.snapshot_timeout;
+    let restore = async {
+        let restore = async {
+            let result = new.request(&restore_request(target, wait)).await;
+            (result, us(start))
+        };
+        let health = async {
+            let result = new.request(&Request::Health).await;
+            (result, us(start))
+        };
+        let both = tokio::time::timeout(
+            config.snapshot_timeout + config.restore_timeout + config.health_timeout,
+            async { tokio::join!(restore, health) },
+        )
+        .await;
+        both.map_err(|_| "timed out".to_string())
+    };
+    let ((snapshot, snapshot_us), pipelined) = tokio::join!(snapshot, restore);
+    let write = snapshot?;
+    state.set_journal_base(write.generation);
+    *garbage = route.journal().take();
+    event.state_bytes = write.len;
+    event.timings.snapshot_us = snapshot_us;
+    let step = |step: &'static str, why: String| SwapError::Step {
+        package: package.to_string(),
+        step,
+        why,
+    };
+    let ((restored, restore_at), (healthy, health_at)) =
+        pipelined.map_err(|why| step("restore", why))?;
+    if write.generation == target && restored.is_ok() {
+        event.timings.restore_us = restore_at.saturating_sub(snapshot_us);
+        healthy.map_err(|e| step("health", e.to_string()))?;
+        event.timings.health_us = health_at.saturating_sub(restore_at);
+    } else {
+        // The segment grew during the snapshot (the new worker waited on the
+        // old one), or the restore failed: once more, in order, to know.
+        tracing::info!(
+            package,
+            target,
+            published = write.generation,
+            restored = ?restored.as_ref().err(),
+            "pipelined restore missed; restoring again in order"
+        );
+        let start = Instant::now();
+        let restored = tokio::time::timeout(config.restore_timeout, async {
+            ensure_attached(state, new)
+                .await
+                .map_err(|message| InvokeError::Internal { message })?;
+            new.request(&restore_request(write.generation, Duration::ZERO))
+                .await
+        })
+        .await;
+        match restored {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                return Err(step(
+                    "restore",
+                    takeover_failure("restore", &error, write.len),
+                ));
+            }
+            Err(_) => {
+                return Err(step(
+                    "restore",
+                    format!("timed out after {:?}", config.restore_timeout),
+                ));
+            }
+        }
+        event.timings.restore_us = us(start);
+        event.timings.health_us = health_step(package, new, config).await?;
+    }
+    event.state_path = Some("migration");
+    // 5. Flip (done by the caller right after this returns).
+    step_fault(package, "flip", old.pid(), new.pid())?;
+    Ok(())
+}
+
+/// By default, states smaller than this move inside the pause (one control round trip
+/// with the snapshot and restore pipelined); larger ones are snapshotted
+/// before it and only the calls since are replayed inside it (two round
+/// trips, whatever the state's size).
+pub const EARLY_SNAPSHOT_MIN_BYTES: u64 = 64 * 1024;
+
+/// Rounds of catch-up replay before the pause (each fetches the calls the
+/// old worker ran since the previous round and replays them into the new
+/// one).
+pub const CATCH_UP_ROUNDS: usize = 4;
+
+/// A catch-up round that brought fewer calls than this is the last: the
+/// pause replays the rest.
+pub const CATCH_UP_ENOUGH: usize = 64;
+
+/// What the early snapshot left for the pause: the generation both workers
+/// hold and the calls already replayed into the new worker since it.
+pub(super) struct Early {
+    generation: u64,
+    copied: Vec<JournalEntry>,
+    /// The new worker's process that holds that state (a restarted one
+    /// would not).
+    new_pid: Option<u32>,
+}
+
+/// Outside the pause: the old worker publishes its state into the segment
+/// (its journal starts over there, while it keeps serving); the new worker
+/// restores that generation, proves it can snapshot what it restored, and
+/// passes health; then the calls the old worker ran meanwhile are replayed
+/// into it in up to [`CATCH_UP_ROUNDS`] rounds. The route's journal still
+/// follows the previous generation until the pause replaces it.
+pub(super) async fn pre_copy(
+    state: &PackageState,
+    old: &SupervisedWorker,
+    new: &SupervisedWorker,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+) -> Result<Early, SwapError> {
+    let package = state.package();
+    let failed = |step: &'static str, why: String| SwapError::Step {
+        package: package.to_string(),
+        step,
+        why,
+    };
+    let bound = config.prewarm_timeout;
+    let new_pid = new.pid();
+    let work = snapshot_to_segment_for(state, old, None);
+    let write = match tokio::time::timeout(bound, work).await {
+        Ok(Ok(write)) => write,
+        Ok(Err(why)) => return Err(failed("snapshot", format!("early snapshot: {why}"))),
+        Err(_) => {
+            // It could still publish later: stop that (the supervisor
+            // restarts it from the checkpoint its journal follows).
+            kill(old);
+            return Err(failed(
+                "snapshot",
+                format!("early snapshot timed out after {bound:?}"),
+            ));
+        }
+    };
+    event.state_bytes = write.len;
+    let steps = [Step::Restore(write.generation), Step::Probe, Step::Health];
+    let restored = tokio::time::timeout(bound, async {
+        ensure_attached(state, new)
+            .await
+            .map_err(|why| ("restore", InvokeError::Internal { message: why }))?;
+        pipelined(new, &steps).await
+    })
+    .await;
+    match restored {
+        Ok(Ok(_)) => {}
+        Ok(Err((step, error))) => {
+            let what = match step {
+                "snapshot probe" => {
+                    "the new version cannot snapshot the state it restored: snapshot"
+                }
+                "health" => "health after the restore",
+                _ => "restore",
+            };
+            return Err(failed("restore", takeover_failure(what, &error, write.len)));
+        }
+        Err(_) => return Err(failed("restore", format!("timed out after {bound:?}"))),
+    }
+    let mut copied = Vec::new();
+    for _ in 0..CATCH_UP_ROUNDS {
+        let Ok(calls) = journal_since(old, write.generation, copied.len()).await else {
+            // The pause finds out again and falls back to a full snapshot.
+            break;
+        };
+        let fetched = calls.len();
+        replay(new, &calls).await.map_err(|(step, error)| {
+            failed("restore", takeover_failure(step, &error, write.len))
+        })?;
+        copied.extend(calls);
+        if fetched < CATCH_UP_ENOUGH {
+            break;
+        }
+    }
+    Ok(Early {
+        generation: write.generation,
+        copied,
+        new_pid,
+    })
+}
+
+/// Steps 2–4 after an early snapshot: pause, drain, fetch the calls the old
+/// worker ran since the last catch-up round, replay them into the new
+/// worker with `health`; the route's journal becomes every call since the
+/// early snapshot, which becomes the package's checkpoint. If the old
+/// worker cannot say (it was restarted, its journal overflowed), the whole
+/// state moves inside the pause as without an early snapshot.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn paused_delta(
+    route: &Route<SupervisedWorker>,
+    state: &PackageState,
+    old: &SupervisedWorker,
+    new: &SupervisedWorker,
+    early: Early,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+    garbage: &mut Vec<JournalEntry>,
+) -> Result<(), SwapError> {
+    let package = state.package();
+    pause_and_drain(route, state, old, new, config, event).await?;
+    step_fault(package, "snapshot", old.pid(), new.pid())?;
+    step_fault(package, "restore", old.pid(), new.pid())?;
+    step_fault(package, "health", old.pid(), new.pid())?;
+    let Early {
+        generation,
+        mut copied,
+        new_pid,
+    } = early;
+    let start = Instant::now();
+    let fetched = bounded(package, "snapshot", config.snapshot_timeout, async {
+        journal_since(old, generation, copied.len()).await
+    })
+    .await;
+    let delta = match fetched {
+        Ok(delta) => delta,
+        Err(error) => {
+            tracing::info!(package, %error, "no journal since the early snapshot; moving the whole state");
+            return snapshot_and_restore(route, state, old, new, config, event, garbage).await;
+        }
+    };
+    event.timings.snapshot_us = us(start);
+    let start = Instant::now();
+    let mut steps: Vec<Step<'_>> = delta.iter().map(Step::Invoke).collect();
+    steps.push(Step::Health);
+    let state_len = event.state_bytes;
+    let replayed = tokio::time::timeout(
+        config.restore_timeout + config.health_timeout,
+        pipelined(new, &steps),
+    )
+    .await;
+    match replayed {
+        Ok(Ok(_)) => {}
+        Ok(Err((step, error))) => {
+            let name = if step == "health" {
+                "health"
+            } else {
+                "restore"
+            };
+            return Err(SwapError::Step {
+                package: package.to_string(),
+                step: name,
+                why: takeover_failure(step, &error, state_len),
+            });
+        }
+        Err(_) => {
+            return Err(SwapError::Step {
+                package: package.to_string(),
+                step: "restore",
+                why: format!(
+                    "replaying {} calls timed out after {:?}",
+                    delta.len(),
+                    config.restore_timeout + config.health_timeout
+                ),
+            });
+        }
+    }
+    if new.pid() != new_pid {
+        // The new worker was restarted since it restored the early
+        // snapshot: it holds the checkpoint it recovered, not that state.
+        tracing::info!(
+            package,
+            "new worker restarted since the early snapshot; moving the whole state"
+        );
+        return snapshot_and_restore(route, state, old, new, config, event, garbage).await;
+    }
+    event.timings.restore_us = us(start);
+    event.replayed = (copied.len() + delta.len()) as u64;
+    copied.extend(delta);
+    *garbage = route.journal().replace(copied);
+    state.set_journal_base(generation);
+    event.state_path = Some("migration+replay");
+    step_fault(package, "flip", old.pid(), new.pid())?;
+    Ok(())
+}

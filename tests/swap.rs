@@ -250,6 +250,104 @@ fn rollback_keeps_every_acknowledged_increment() {
     assert_eq!(get(&node), 3 + acknowledged);
 }
 
+// The journal since a swap is emptied by every checkpoint (periodic ones
+// run each second under load). The standby follows the calls, so a
+// rollback after checkpoints is still a flip: v1 cannot read v2's state,
+// so a swap back would be refused.
+#[test]
+fn rollback_after_checkpoints_in_the_warm_window_keeps_every_acknowledged_increment() {
+    for env in [&[][..], &[EARLY_ALWAYS][..]] {
+        let dir = tempfile::tempdir().unwrap();
+        let node_dir = setup(dir.path(), &[]);
+        let node = NodeProcess::start_with_env(&node_dir, &[], env);
+        deploy(&node_dir, "1.0.0").unwrap();
+        add(&node, 3);
+        deploy(&node_dir, "2.0.0").unwrap();
+        let load = Load::start(&node, 8);
+        let mut followed = 0;
+        // Two checkpoints: the pre-swap state has left the segment.
+        for _ in 0..2 {
+            load.wait_for(200);
+            let checkpoint = admin(
+                &node_dir,
+                serde_json::json!({"op": "checkpoint", "package": COUNTER}),
+            )
+            .unwrap();
+            assert_eq!(checkpoint["kind"], "checkpoint", "{checkpoint}");
+            followed += checkpoint["replayed"].as_u64().unwrap();
+            assert_eq!(swap_status(&node_dir)["rollback_to"], "1.0.0", "{env:?}");
+        }
+        assert!(followed >= 400, "the standby followed {followed} calls");
+        load.wait_for(100);
+        let rolled = admin(
+            &node_dir,
+            serde_json::json!({"op": "rollback", "package": COUNTER}),
+        )
+        .unwrap();
+        load.wait_for(50);
+        let (acknowledged, failed) = load.finish();
+        assert_eq!(failed, 0);
+        assert_eq!(rolled["kind"], "rollback", "{rolled}");
+        assert_eq!(rolled["state_path"], "replay", "{rolled}");
+        assert_eq!(active_version(&node_dir), "1.0.0");
+        assert_eq!(get(&node), 3 + acknowledged, "{env:?}");
+        // The rollback's checkpoint is the standby's state: a worker crash
+        // now recovers from it and the calls since.
+        add(&node, 5);
+        let status = admin(&node_dir, serde_json::json!({"op": "status"})).unwrap();
+        let pid = status["skills"][0]["pid"].as_u64().unwrap() as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        assert_eq!(get_when_serving(&node), 3 + acknowledged + 5);
+    }
+}
+
+// A standby killed after a checkpoint lost the calls it followed, and the
+// journal no longer holds them: the window closes, a rollback is a swap,
+// which v1 refuses (it cannot read v2's state); v2 keeps serving with all
+// of it.
+#[test]
+fn a_standby_that_cannot_be_brought_back_closes_the_window_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = setup(dir.path(), &[]);
+    let node = NodeProcess::start(&node_dir, &[]);
+    deploy(&node_dir, "1.0.0").unwrap();
+    add(&node, 3);
+    deploy(&node_dir, "2.0.0").unwrap();
+    add(&node, 4);
+    admin(
+        &node_dir,
+        serde_json::json!({"op": "checkpoint", "package": COUNTER}),
+    )
+    .unwrap();
+    let status = admin(&node_dir, serde_json::json!({"op": "status"})).unwrap();
+    let standby = status["skills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role"] == "standby")
+        .map(|s| s["pid"].as_u64().unwrap() as i32)
+        .expect("a standby after the swap");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(standby),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    add(&node, 2);
+    let back = admin(
+        &node_dir,
+        serde_json::json!({"op": "rollback", "package": COUNTER}),
+    );
+    let error = back.expect_err("v1 cannot read v2's state");
+    assert!(error.1.contains("schema"), "{error:?}");
+    assert_eq!(active_version(&node_dir), "2.0.0");
+    assert_eq!(get(&node), 9);
+    assert!(swap_status(&node_dir)["rollback_to"].is_null());
+}
+
 // Two nodes share the steps: each kill of the serving worker counts
 // against its restart budget (5 per minute), like any crash would.
 #[test]

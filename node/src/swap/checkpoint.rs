@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use super::events::SwapEvent;
 use super::orchestrator::{SwapConfig, SwapError};
 use super::package_state::PackageState;
+use super::standby;
 use super::steps::{
     REPLAY_BATCH, restore_request, snapshot_into_segment, step_fault, us, write_durable,
 };
@@ -23,20 +24,18 @@ pub async fn checkpoint(
     package: &str,
     config: &SwapConfig,
 ) -> Result<SwapEvent, SwapError> {
-    checkpoint_now(supervisor, package, config, false)
-        .await
-        .map(|event| event.unwrap_or_else(|| SwapEvent::new(package, "checkpoint_skipped")))
+    checkpoint_now(supervisor, package, config).await
 }
 
-/// A checkpoint; when `keep_window`, skipped (`None`) while a warm window
-/// is open and the journal has room, decided under the control lock so a
-/// swap that just opened a window is seen.
+/// A checkpoint. While a warm window is open the standby is brought
+/// forward first (outside the pause), and the calls left are replayed into
+/// it while the active worker snapshots (inside the pause), so the journal
+/// can be emptied and the window stays open.
 pub(super) async fn checkpoint_now(
     supervisor: &Supervisor,
     package: &str,
     config: &SwapConfig,
-    keep_window: bool,
-) -> Result<Option<SwapEvent>, SwapError> {
+) -> Result<SwapEvent, SwapError> {
     let route = supervisor
         .route(package)
         .ok_or_else(|| SwapError::NotRunning {
@@ -44,12 +43,21 @@ pub(super) async fn checkpoint_now(
         })?;
     let state = supervisor.package_state(package);
     let control = supervisor.lock_control().await;
-    if keep_window && state.window().is_some() && !route.journal().wants_checkpoint() {
-        return Ok(None);
-    }
     let active = route.active();
     let mut event = SwapEvent::new(package, "checkpoint");
     event.to_version = Some(active.spec().version.clone());
+    let mut follow = standby::following(&state, &route, config).await;
+    if let Some((standby, window)) = follow.as_mut() {
+        let started = Instant::now();
+        match standby::catch_up(&state, &route, standby, window).await {
+            Ok(applied) => event.replayed = applied,
+            Err(why) => {
+                tracing::warn!(package, %why, "warm window closed");
+                follow = None;
+            }
+        }
+        event.timings.prewarm_us = us(started);
+    }
     let paused_at = Instant::now();
     route.pause();
     let result = async {
@@ -61,7 +69,31 @@ pub(super) async fn checkpoint_now(
                 why: "calls still running".into(),
             });
         }
-        snapshot_into_segment(&state, &route, &active, config.snapshot_timeout).await
+        // The journal holds still now: the standby's tail is read before
+        // the snapshot empties it.
+        let tail = follow
+            .as_ref()
+            .map(|(_, window)| standby::tail(&state, &route, window));
+        let follow_tail = async {
+            match (follow.as_mut(), tail) {
+                (Some((standby, window)), Some(Ok(calls))) => {
+                    standby::apply(&state, standby, window, &calls)
+                        .await
+                        .map(|()| calls.len() as u64)
+                }
+                (_, Some(Err(why))) => Err(why),
+                _ => Ok(0),
+            }
+        };
+        let (snapshot, followed) = tokio::join!(
+            snapshot_into_segment(&state, &route, &active, config.snapshot_timeout),
+            follow_tail
+        );
+        match followed {
+            Ok(applied) => event.replayed += applied,
+            Err(why) => tracing::warn!(package, %why, "warm window closed"),
+        }
+        snapshot
     }
     .await;
     route.resume();
@@ -69,11 +101,9 @@ pub(super) async fn checkpoint_now(
     drop(control);
     let (_, bytes, _) = result?;
     event.state_bytes = bytes;
-    // A checkpoint replaces the pre-swap state: rollback becomes a swap.
-    state.close_window();
     write_durable(&state, &active.spec().version);
     state.record(&event);
-    Ok(Some(event))
+    Ok(event)
 }
 
 pub(super) fn start_checkpoint_task(
@@ -108,12 +138,7 @@ pub(super) fn start_checkpoint_task(
             if journal.is_empty() {
                 continue;
             }
-            // While a warm window is open the pre-swap state must stay in
-            // the other buffer; only a journal near its bound closes it.
-            if state.window().is_some() && !journal.wants_checkpoint() {
-                continue;
-            }
-            if let Err(error) = checkpoint_now(&supervisor, state.package(), &config, true).await {
+            if let Err(error) = checkpoint_now(&supervisor, state.package(), &config).await {
                 tracing::warn!(%error, "periodic checkpoint failed");
             }
         }

@@ -15,6 +15,7 @@ pub mod journal;
 pub mod orchestrator;
 pub mod package_state;
 mod rollback;
+mod standby;
 mod steps;
 mod takeover;
 pub mod worker_segment;

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use super::checkpoint::start_checkpoint_task;
 use super::durable;
 use super::events::SwapEvent;
-use super::package_state::{PackageState, WarmWindow};
+use super::package_state::PackageState;
+use super::standby;
 use super::steps::{
     ensure_attached, restore_from, snapshot_into_segment, step_fault, us, write_durable,
 };
@@ -309,14 +310,11 @@ async fn run_swap(
             event.timings.flip_us = us(flip_start);
             event.timings.pause_us = us(paused_at);
             drop(garbage);
+            standby::open_window(state, route, old, config);
             drop(control);
             if let Some(replaced) = replaced.filter(|r| !Arc::ptr_eq(r, old)) {
                 supervisor.stop_worker(&replaced).await;
             }
-            state.open_window(WarmWindow {
-                until: Instant::now() + config.warm_window,
-                from: old.spec().clone(),
-            });
             write_durable(state, &new.spec().version);
             Ok(())
         }

@@ -37,12 +37,28 @@ pub enum SegmentError {
 }
 
 /// The rollback window of the last swap.
+/// While it is open the standby (the version swapped away from) follows
+/// the calls the new version acknowledges: they are replayed into it in
+/// batches, outside any pause (`swap::standby`), so a rollback replays only
+/// the last few.
 #[derive(Debug, Clone)]
 pub struct WarmWindow {
     /// Until when a rollback is a flip.
     pub until: Instant,
     /// The version swapped away from (now standby).
     pub from: SkillSpec,
+    /// The standby's process: one restarted since lost the calls it had
+    /// applied, and the window with them.
+    pub standby_pid: Option<u32>,
+    /// Sequence number (the route journal's) of the first call the standby
+    /// has not applied.
+    pub applied: u64,
+    /// The generation holding the standby's state at the swap, and the
+    /// sequence number of the first call after it: a restarted standby is
+    /// brought back from them while both are still held.
+    pub base_generation: u64,
+    /// See `base_generation`.
+    pub base_seq: u64,
 }
 
 #[derive(Debug, Default)]
@@ -333,6 +349,23 @@ impl PackageState {
     /// Closes the warm window (rollback becomes a swap).
     pub fn close_window(&self) {
         self.tracked().window = None;
+    }
+
+    /// Records that the standby of the open window has applied every call
+    /// before sequence number `applied`.
+    pub fn set_standby_applied(&self, applied: u64) {
+        if let Some(window) = self.tracked().window.as_mut() {
+            window.applied = applied;
+        }
+    }
+
+    /// Records the standby's new process (restarted and brought back to the
+    /// window's base) and how far it has applied the calls.
+    pub fn set_standby_process(&self, pid: Option<u32>, applied: u64) {
+        if let Some(window) = self.tracked().window.as_mut() {
+            window.standby_pid = pid;
+            window.applied = applied;
+        }
     }
 
     /// The version swapped away from last.

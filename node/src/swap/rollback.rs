@@ -1,22 +1,21 @@
-//! Rollback: a flip back to the warm old worker with the state brought
-//! forward while the warm window is open, a swap to the previous version
-//! after it.
+//! Rollback: a flip back to the warm old worker, which has followed the
+//! calls since the swap (`standby`), while the warm window is open; a swap
+//! to the previous version after it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::events::SwapEvent;
-use super::journal::JournalEntry;
 use super::orchestrator::{SwapConfig, SwapError, swap};
 use super::package_state::PackageState;
+use super::standby;
 use super::steps::{
-    Step, bounded, ensure_attached, health_step, pipelined, restore_from, restore_request,
-    settle_write, settled_snapshot, snapshot_into_segment, step_fault, us, write_durable,
+    Step, bounded, ensure_attached, pipelined, snapshot_to_segment_for, step_fault, us, wait_ready,
+    write_durable,
 };
-use crate::runtime::frame::Request;
-use crate::runtime::{Route, SupervisedWorker, Supervisor, WorkerState};
+use crate::runtime::{Route, SupervisedWorker, Supervisor};
 
-/// Rolls `package` back: a flip with the state brought forward while the
-/// warm window is open, a swap to the previous version after it.
+/// Rolls `package` back: a flip while the warm window is open, a swap to
+/// the previous version after it (or when the standby could not follow).
 pub async fn rollback(
     supervisor: &Supervisor,
     package: &str,
@@ -28,9 +27,25 @@ pub async fn rollback(
             package: package.to_string(),
         })?;
     let state = supervisor.package_state(package);
-    let standby = route.standby();
-    let window = state.window();
-    let (Some(old), Some(_)) = (standby, window) else {
+    let new = route.active();
+    // An active worker being restarted after a crash comes back with its
+    // state; wait for it (outside the pause) rather than fail the rollback.
+    if !wait_ready(&new, config.prewarm_timeout).await {
+        return Err(SwapError::Step {
+            package: package.to_string(),
+            step: "rollback",
+            why: format!("{} is {:?}, not ready", new.spec().version, new.state()),
+        });
+    }
+    let control = supervisor.lock_control().await;
+    // Decided under the control lock: no checkpoint or swap runs meanwhile.
+    let following = if std::sync::Arc::ptr_eq(&route.active(), &new) {
+        standby::following(&state, &route, config).await
+    } else {
+        None
+    };
+    let Some((old, mut window)) = following else {
+        drop(control);
         // After the window: a swap to the previous version.
         let previous = state
             .previous_spec()
@@ -41,55 +56,52 @@ pub async fn rollback(
         event.kind = "rollback";
         return Ok(event);
     };
-    let new = route.active();
-    // A worker being restarted after a crash comes back with its state;
-    // wait for it (outside the pause) rather than fail the rollback.
-    for worker in [&new, &old] {
-        if !wait_ready(worker, config.prewarm_timeout).await {
-            return Err(SwapError::Step {
-                package: package.to_string(),
-                step: "rollback",
-                why: format!(
-                    "{} is {:?}, not ready",
-                    worker.spec().version,
-                    worker.state()
-                ),
-            });
-        }
-    }
     let mut event = SwapEvent::new(package, "rollback");
     event.from_version = Some(new.spec().version.clone());
     event.to_version = Some(old.spec().version.clone());
-    let control = supervisor.lock_control().await;
-    let attached = async {
-        state.reserve_headroom().map_err(|e| e.to_string())?;
-        ensure_attached(&state, &new).await?;
-        ensure_attached(&state, &old).await
-    }
-    .await;
-    if let Err(why) = attached {
-        return Err(SwapError::Step {
-            package: package.to_string(),
-            step: "rollback",
-            why,
-        });
-    }
-    let paused_at = Instant::now();
-    let mut garbage = Vec::new();
-    let outcome =
-        rollback_paused(&route, &state, &new, &old, config, &mut event, &mut garbage).await;
-    match outcome {
-        Ok(()) => {
+    let outcome = async {
+        let early = Instant::now();
+        let caught_up = standby::catch_up(&state, &route, &old, &mut window)
+            .await
+            .map_err(|why| SwapError::Step {
+                package: package.to_string(),
+                step: "rollback",
+                why,
+            })?;
+        // The standby's state becomes the package's checkpoint, taken
+        // before the pause; the journal keeps following the one before it
+        // until the flip.
+        let since = window.applied;
+        let write = bounded(package, "snapshot", config.prewarm_timeout, async {
+            ensure_attached(&state, &old).await?;
+            snapshot_to_segment_for(&state, &old, None).await
+        })
+        .await?;
+        event.state_bytes = write.len;
+        event.timings.prewarm_us = us(early);
+        let paused_at = Instant::now();
+        let paused =
+            rollback_paused(&route, &state, &new, &old, &mut window, config, &mut event).await;
+        if paused.is_ok() {
+            // Calls before `since` are in the standby's checkpoint.
+            drop(route.journal().drop_before(since));
+            state.set_journal_base(write.generation);
             let flip_start = Instant::now();
             route.flip();
-            route.resume();
             event.timings.flip_us = us(flip_start);
-            event.timings.pause_us = us(paused_at);
-            drop(garbage);
+        }
+        route.resume();
+        event.timings.pause_us = us(paused_at);
+        event.replayed += caught_up;
+        paused
+    }
+    .await;
+    match outcome {
+        Ok(()) => {
             let left = route.set_standby(None);
-            drop(control);
             state.close_window();
             state.set_previous_spec(Some(new.spec().clone()));
+            drop(control);
             write_durable(&state, &old.spec().version);
             if let Some(left) = left {
                 supervisor.stop_worker(&left).await;
@@ -99,7 +111,9 @@ pub async fn rollback(
             Ok(event)
         }
         Err(error) => {
-            route.resume();
+            // The standby may hold part of the calls: it cannot follow any
+            // more (a rollback is now a swap).
+            state.close_window();
             drop(control);
             event.kind = "rollback_failed";
             event.error = Some(error.to_string());
@@ -110,44 +124,16 @@ pub async fn rollback(
     }
 }
 
-/// Waits (bounded) until `worker` serves and answers `health`; `false` if
-/// it does not in time. A process that just died may still read as ready
-/// until the supervisor reaps it, hence the health probe.
-pub(super) async fn wait_ready(worker: &SupervisedWorker, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    let mut lifecycle = worker.lifecycle();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ready = matches!(
-            tokio::time::timeout(left, lifecycle.wait_for(|l| l.state == WorkerState::Ready)).await,
-            Ok(Ok(_))
-        );
-        if !ready {
-            return false;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if let Ok(Ok(_)) = tokio::time::timeout(left, worker.request(&Request::Health)).await {
-            return true;
-        }
-        // Unhealthy: wait for the supervisor to notice and restart it.
-        let left = deadline.saturating_duration_since(Instant::now());
-        if !matches!(
-            tokio::time::timeout(left, lifecycle.changed()).await,
-            Ok(Ok(()))
-        ) {
-            return false;
-        }
-    }
-}
-
-pub(super) async fn rollback_paused(
+/// Under the pause: the calls the standby has not applied yet and
+/// `health`, sent in order at once; the caller flips on success.
+async fn rollback_paused(
     route: &Route<SupervisedWorker>,
     state: &PackageState,
     new: &SupervisedWorker,
     old: &SupervisedWorker,
+    window: &mut super::package_state::WarmWindow,
     config: &SwapConfig,
     event: &mut SwapEvent,
-    garbage: &mut Vec<JournalEntry>,
 ) -> Result<(), SwapError> {
     let package = state.package();
     step_fault(package, "rollback", new.pid(), old.pid())?;
@@ -161,68 +147,19 @@ pub(super) async fn rollback_paused(
         });
     }
     event.timings.drain_us = us(start);
-    // The newer state becomes the checkpoint; the pre-swap one moves to the
-    // other buffer, and the journal since the swap comes with it. The old
-    // worker tries the down-migration at once, waiting in its process for
-    // the snapshot's generation.
-    let target = state.generation() + 1;
     let start = Instant::now();
-    let snapshot = async {
-        let result = settled_snapshot(state, route, new, Some(old), config.snapshot_timeout).await;
-        (result, us(start))
+    let failed = |why: String| SwapError::Step {
+        package: package.to_string(),
+        step: "restore",
+        why,
     };
-    let down = bounded(
-        package,
-        "restore",
-        config.snapshot_timeout + config.restore_timeout,
-        async {
-            old.request(&restore_request(target, config.snapshot_timeout))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        },
-    );
-    let ((snapshot, snapshot_us), down) = tokio::join!(snapshot, down);
-    let write = snapshot?;
-    state.set_journal_base(write.generation);
-    let since_swap = route.journal().take();
-    event.timings.snapshot_us = snapshot_us;
-    event.state_bytes = write.len;
-    let start = Instant::now();
-    let down = if down
-        .as_ref()
-        .is_err_and(|e| e.to_string().contains(super::worker_segment::MOVED_MESSAGE))
-    {
-        // The segment grew under the old worker: try again on the new one.
-        restore_from(state, old, write.generation, config.restore_timeout).await
-    } else {
-        down
-    };
-    if down.is_ok() && write.generation == target {
-        event.state_path = Some("down_migration");
-        event.timings.restore_us = us(start);
-        event.timings.health_us = health_step(package, old, config).await?;
-        *garbage = since_swap;
-        return Ok(());
-    }
-    // No down-migration: the pre-swap state, the calls since, a checkpoint
-    // of the result and health, all sent in order without waiting.
-    ensure_attached(state, old)
-        .await
-        .map_err(|why| SwapError::Step {
-            package: package.to_string(),
-            step: "restore",
-            why,
-        })?;
-    let mut steps = Vec::with_capacity(since_swap.len() + 3);
-    steps.push(Step::Restore(write.generation - 1));
-    steps.extend(since_swap.iter().map(Step::Invoke));
-    steps.push(Step::Snapshot);
+    let tail = standby::tail(state, route, window).map_err(failed)?;
+    let mut steps: Vec<Step<'_>> = tail.iter().map(Step::Invoke).collect();
     steps.push(Step::Health);
-    let answers = bounded(
+    bounded(
         package,
         "restore",
-        config.restore_timeout + config.snapshot_timeout + config.health_timeout,
+        config.restore_timeout + config.health_timeout,
         async {
             pipelined(old, &steps)
                 .await
@@ -230,28 +167,9 @@ pub(super) async fn rollback_paused(
         },
     )
     .await?;
-    event.replayed = since_swap.len() as u64;
+    window.applied += tail.len() as u64;
+    event.replayed = tail.len() as u64;
     event.state_path = Some("replay");
-    // The old version's state is now the checkpoint.
-    let snapshot = answers
-        .get(answers.len().saturating_sub(2))
-        .ok_or_else(|| SwapError::Step {
-            package: package.to_string(),
-            step: "snapshot",
-            why: "no answer".into(),
-        })?;
-    let settled = settle_write(state, snapshot).map_err(|why| SwapError::Step {
-        package: package.to_string(),
-        step: "snapshot",
-        why,
-    })?;
-    if settled.published {
-        state.set_journal_base(settled.generation);
-    } else {
-        snapshot_into_segment(state, route, old, config.snapshot_timeout).await?;
-    }
     event.timings.restore_us = us(start);
-    drop(steps);
-    *garbage = since_swap;
     Ok(())
 }

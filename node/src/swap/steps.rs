@@ -14,7 +14,7 @@ use super::orchestrator::{SwapConfig, SwapError};
 use super::package_state::PackageState;
 use crate::runtime::InvokeError;
 use crate::runtime::frame::{JournalChunk, Request, SegmentWrite};
-use crate::runtime::{Route, SupervisedWorker};
+use crate::runtime::{Route, SupervisedWorker, WorkerState};
 
 pub(super) fn us(since: Instant) -> u64 {
     since.elapsed().as_micros() as u64
@@ -226,7 +226,6 @@ pub(super) async fn restore_from(
 pub(super) enum Step<'a> {
     Restore(u64),
     Invoke(&'a JournalEntry),
-    Snapshot,
     /// A snapshot whose state is discarded (can the version serialise it?).
     Probe,
     Health,
@@ -256,7 +255,6 @@ pub(super) async fn pipelined(
                 Step::Invoke(entry) => {
                     Box::pin(worker.invoke(entry.op.clone(), entry.input.clone()))
                 }
-                Step::Snapshot => Box::pin(worker.request(&Request::SnapshotToSegment)),
                 Step::Probe => Box::pin(worker.request(&Request::ProbeSnapshot)),
                 Step::Health => Box::pin(worker.request(&Request::Health)),
             }
@@ -266,7 +264,6 @@ pub(super) async fn pipelined(
             let name = match step {
                 Step::Restore(_) => "restore",
                 Step::Invoke(_) => "replay",
-                Step::Snapshot => "snapshot",
                 Step::Probe => "snapshot probe",
                 Step::Health => "health",
             };
@@ -373,4 +370,34 @@ pub(super) async fn replay(
 ) -> Result<(), (&'static str, InvokeError)> {
     let steps: Vec<Step<'_>> = calls.iter().map(Step::Invoke).collect();
     pipelined(worker, &steps).await.map(|_| ())
+}
+
+/// Waits (bounded) until `worker` serves and answers `health`; `false` if
+/// it does not in time. A process that just died may still read as ready
+/// until the supervisor reaps it, hence the health probe.
+pub(super) async fn wait_ready(worker: &SupervisedWorker, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut lifecycle = worker.lifecycle();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ready = matches!(
+            tokio::time::timeout(left, lifecycle.wait_for(|l| l.state == WorkerState::Ready)).await,
+            Ok(Ok(_))
+        );
+        if !ready {
+            return false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Ok(Ok(_)) = tokio::time::timeout(left, worker.request(&Request::Health)).await {
+            return true;
+        }
+        // Unhealthy: wait for the supervisor to notice and restart it.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if !matches!(
+            tokio::time::timeout(left, lifecycle.changed()).await,
+            Ok(Ok(()))
+        ) {
+            return false;
+        }
+    }
 }

@@ -112,7 +112,7 @@ async fn fetch_from(
         fetcher.mesh.stream_control(),
         test_config().chunk_timeout,
     ));
-    let providers = holders.iter().map(|h| h.peer_id()).collect();
+    let providers: Vec<_> = holders.iter().map(|h| h.peer_id()).collect();
     let result = fetch_blob(
         store,
         layout,

@@ -19,7 +19,8 @@ use super::admin_protocol::{AdminError, AdminResponse};
 use super::release::{BlobFetcher, FetchFuture};
 use crate::blob_store::{BlobId, BlobStore};
 use crate::fetch::{
-    FetchConfig, FetchError, FetchMetrics, FetchProgress, ServeConfig, fetch, spawn_blob_server,
+    FetchConfig, FetchError, FetchMetrics, FetchProgress, ProviderLookup, Providers, ServeConfig,
+    fetch, spawn_blob_server,
 };
 use crate::mesh::{DriverHandle, MeshHandle};
 
@@ -40,6 +41,13 @@ const KAD_LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 const KAD_LOOKUP_TIMEOUT_WITH_HOLDERS: Duration = Duration::from_secs(1);
 /// Environment variable overriding `KAD_LOOKUP_TIMEOUT`, in milliseconds.
 pub const DHT_LOOKUP_ENV: &str = "CLAWMESH_FETCH_DHT_LOOKUP_MS";
+/// Bound on the DHT part of the lookups a running fetch repeats when it
+/// runs short of peers (`fetch::JoinConfig`): a quiet DHT must not hold up
+/// the next one.
+const KAD_REJOIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Environment variable overriding how long a fetch with no provider left
+/// keeps looking for one (`JoinConfig::starved_wait`), in milliseconds.
+pub const JOIN_WAIT_ENV: &str = "CLAWMESH_FETCH_JOIN_WAIT_MS";
 /// Most providers taken from one DHT lookup.
 const KAD_PROVIDERS: usize = 16;
 /// How often the blobs provided on the DHT are reconciled with the store
@@ -79,7 +87,7 @@ impl MeshFetcher {
             mesh,
             driver,
             store,
-            config: FetchConfig::default(),
+            config: fetch_config(),
             metrics,
         }))
     }
@@ -161,17 +169,25 @@ struct Candidates {
 /// by `KAD_LOOKUP_TIMEOUT` (`KAD_LOOKUP_TIMEOUT_WITH_HOLDERS` once a status
 /// lists a holder).
 ///
-/// The list is built before the fetch starts rather than letting a
-/// provider found later join a running fetch: `fetch` takes its providers
-/// up front, the lookup is short next to a blob transfer, and a fetch that
-/// ends with `NoProviders` is retried by the release loop with a fresh list.
+/// The same lookup runs again while the fetch runs short of peers
+/// (`rejoin_lookup`), so that a holder that appears later joins it.
 async fn candidate_peers(mesh: &MeshHandle, driver: &DriverHandle, sha256: [u8; 32]) -> Candidates {
+    candidate_peers_within(mesh, driver, sha256, dht_lookup_bound()).await
+}
+
+/// `candidate_peers` with the DHT lookup bounded by `dht_bound`.
+async fn candidate_peers_within(
+    mesh: &MeshHandle,
+    driver: &DriverHandle,
+    sha256: [u8; 32],
+    dht_bound: Duration,
+) -> Candidates {
     // The status read is in-process and quick; it decides the lookup's bound.
     let mut peers = providers(mesh, driver, sha256).await;
     let bound = if peers.is_empty() {
-        dht_lookup_bound()
+        dht_bound
     } else {
-        dht_lookup_bound().min(KAD_LOOKUP_TIMEOUT_WITH_HOLDERS)
+        dht_bound.min(KAD_LOOKUP_TIMEOUT_WITH_HOLDERS)
     };
     let lookup = async {
         if bound.is_zero() {
@@ -204,6 +220,51 @@ async fn candidate_peers(mesh: &MeshHandle, driver: &DriverHandle, sha256: [u8; 
         "fetch candidates"
     );
     Candidates { peers, from_kad }
+}
+
+/// The providers of a fetch: `initial`, and the lookup it repeats while it
+/// runs short of peers (statuses, connected peers, the DHT within
+/// `KAD_REJOIN_TIMEOUT`).
+fn providers_of(
+    mesh: &MeshHandle,
+    driver: &DriverHandle,
+    sha256: [u8; 32],
+    initial: Vec<PeerId>,
+) -> Providers {
+    let (mesh, driver) = (mesh.clone(), driver.clone());
+    let lookup: ProviderLookup = Arc::new(move || {
+        let (mesh, driver) = (mesh.clone(), driver.clone());
+        let bound = dht_lookup_bound().min(KAD_REJOIN_TIMEOUT);
+        Box::pin(
+            async move {
+                candidate_peers_within(&mesh, &driver, sha256, bound)
+                    .await
+                    .peers
+            }
+            .instrument(tracing::debug_span!("rejoin_lookup")),
+        )
+    });
+    Providers {
+        initial,
+        lookup: Some(lookup),
+    }
+}
+
+/// The node's fetch configuration: the defaults, with `JoinConfig::starved_wait`
+/// from `CLAWMESH_FETCH_JOIN_WAIT_MS` when set to a number.
+fn fetch_config() -> FetchConfig {
+    let mut config = FetchConfig::default();
+    match std::env::var(JOIN_WAIT_ENV)
+        .ok()
+        .map(|v| v.trim().parse::<u64>())
+    {
+        Some(Ok(ms)) => config.join.starved_wait = Duration::from_millis(ms),
+        Some(Err(error)) => {
+            tracing::warn!(%error, "{JOIN_WAIT_ENV} is not a number of milliseconds; using the default");
+        }
+        None => {}
+    }
+    config
 }
 
 /// `KAD_LOOKUP_TIMEOUT`, or `CLAWMESH_FETCH_DHT_LOOKUP_MS` when set to a
@@ -239,11 +300,12 @@ impl BlobFetcher for MeshFetcher {
             if providers.is_empty() {
                 return Err("no peer is connected to fetch this blob from".to_string());
             }
+            let sha256 = manifest.manifest.sha256;
             let report = fetch(
                 &self.mesh,
                 &self.store,
                 &manifest.manifest,
-                providers,
+                providers_of(&self.mesh, &self.driver, sha256, providers),
                 &self.config,
                 &self.metrics,
                 &FetchProgress::hidden(),
@@ -333,9 +395,14 @@ async fn run_admin_fetch(
         Err(refused) => return refused,
     };
     let candidates = candidate_peers(&side.network, &side.driver, signed.manifest.sha256).await;
-    let providers = candidates.peers;
+    let providers = providers_of(
+        &side.network,
+        &side.driver,
+        signed.manifest.sha256,
+        candidates.peers.clone(),
+    );
     let progress = FetchProgress::hidden();
-    let (config, metrics) = (FetchConfig::default(), FetchMetrics::default());
+    let (config, metrics) = (fetch_config(), FetchMetrics::default());
     let fetching = fetch(
         &side.network,
         &ctx.blobs,

@@ -3,6 +3,8 @@
 //! every chunk is in and the whole file verifies.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,10 +14,13 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tracing::{debug, info, warn};
 
+use super::join::{JoinConfig, Rejoin};
 use super::layout::ChunkLayout;
 use super::metrics::{ChunkFailure, FetchMetrics};
 use super::partial::{PartialBlob, PartialError};
-use super::plan::{ChunkVerdict, FetchPlan, PlanConfig, PlanStatus, RequestEnd, RequestId};
+use super::plan::{
+    ChunkVerdict, FetchPlan, PlanConfig, PlanStatus, Rediscovered, RequestEnd, RequestId,
+};
 use super::progress::FetchProgress;
 use super::source::{
     ChunkSource, DEFAULT_CHUNK_TIMEOUT, DriverMsg, Libp2pSource, ReplySink, SourceError,
@@ -41,8 +46,12 @@ pub struct FetchConfig {
     pub plan: PlanConfig,
     /// Time to open a stream and to receive each chunk (libp2p source).
     pub chunk_timeout: Duration,
-    /// How often the plan is looked at with nothing arriving (to steal slow chunks).
+    /// How often the plan is looked at with nothing arriving (to steal slow
+    /// chunks, to look for providers).
     pub tick: Duration,
+    /// When a running fetch looks for more providers (with a
+    /// `Providers::lookup`).
+    pub join: JoinConfig,
 }
 
 impl Default for FetchConfig {
@@ -51,7 +60,42 @@ impl Default for FetchConfig {
             plan: PlanConfig::default(),
             chunk_timeout: DEFAULT_CHUNK_TIMEOUT,
             tick: DEFAULT_TICK,
+            join: JoinConfig::default(),
         }
+    }
+}
+
+/// A provider lookup a running fetch can make: the peers that might hold
+/// the blob now (known ones included; the plan sorts them out).
+pub type ProviderLookup =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<PeerId>> + Send>> + Send + Sync>;
+
+/// Whom a fetch asks: the peers known when it starts and, optionally, a
+/// lookup it repeats while it runs (`FetchConfig::join` says when) so that
+/// holders that appear later join it.
+#[derive(Clone, Default)]
+pub struct Providers {
+    /// Known at the start.
+    pub initial: Vec<PeerId>,
+    /// Asked again when the fetch runs short of peers or stalls.
+    pub lookup: Option<ProviderLookup>,
+}
+
+impl From<Vec<PeerId>> for Providers {
+    fn from(initial: Vec<PeerId>) -> Self {
+        Self {
+            initial,
+            lookup: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Providers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Providers")
+            .field("initial", &self.initial)
+            .field("lookup", &self.lookup.is_some())
+            .finish()
     }
 }
 
@@ -116,7 +160,7 @@ pub async fn fetch(
     mesh: &MeshHandle,
     store: &BlobStore,
     manifest: &Manifest,
-    providers: Vec<PeerId>,
+    providers: impl Into<Providers>,
     config: &FetchConfig,
     metrics: &FetchMetrics,
     progress: &FetchProgress,
@@ -142,13 +186,17 @@ pub async fn fetch(
 pub async fn fetch_blob(
     store: &BlobStore,
     layout: ChunkLayout,
-    providers: Vec<PeerId>,
+    providers: impl Into<Providers>,
     source: Arc<dyn ChunkSource>,
     config: &FetchConfig,
     metrics: &FetchMetrics,
     progress: &FetchProgress,
 ) -> Result<FetchReport, FetchError> {
     let started = Instant::now();
+    let Providers {
+        initial: providers,
+        lookup,
+    } = providers.into();
     let blob = layout.blob;
     if store.contains(&blob) && store.get(&blob).is_ok() {
         debug!("blob already held");
@@ -199,6 +247,13 @@ pub async fn fetch_blob(
     let mut ticker = tokio::time::interval(config.tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fetched = 0u64;
+    // Provider lookups made while the fetch runs, one at a time.
+    let mut rejoin = Rejoin::new(config.join, started);
+    let (found_tx, mut found_rx) = mpsc::channel::<Vec<PeerId>>(1);
+    let mut looking: Option<AbortHandle> = None;
+    // Whether the plan is short of peers is a walk over the chunks: looked
+    // at on ticks and when starved, not on every chunk.
+    let mut ticked = true;
     let abort_all = |running: &mut HashMap<RequestId, (PeerId, AbortHandle)>| {
         for (_, (_, task)) in running.drain() {
             task.abort();
@@ -206,10 +261,34 @@ pub async fn fetch_blob(
     };
 
     let outcome = loop {
-        match plan.status() {
+        let now = Instant::now();
+        let starved = match plan.status() {
             PlanStatus::Done => break Ok(()),
-            PlanStatus::NoProviders { missing } => break Err(missing),
-            PlanStatus::Running => {}
+            PlanStatus::NoProviders { missing } => {
+                if lookup.is_none() || !rejoin.keep_waiting(now) {
+                    break Err(missing);
+                }
+                true
+            }
+            PlanStatus::Running => {
+                rejoin.fed();
+                false
+            }
+        };
+        if let Some(lookup) = &lookup
+            && (starved || std::mem::take(&mut ticked))
+            && rejoin.want_lookup(now, || starved || plan.short_of_peers())
+        {
+            metrics.provider_lookups.inc();
+            debug!(
+                lookup = rejoin.lookups(),
+                starved, "looking for more providers"
+            );
+            let (find, found) = (lookup(), found_tx.clone());
+            let task = tokio::spawn(async move {
+                let _ = found.send(find.await).await;
+            });
+            looking = Some(task.abort_handle());
         }
         for req in plan.next_requests(Instant::now()) {
             let wanted = req
@@ -232,7 +311,27 @@ pub async fn fetch_blob(
         progress.peers(plan.live_peers(), plan.peers_used().len());
         let msg = tokio::select! {
             msg = rx.recv() => msg,
-            _ = ticker.tick() => continue,
+            Some(found) = found_rx.recv() => {
+                rejoin.on_lookup_done();
+                looking = None;
+                for peer in found {
+                    match plan.rediscover(peer) {
+                        Rediscovered::Joined => {
+                            metrics.peers_joined.inc();
+                            info!(%peer, "a provider found while fetching joins the fetch");
+                        }
+                        Rediscovered::Refreshed => {
+                            debug!(%peer, "a known peer is asked again");
+                        }
+                        Rediscovered::Unchanged | Rediscovered::Full => {}
+                    }
+                }
+                continue;
+            }
+            _ = ticker.tick() => {
+                ticked = true;
+                continue;
+            }
         };
         // The driver holds a sender, so the channel never closes under it.
         let Some(msg) = msg else { continue };
@@ -253,6 +352,7 @@ pub async fn fetch_blob(
                             break Ok(());
                         }
                         fetched += len;
+                        rejoin.on_progress(Instant::now());
                         metrics.bytes_in.inc_by(len);
                         progress.advance(len);
                     }
@@ -314,6 +414,9 @@ pub async fn fetch_blob(
         }
     };
     abort_all(&mut running);
+    if let Some(task) = looking {
+        task.abort();
+    }
     let transferred = started.elapsed();
     drop(to_writer);
     // Verified chunks already queued land in the temp file either way (resume).

@@ -54,6 +54,10 @@ pub struct FetchMetrics {
     pub fetches_failed: Counter,
     /// Inbound blob streams refused because too many were open.
     pub streams_refused: Counter,
+    /// Provider lookups made by fetches already running.
+    pub provider_lookups: Counter,
+    /// Peers that joined a running fetch (found by those lookups).
+    pub peers_joined: Counter,
 }
 
 impl FetchMetrics {
@@ -112,6 +116,16 @@ impl FetchMetrics {
             "streams_refused",
             "Inbound blob streams refused over the limit",
             self.streams_refused.clone(),
+        );
+        r.register(
+            "provider_lookups",
+            "Provider lookups made by running fetches",
+            self.provider_lookups.clone(),
+        );
+        r.register(
+            "peers_joined",
+            "Peers found while a fetch ran that joined it",
+            self.peers_joined.clone(),
         );
     }
 }

@@ -10,6 +10,7 @@ pub mod bench;
 mod buffers;
 pub mod cli;
 mod client;
+mod join;
 mod layout;
 mod loopback;
 mod metrics;
@@ -22,7 +23,12 @@ pub mod wire;
 
 pub use buffers::{BufferPool, DEFAULT_POOL_BUFFERS};
 pub use client::{
-    DEFAULT_TICK, FetchConfig, FetchError, FetchReport, REPLY_QUEUE, fetch, fetch_blob,
+    DEFAULT_TICK, FetchConfig, FetchError, FetchReport, ProviderLookup, Providers, REPLY_QUEUE,
+    fetch, fetch_blob,
+};
+pub use join::{
+    DEFAULT_LOOKUP_EVERY, DEFAULT_MAX_LOOKUPS, DEFAULT_STALL_AFTER, DEFAULT_STARVED_WAIT,
+    JoinConfig, Rejoin,
 };
 pub use layout::ChunkLayout;
 pub use loopback::{LoopbackError, LoopbackNode, spawn_loopback_node};
@@ -30,8 +36,9 @@ pub use metrics::{ChunkFailure, FailureLabels, FetchMetrics};
 pub use partial::{PartialBlob, PartialError};
 pub use plan::{
     ChunkRequest, ChunkVerdict, DEFAULT_CHUNKS_PER_REQUEST, DEFAULT_MAX_COPIES,
-    DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_MAX_PEER_FAILURES, DEFAULT_REQUESTS_PER_PEER,
-    DEFAULT_STEAL_AFTER, FetchPlan, PeerStanding, PlanConfig, PlanStatus, RequestEnd, RequestId,
+    DEFAULT_MAX_INFLIGHT_BYTES, DEFAULT_MAX_PEER_FAILURES, DEFAULT_MAX_PEERS,
+    DEFAULT_REQUESTS_PER_PEER, DEFAULT_STEAL_AFTER, FetchPlan, PeerStanding, PlanConfig,
+    PlanStatus, Rediscovered, RequestEnd, RequestId,
 };
 pub use progress::{FetchProgress, ProgressSnapshot};
 pub use server::{

@@ -24,6 +24,8 @@ pub const DEFAULT_STEAL_AFTER: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_PEER_FAILURES: u32 = 3;
 /// Default `PlanConfig::max_copies`.
 pub const DEFAULT_MAX_COPIES: usize = 2;
+/// Default `PlanConfig::max_peers`.
+pub const DEFAULT_MAX_PEERS: usize = 32;
 
 /// The planner's bounds.
 #[derive(Debug, Clone, Copy)]
@@ -43,6 +45,9 @@ pub struct PlanConfig {
     pub max_peer_failures: u32,
     /// Copies of one chunk in flight at once (1 = no stealing).
     pub max_copies: usize,
+    /// Peers one fetch knows (asked, banned or gone), those it starts with
+    /// and those that join it later together; more are not taken.
+    pub max_peers: usize,
 }
 
 impl Default for PlanConfig {
@@ -54,6 +59,7 @@ impl Default for PlanConfig {
             steal_after: DEFAULT_STEAL_AFTER,
             max_peer_failures: DEFAULT_MAX_PEER_FAILURES,
             max_copies: DEFAULT_MAX_COPIES,
+            max_peers: DEFAULT_MAX_PEERS,
         }
     }
 }
@@ -114,6 +120,21 @@ pub enum PlanStatus {
         /// The chunks nobody can serve.
         missing: Vec<u32>,
     },
+}
+
+/// What `FetchPlan::rediscover` made of a peer a provider lookup named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rediscovered {
+    /// A new peer: it joins the fetch.
+    Joined,
+    /// A known peer gets another chance: its "not held" answers are
+    /// forgotten (it may hold the blob now) and a gone peer is live again.
+    Refreshed,
+    /// Nothing changes: a liar stays banned, a live peer that never said
+    /// "not held" is already asked.
+    Unchanged,
+    /// The fetch already knows `max_peers` peers.
+    Full,
 }
 
 /// Why a peer is no longer asked.
@@ -201,15 +222,65 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
         &self.layout
     }
 
-    /// Adds a candidate peer (a banned or gone peer stays so).
-    pub fn add_peer(&mut self, peer: P) {
-        self.peers.entry(peer).or_insert(PeerSlot {
-            standing: PeerStanding::Live,
-            lacks: BTreeSet::new(),
-            requests: 0,
-            failures: 0,
-            chunks_served: 0,
-        });
+    /// Adds a candidate peer (a banned or gone peer stays so); returns
+    /// whether it is new. Past `max_peers` known peers, none is added.
+    pub fn add_peer(&mut self, peer: P) -> bool {
+        if self.peers.contains_key(&peer) || self.peers.len() >= self.config.max_peers.max(1) {
+            return false;
+        }
+        self.peers.insert(
+            peer,
+            PeerSlot {
+                standing: PeerStanding::Live,
+                lacks: BTreeSet::new(),
+                requests: 0,
+                failures: 0,
+                chunks_served: 0,
+            },
+        );
+        true
+    }
+
+    /// A provider lookup made while the fetch runs named `peer`: a new peer
+    /// joins (within `max_peers`); a known one that said "not held" or was
+    /// dropped as gone is asked again, since it may have fetched the blob
+    /// or come back since. A liar stays banned.
+    pub fn rediscover(&mut self, peer: P) -> Rediscovered {
+        let Some(slot) = self.peers.get_mut(&peer) else {
+            return if self.add_peer(peer) {
+                Rediscovered::Joined
+            } else {
+                Rediscovered::Full
+            };
+        };
+        match slot.standing {
+            PeerStanding::Banned { .. } => Rediscovered::Unchanged,
+            PeerStanding::Gone => {
+                slot.standing = PeerStanding::Live;
+                slot.failures = 0;
+                slot.lacks.clear();
+                Rediscovered::Refreshed
+            }
+            PeerStanding::Live if slot.lacks.is_empty() => Rediscovered::Unchanged,
+            PeerStanding::Live => {
+                slot.lacks.clear();
+                Rediscovered::Refreshed
+            }
+        }
+    }
+
+    /// Whether some missing chunk has no live peer left that might hold it,
+    /// requests in flight or not: the fetch is short of peers.
+    pub fn short_of_peers(&self) -> bool {
+        self.unservable().next().is_some()
+    }
+
+    /// Missing chunks no live peer might hold.
+    fn unservable(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.held.len())
+            .filter(|&i| !self.held[i])
+            .filter_map(|i| u32::try_from(i).ok())
+            .filter(|&c| !self.peers.values().any(|s| self.can_serve(s, c)))
     }
 
     /// Chunks held and verified so far.
@@ -558,11 +629,7 @@ impl<P: Clone + Ord + Debug> FetchPlan<P> {
         if !self.requests.is_empty() {
             return PlanStatus::Running;
         }
-        let missing: Vec<u32> = (0..self.held.len())
-            .filter(|&i| !self.held[i])
-            .filter_map(|i| u32::try_from(i).ok())
-            .filter(|&c| !self.peers.values().any(|s| self.can_serve(s, c)))
-            .collect();
+        let missing: Vec<u32> = self.unservable().collect();
         if missing.is_empty() {
             PlanStatus::Running
         } else {

@@ -22,6 +22,7 @@ fn config() -> PlanConfig {
         steal_after: Duration::from_secs(1),
         max_peer_failures: 2,
         max_copies: 2,
+        max_peers: 8,
     }
 }
 
@@ -185,6 +186,59 @@ fn repeated_failures_drop_the_peer() {
     }
     assert_eq!(plan.standing(&'a'), Some(PeerStanding::Gone));
     assert!(matches!(plan.status(), PlanStatus::NoProviders { .. }));
+}
+
+#[test]
+fn a_peer_found_later_joins_and_a_refreshed_one_is_asked_again() {
+    let bytes = blob(2);
+    let mut plan = FetchPlan::new(ChunkLayout::of_bytes(&bytes, CHUNK), &[], ['a'], config());
+    let req = plan.next_requests(Instant::now()).remove(0);
+    // 'a' lies: the fetch is short of peers.
+    assert!(matches!(
+        plan.on_chunk(req.id, 0, &[0; CHUNK as usize]),
+        ChunkVerdict::Lied { .. }
+    ));
+    assert!(plan.short_of_peers());
+    assert_eq!(plan.rediscover('a'), Rediscovered::Unchanged);
+    assert!(plan.next_requests(Instant::now()).is_empty());
+    // 'b' lacks the blob at first, then fetches it and is named again.
+    assert_eq!(plan.rediscover('b'), Rediscovered::Joined);
+    assert!(!plan.short_of_peers());
+    let req = plan.next_requests(Instant::now()).remove(0);
+    assert_eq!((req.peer, req.chunks.clone()), ('b', vec![0, 1]));
+    plan.on_not_held(req.id, 0);
+    plan.on_not_held(req.id, 1);
+    plan.on_request_end(req.id, RequestEnd::Finished);
+    assert!(plan.short_of_peers());
+    assert_eq!(plan.rediscover('b'), Rediscovered::Refreshed);
+    assert_eq!(plan.rediscover('b'), Rediscovered::Unchanged);
+    let req = plan.next_requests(Instant::now()).remove(0);
+    for c in [0, 1] {
+        assert_eq!(
+            plan.on_chunk(req.id, c, &chunk_of(&bytes, c)),
+            ChunkVerdict::Accept
+        );
+    }
+    assert_eq!(plan.status(), PlanStatus::Done);
+    assert_eq!(plan.liars(), vec![('a', 0)]);
+}
+
+#[test]
+fn a_gone_peer_named_again_is_live_and_peers_are_bounded() {
+    let bytes = blob(1);
+    let cfg = PlanConfig {
+        max_peers: 2,
+        ..config()
+    };
+    let mut plan = FetchPlan::new(ChunkLayout::of_bytes(&bytes, CHUNK), &[], ['a'], cfg);
+    plan.on_peer_gone(&'a');
+    assert!(matches!(plan.status(), PlanStatus::NoProviders { .. }));
+    assert_eq!(plan.rediscover('a'), Rediscovered::Refreshed);
+    assert_eq!(plan.standing(&'a'), Some(PeerStanding::Live));
+    assert_eq!(plan.rediscover('b'), Rediscovered::Joined);
+    assert_eq!(plan.rediscover('c'), Rediscovered::Full);
+    assert!(!plan.add_peer('c'));
+    assert_eq!(plan.standing(&'c'), None);
 }
 
 /// How one simulated peer treats one chunk.

@@ -724,39 +724,14 @@ fn calls_made_between_the_early_snapshot_and_the_pause_survive_the_swap() {
     // 2 MiB of state: over the early-snapshot threshold, so the state moves
     // before the pause and only the calls since are replayed inside it.
     let (node, node_dir) = kv_node(dir.path(), &["--max-memory-mib", "512"], 32);
-    let stop = Arc::new(AtomicBool::new(false));
-    let url = format!("{}/v1/skills/{KV}/put", node.http());
-    let writers: Vec<_> = (0..4)
-        .map(|w| {
-            let (stop, url) = (stop.clone(), url.clone());
-            std::thread::spawn(move || {
-                let mut acknowledged = Vec::new();
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("w{w}-{n}");
-                    let (status, body) = http_post(&url, format!("{key}\n{n}").as_bytes());
-                    assert_eq!(status, 200, "put {key}: {}", String::from_utf8_lossy(&body));
-                    acknowledged.push(key);
-                    n += 1;
-                }
-                acknowledged
-            })
-        })
-        .collect();
     // Writes run before, during and after the swap.
-    while kv_call(&node, "get", b"w0-20").0 != 200 {
-        std::thread::yield_now();
-    }
+    let writers = KvWriters::start(&node, 4, false);
     let swapped = admin(
         &node_dir,
         serde_json::json!({"op": "deploy", "package": KV, "version": "2.0.0"}),
     )
     .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    let acknowledged: Vec<String> = writers
-        .into_iter()
-        .flat_map(|w| w.join().unwrap())
-        .collect();
+    let acknowledged = writers.finish();
     assert_eq!(
         swapped["swap"]["state_path"], "migration+replay",
         "{swapped}"
@@ -774,33 +749,8 @@ fn calls_made_between_the_early_snapshot_and_the_pause_survive_the_swap() {
     }
     assert!(kv_call(&node, "get", b"k0031").1 == kv_value(31));
     // A crash of v2 now restores the early snapshot and replays the journal.
-    let status = admin(&node_dir, serde_json::json!({"op": "status"})).unwrap();
-    let pid = status["skills"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["package"] == KV && s["role"] == "active")
-        .unwrap()["pid"]
-        .as_u64()
-        .unwrap() as i32;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let last = acknowledged.last().unwrap();
-    while kv_call(&node, "get", last.as_bytes()).0 != 200 {
-        assert!(Instant::now() < deadline, "v2 never served again");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for key in &acknowledged {
-        assert_eq!(
-            kv_call(&node, "get", key.as_bytes()).0,
-            200,
-            "{key} lost by the crash"
-        );
-    }
+    kill_active_kv(&node_dir);
+    assert_kv_holds(&node, &acknowledged, "the crash");
     // And a rollback to v1 (no down-migration) keeps them too.
     let back = admin(
         &node_dir,
@@ -815,6 +765,143 @@ fn calls_made_between_the_early_snapshot_and_the_pause_survive_the_swap() {
             "{key} lost by the rollback"
         );
     }
+}
+
+/// Closed-loop kv writers, each putting `w<i>-<n>` = `n`; `finish` returns
+/// the keys acknowledged.
+struct KvWriters {
+    stop: Arc<AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl KvWriters {
+    /// Starts `threads` writers and waits until the first wrote 20 keys.
+    /// With `worker_killed`, a 5xx (a call cut by the kill, not
+    /// acknowledged) is allowed; otherwise every call must succeed.
+    fn start(node: &NodeProcess, threads: usize, worker_killed: bool) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let url = format!("{}/v1/skills/{KV}/put", node.http());
+        let handles = (0..threads)
+            .map(|w| {
+                let (stop, url) = (stop.clone(), url.clone());
+                std::thread::spawn(move || {
+                    let mut acknowledged = Vec::new();
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let key = format!("w{w}-{n}");
+                        let (status, body) = http_post(&url, format!("{key}\n{n}").as_bytes());
+                        if status == 200 {
+                            acknowledged.push(key);
+                        } else {
+                            assert!(
+                                worker_killed && status >= 500,
+                                "put {key}: {status} {}",
+                                String::from_utf8_lossy(&body)
+                            );
+                        }
+                        n += 1;
+                    }
+                    acknowledged
+                })
+            })
+            .collect();
+        while kv_call(node, "get", b"w0-20").0 != 200 {
+            std::thread::yield_now();
+        }
+        Self { stop, handles }
+    }
+
+    fn finish(self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handles
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    }
+}
+
+fn kill_active_kv(node_dir: &Path) {
+    let status = admin(node_dir, serde_json::json!({"op": "status"})).unwrap();
+    let pid = status["skills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["package"] == KV && s["role"] == "active")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// Every acknowledged key reads back its value (once the worker serves).
+fn assert_kv_holds(node: &NodeProcess, acknowledged: &[String], after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let last = acknowledged.last().unwrap();
+    while kv_call(node, "get", last.as_bytes()).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "never served again after {after}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for key in acknowledged {
+        let (status, value) = kv_call(node, "get", key.as_bytes());
+        assert_eq!(status, 200, "acknowledged {key} lost by {after}");
+        let n = key.rsplit('-').next().unwrap();
+        assert_eq!(value, n.as_bytes(), "{key} after {after}");
+    }
+}
+
+// A large state is checkpointed while it serves: the pause only swaps the
+// journal for the calls since. Calls around it, and a worker killed inside
+// its pause, lose nothing.
+#[test]
+fn a_large_state_is_checkpointed_early_under_load_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, node_dir) = kv_node(dir.path(), &[], 32);
+    let writers = KvWriters::start(&node, 4, true);
+    for _ in 0..3 {
+        let checkpoint = admin(
+            &node_dir,
+            serde_json::json!({"op": "checkpoint", "package": KV}),
+        )
+        .unwrap();
+        assert_eq!(
+            checkpoint["state_path"], "early_snapshot+journal",
+            "{checkpoint}"
+        );
+        assert!(checkpoint["state_bytes"].as_u64().unwrap() > 2 << 20);
+    }
+    // Killed after its early snapshot, inside the pause: the checkpoint
+    // fails or snapshots the restarted worker; either way nothing is lost.
+    admin(
+        &node_dir,
+        serde_json::json!({"op": "inject_fault", "spec": "checkpoint:kill-old"}),
+    )
+    .unwrap();
+    let killed = admin(
+        &node_dir,
+        serde_json::json!({"op": "checkpoint", "package": KV}),
+    );
+    admin(&node_dir, serde_json::json!({"op": "inject_fault"})).unwrap();
+    eprintln!("checkpoint with its worker killed: {killed:?}");
+    assert_kv_holds(&node, &[String::from("w0-20")], "the kill");
+    let after = admin(
+        &node_dir,
+        serde_json::json!({"op": "checkpoint", "package": KV}),
+    )
+    .unwrap();
+    eprintln!("next checkpoint: {after}");
+    let acknowledged = writers.finish();
+    assert_kv_holds(&node, &acknowledged, "checkpoints and a kill");
+    assert!(kv_call(&node, "get", b"k0031").1 == kv_value(31));
+    // A crash now restores the last early checkpoint and replays the journal.
+    kill_active_kv(&node_dir);
+    assert_kv_holds(&node, &acknowledged, "a crash after early checkpoints");
 }
 
 #[test]

@@ -11,11 +11,12 @@ use super::orchestrator::{SwapConfig, SwapError};
 use super::package_state::PackageState;
 use super::standby;
 use super::steps::{
-    REPLAY_BATCH, restore_request, snapshot_into_segment, step_fault, us, write_durable,
+    REPLAY_BATCH, journal_since, kill, restore_request, snapshot_into_segment,
+    snapshot_to_segment_for, step_fault, us, write_durable,
 };
 use crate::runtime::connection::WorkerConnection;
-use crate::runtime::frame::Request;
-use crate::runtime::{SupervisedWorker, Supervisor};
+use crate::runtime::frame::{Request, SegmentWrite};
+use crate::runtime::{Route, SupervisedWorker, Supervisor};
 
 /// Takes a checkpoint of `package` now (pause, drain, snapshot, resume),
 /// then writes it to disk.
@@ -58,6 +59,7 @@ pub(super) async fn checkpoint_now(
         }
         event.timings.prewarm_us = us(started);
     }
+    let early = early_snapshot(&state, &active, config).await?;
     let paused_at = Instant::now();
     route.pause();
     let result = async {
@@ -86,7 +88,7 @@ pub(super) async fn checkpoint_now(
             }
         };
         let (snapshot, followed) = tokio::join!(
-            snapshot_into_segment(&state, &route, &active, config.snapshot_timeout),
+            paused_snapshot(&state, &route, &active, early, config),
             follow_tail
         );
         match followed {
@@ -99,11 +101,87 @@ pub(super) async fn checkpoint_now(
     route.resume();
     event.timings.pause_us = us(paused_at);
     drop(control);
-    let (_, bytes, _) = result?;
+    let (bytes, path) = result?;
     event.state_bytes = bytes;
+    event.state_path = Some(path);
     write_durable(&state, &active.spec().version);
     state.record(&event);
     Ok(event)
+}
+
+/// For a state of at least `early_snapshot_min_bytes`, the active worker
+/// publishes its state while it serves (its own journal starts over
+/// there); the pause then only swaps the route's journal for the calls the
+/// worker ran since, instead of holding the whole snapshot. `None`: the
+/// state is small, or an early snapshot is already pending (the journal
+/// follows the generation before the current one).
+async fn early_snapshot(
+    state: &PackageState,
+    active: &SupervisedWorker,
+    config: &SwapConfig,
+) -> Result<Option<SegmentWrite>, SwapError> {
+    if state.last_len() < config.early_snapshot_min_bytes
+        || state.generation() == 0
+        || state.journal_base() != state.generation()
+    {
+        return Ok(None);
+    }
+    let bound = config.prewarm_timeout;
+    match tokio::time::timeout(bound, snapshot_to_segment_for(state, active, None)).await {
+        Ok(Ok(write)) => Ok(Some(write)),
+        Ok(Err(why)) => {
+            tracing::info!(package = state.package(), %why, "early snapshot failed; the whole state moves inside the pause");
+            Ok(None)
+        }
+        Err(_) => {
+            // A late publication would overwrite the buffer the journal
+            // follows: stop it (the worker comes back from that buffer).
+            kill(active);
+            Err(SwapError::Step {
+                package: state.package().to_string(),
+                step: "snapshot",
+                why: format!("early snapshot timed out after {bound:?}"),
+            })
+        }
+    }
+}
+
+/// Under the pause: the route's journal becomes the calls since the early
+/// snapshot (fetched from the worker), or, without one, the worker
+/// snapshots the whole state. Returns the state's size and which way it went.
+async fn paused_snapshot(
+    state: &PackageState,
+    route: &Route<SupervisedWorker>,
+    active: &SupervisedWorker,
+    early: Option<SegmentWrite>,
+    config: &SwapConfig,
+) -> Result<(u64, &'static str), SwapError> {
+    if let Some(write) = early {
+        let fetched = tokio::time::timeout(
+            config.snapshot_timeout,
+            journal_since(active, write.generation, 0),
+        )
+        .await;
+        match fetched {
+            Ok(Ok(delta)) => {
+                drop(route.journal().replace(delta));
+                state.set_journal_base(write.generation);
+                return Ok((write.len, "early_snapshot+journal"));
+            }
+            Ok(Err(why)) => {
+                tracing::info!(package = state.package(), %why, "no journal since the early snapshot; snapshotting the whole state");
+            }
+            Err(_) => {
+                tracing::info!(
+                    package = state.package(),
+                    "the journal since the early snapshot timed out; snapshotting the whole state"
+                );
+            }
+        }
+    }
+    let (_, bytes, _) =
+        snapshot_into_segment(state, route, active, config.snapshot_timeout).await?;
+    Ok((bytes, "snapshot"))
 }
 
 pub(super) fn start_checkpoint_task(

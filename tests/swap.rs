@@ -264,8 +264,8 @@ fn rollback_after_checkpoints_in_the_warm_window_keeps_every_acknowledged_increm
         add(&node, 3);
         deploy(&node_dir, "2.0.0").unwrap();
         let load = Load::start(&node, 8);
-        let mut followed = 0;
-        // Two checkpoints: the pre-swap state has left the segment.
+        // Two checkpoints (and the periodic ones): the journal since the
+        // swap was emptied, the pre-swap state has left the segment.
         for _ in 0..2 {
             load.wait_for(200);
             let checkpoint = admin(
@@ -274,10 +274,8 @@ fn rollback_after_checkpoints_in_the_warm_window_keeps_every_acknowledged_increm
             )
             .unwrap();
             assert_eq!(checkpoint["kind"], "checkpoint", "{checkpoint}");
-            followed += checkpoint["replayed"].as_u64().unwrap();
             assert_eq!(swap_status(&node_dir)["rollback_to"], "1.0.0", "{env:?}");
         }
-        assert!(followed >= 400, "the standby followed {followed} calls");
         load.wait_for(100);
         let rolled = admin(
             &node_dir,

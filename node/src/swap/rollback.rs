@@ -78,6 +78,17 @@ pub async fn rollback(
         })
         .await?;
         event.state_bytes = write.len;
+        // Calls acknowledged during that snapshot: into the standby too,
+        // still outside the pause (its state runs ahead of its checkpoint,
+        // and the journal keeps them from `since` on).
+        let caught_up = caught_up
+            + standby::catch_up(&state, &route, &old, &mut window)
+                .await
+                .map_err(|why| SwapError::Step {
+                    package: package.to_string(),
+                    step: "rollback",
+                    why,
+                })?;
         event.timings.prewarm_us = us(early);
         let paused_at = Instant::now();
         let paused =

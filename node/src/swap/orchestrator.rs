@@ -301,6 +301,9 @@ async fn run_swap(
     match outcome {
         Ok(()) => {
             event.timings.pause_us = us(paused_at);
+            // Before the flip: the standby holds every call acknowledged
+            // so far, and none after it.
+            standby::open_window(state, route, old, config);
             let replaced = route.set_standby(Some(new.clone()));
             let flip_start = Instant::now();
             // Active becomes the new worker, standby the old one.
@@ -310,7 +313,6 @@ async fn run_swap(
             event.timings.flip_us = us(flip_start);
             event.timings.pause_us = us(paused_at);
             drop(garbage);
-            standby::open_window(state, route, old, config);
             drop(control);
             if let Some(replaced) = replaced.filter(|r| !Arc::ptr_eq(r, old)) {
                 supervisor.stop_worker(&replaced).await;

@@ -26,7 +26,7 @@
 //! Timers are the caller's: [`PeerCore::poll_timeout`] says when the core
 //! next needs a [`PeerInput::Tick`].
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::hash::Hash;
 
@@ -44,10 +44,11 @@ use crate::intent::SignedIntent;
 use crate::manifest::{PackageName, SignedManifest};
 use crate::proto::v1 as wire;
 use crate::signing::digest;
-use crate::status::{PackageStatus, StatusTable, failure_reports};
+use crate::status::{PackageStatus, StatusTable};
 use crate::status_board::{
-    Merged, NodeStatus, StatusBoard, StatusBoardLimits, StatusRecordError, record_header,
+    Merged, NodeStatus, Slot, StatusBoard, StatusBoardLimits, StatusRecordError, record_header,
 };
+use crate::status_frame::{StatusExchangeRef, encode_status_frame, parse_status_frame};
 use crate::trust::TrustRoot;
 
 /// Largest heads announcement (gossipsub payload) the core sends or accepts.
@@ -227,11 +228,14 @@ struct PeerSession {
     unanswered_frames: usize,
     /// Consecutive frames per document that changed nothing here.
     fruitless_rounds: BTreeMap<DocumentId, u32>,
-    /// node id → the highest seq the peer is known to hold (it sent it, was
-    /// sent it, or listed it); bounded by the board's `max_nodes` plus one
-    /// versions list. Only looked up, never iterated, so a hash map keeps
-    /// the core's outputs deterministic.
-    status_known: HashMap<String, u64>,
+    /// Board slot → the highest seq of that node's record the peer is known
+    /// to hold (it sent it, was sent it, or listed it); bounded by the
+    /// board's `max_nodes`.
+    status_known: Vec<Option<u64>>,
+    /// Nodes the peer listed that have no record (no slot) here yet → the
+    /// seq listed; moved to `status_known` when their first record comes.
+    /// At most one versions list (`max_nodes`).
+    status_known_unslotted: BTreeMap<Box<str>, u64>,
 }
 
 /// Announced heads this core lacked when the announcement came.
@@ -277,8 +281,8 @@ pub struct PeerCore<P> {
     pull_due: BTreeMap<(DocumentId, P), PendingPull>,
     /// Every node's status.
     board: StatusBoard,
-    /// Nodes whose records are new here and not yet pushed.
-    status_dirty: BTreeSet<String>,
+    /// Board slots of the records new here and not yet pushed.
+    status_dirty: BTreeSet<Slot>,
     /// When the records in `status_dirty` are pushed.
     status_push_at: Option<u64>,
     /// When the board is next saved (it changed since the last save).
@@ -344,6 +348,12 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         let mut board = StatusBoard::new(self.node_id.clone(), self.config.status.clone());
         let skipped = board.load(bytes)?;
         self.board = board;
+        // Slots belong to the board they were taken from.
+        self.status_dirty.clear();
+        for session in self.peers.values_mut() {
+            session.status_known.clear();
+            session.status_known_unslotted.clear();
+        }
         let mut actions = Vec::new();
         self.refresh_targets(true, &mut actions);
         Ok(skipped)
@@ -387,6 +397,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
     /// A save of the status board (for the node's shutdown).
     pub fn save_status_board(&mut self) -> Vec<u8> {
         self.status_persist_at = None;
+        self.board.sort();
         self.board.save()
     }
 
@@ -539,12 +550,13 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                     .max()
                     .unwrap_or(0);
                 let what = format!("status of {package}");
-                let failures_before: Vec<_> = self.own_failures();
+                let failures_before = self.board.own_failures().to_vec();
                 match self.board.report(package, status) {
                     Ok(()) => {
-                        let failures_changed = self.own_failures() != failures_before;
-                        let own = self.node_id.clone();
-                        self.status_changed(own, failures_changed, &mut actions);
+                        let failures_changed = self.board.own_failures() != failures_before;
+                        if let Some(own) = self.board.slot(&self.node_id) {
+                            self.status_changed(own, failures_changed, &mut actions);
+                        }
                     }
                     Err(err) => actions.push(PeerAction::WriteFailed {
                         what,
@@ -689,12 +701,17 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                 actions,
             );
         }
+        // Status frames are read in place (most of their records are held
+        // here already); anything else, or anything unusual, through prost.
+        if let Some(exchange) = parse_status_frame(bytes) {
+            return self.on_status_exchange(from, exchange, actions);
+        }
         let frame = match wire::SyncFrame::decode(bytes) {
             Ok(frame) => frame,
             Err(err) => return refuse(format!("malformed sync frame: {err}"), actions),
         };
-        if let Some(exchange) = frame.status {
-            return self.on_status_exchange(from, exchange, actions);
+        if let Some(exchange) = &frame.status {
+            return self.on_status_exchange(from, StatusExchangeRef::of(exchange), actions);
         }
         let Some(id) = frame.document.as_ref().and_then(DocumentId::from_wire) else {
             return refuse("sync frame names no known document".to_string(), actions);
@@ -838,9 +855,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         let (Some(doc), Some(session)) = (self.docs.get_mut(&id), self.peers.get_mut(peer)) else {
             return;
         };
-        if session.unanswered_frames >= self.config.max_unanswered_frames_per_peer {
-            // The peer is silent: send nothing more until it speaks again
-            // (its next frame is answered as usual) or anti-entropy restarts it.
+        if !admits_frame(session, &self.config) {
             return;
         }
         let state = session.sync.entry(id).or_default();
@@ -858,11 +873,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             sync_message: message,
             status: None,
         };
-        session.unanswered_frames += 1;
-        actions.push(PeerAction::Send {
-            to: peer.clone(),
-            bytes: frame.encode_to_vec(),
-        });
+        emit_frame(session, peer, frame.encode_to_vec(), actions);
     }
 
     fn flush_announcements(&mut self, actions: &mut Vec<PeerAction<P>>) {
@@ -900,25 +911,11 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         }
     }
 
-    /// (package, failed version, clock) of this node's own failures.
-    fn own_failures(&self) -> Vec<(PackageName, semver::Version, u64)> {
-        self.board.get(&self.node_id).map_or_else(Vec::new, |own| {
-            own.packages
-                .iter()
-                .filter_map(|(package, status)| {
-                    status
-                        .failed()
-                        .map(|v| (package.clone(), v.clone(), status.known_intent_clock))
-                })
-                .collect()
-        })
-    }
-
     /// A record is new on the board: push it later, save the board later,
     /// and decide again if the failures it reports changed.
     fn status_changed(
         &mut self,
-        node: String,
+        node: Slot,
         failures_changed: bool,
         actions: &mut Vec<PeerAction<P>>,
     ) {
@@ -935,12 +932,14 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
 
     /// Sends `peer` this board's digest (a connection, an anti-entropy round).
     fn send_status_digest(&mut self, peer: &P, actions: &mut Vec<PeerAction<P>>) {
-        let exchange = wire::StatusExchange {
+        let digest = self.board.digest();
+        let exchange = StatusExchangeRef {
             phase: wire::StatusPhase::Digest as i32,
-            digest: self.board.digest().to_vec(),
+            digest: &digest,
             ..Default::default()
         };
-        self.send_status_frame(peer, exchange, actions);
+        let frame = encode_status_frame(&exchange);
+        self.send_status_frame(peer, frame, actions);
     }
 
     /// Sends `peer` this board's whole (node, seq) list.
@@ -950,46 +949,33 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         } else {
             wire::StatusPhase::Versions
         };
-        let exchange = wire::StatusExchange {
+        self.board.sort();
+        let digest = self.board.digest();
+        let exchange = StatusExchangeRef {
             phase: phase as i32,
-            digest: self.board.digest().to_vec(),
-            versions: self
-                .board
-                .versions()
-                .map(|(node_id, seq)| wire::StatusVersion {
-                    node_id: node_id.to_string(),
-                    seq,
-                })
-                .collect(),
+            digest: &digest,
+            versions: self.board.versions().collect(),
             records: Vec::new(),
         };
-        self.send_status_frame(peer, exchange, actions);
+        let frame = encode_status_frame(&exchange);
+        self.send_status_frame(peer, frame, actions);
     }
 
-    /// Sends `peer` the records of `nodes` it is not known to hold, packed
+    /// Sends `peer` the records in `slots` it is not known to hold, packed
     /// into frames of at most [`MAX_STATUS_FRAME_BYTES`], and notes that it
     /// holds them now.
-    fn send_status_records<'a>(
-        &mut self,
-        peer: &P,
-        nodes: impl Iterator<Item = &'a str>,
-        actions: &mut Vec<PeerAction<P>>,
-    ) {
+    fn send_status_records(&mut self, peer: &P, slots: &[Slot], actions: &mut Vec<PeerAction<P>>) {
         let Some(session) = self.peers.get_mut(peer) else {
             return;
         };
-        let mut frames: Vec<Vec<Vec<u8>>> = Vec::new();
-        let mut current: Vec<Vec<u8>> = Vec::new();
+        let mut frames: Vec<Vec<&[u8]>> = Vec::new();
+        let mut current: Vec<&[u8]> = Vec::new();
         let mut current_bytes = 0;
-        for node in nodes {
-            let Some((seq, bytes)) = self.board.record(node) else {
+        for &slot in slots {
+            let Some((_, seq, bytes)) = self.board.at(slot) else {
                 continue;
             };
-            if session
-                .status_known
-                .get(node)
-                .is_some_and(|known| *known >= seq)
-            {
+            if is_known(&session.status_known, slot, seq) {
                 continue;
             }
             if current_bytes + bytes.len() > MAX_STATUS_FRAME_BYTES && !current.is_empty() {
@@ -997,45 +983,33 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                 current_bytes = 0;
             }
             current_bytes += bytes.len();
-            current.push(bytes.to_vec());
-            note_known(&mut session.status_known, node, seq);
+            current.push(bytes);
+            note_known(&mut session.status_known, slot, seq);
         }
         if !current.is_empty() {
             frames.push(current);
         }
         for records in frames {
-            let exchange = wire::StatusExchange {
+            if !admits_frame(session, &self.config) {
+                // The peer is silent; anti-entropy repairs what it misses.
+                return;
+            }
+            let frame = encode_status_frame(&StatusExchangeRef {
                 phase: wire::StatusPhase::Records as i32,
                 records,
                 ..Default::default()
-            };
-            self.send_status_frame(peer, exchange, actions);
+            });
+            emit_frame(session, peer, frame, actions);
         }
     }
 
-    fn send_status_frame(
-        &mut self,
-        peer: &P,
-        exchange: wire::StatusExchange,
-        actions: &mut Vec<PeerAction<P>>,
-    ) {
+    fn send_status_frame(&mut self, peer: &P, frame: Vec<u8>, actions: &mut Vec<PeerAction<P>>) {
         let Some(session) = self.peers.get_mut(peer) else {
             return;
         };
-        if session.unanswered_frames >= self.config.max_unanswered_frames_per_peer {
-            // The peer is silent; anti-entropy repairs what it misses.
-            return;
+        if admits_frame(session, &self.config) {
+            emit_frame(session, peer, frame, actions);
         }
-        session.unanswered_frames += 1;
-        let frame = wire::SyncFrame {
-            document: None,
-            sync_message: Vec::new(),
-            status: Some(exchange),
-        };
-        actions.push(PeerAction::Send {
-            to: peer.clone(),
-            bytes: frame.encode_to_vec(),
-        });
     }
 
     /// A status exchange frame from `from`: merge its records, then answer
@@ -1044,7 +1018,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
     fn on_status_exchange(
         &mut self,
         from: P,
-        exchange: wire::StatusExchange,
+        exchange: StatusExchangeRef<'_>,
         actions: &mut Vec<PeerAction<P>>,
     ) {
         let refuse = |reason: String, actions: &mut Vec<PeerAction<P>>| {
@@ -1073,48 +1047,55 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             );
         }
         // Records held here already (most of a push, with several peers
-        // relaying) are recognised from their header alone.
-        let mut records: Vec<(NodeStatus, Vec<u8>)> = Vec::new();
-        let mut held: Vec<usize> = Vec::new();
-        for (index, bytes) in exchange.records.iter().enumerate() {
+        // relaying) are recognised from their header and one lookup.
+        let mut records: Vec<(NodeStatus, &str, &[u8])> = Vec::new();
+        let mut held: Vec<(Slot, u64)> = Vec::new();
+        for bytes in &exchange.records {
             let (node, seq) = match record_header(bytes) {
                 Ok(header) => header,
                 Err(err) => return refuse(err.to_string(), actions),
             };
-            if !self.board.would_take(node, seq, bytes) {
-                held.push(index);
+            let slot = self.board.slot(node);
+            if !self.board.would_take_at(slot, node, seq, bytes) {
+                // Not taken means held: `slot` is set.
+                if let Some(slot) = slot {
+                    held.push((slot, seq));
+                }
                 continue;
             }
             match NodeStatus::decode(bytes) {
-                Ok(record) => records.push((record, bytes.clone())),
+                Ok(record) => records.push((record, node, bytes)),
                 Err(err) => return refuse(err.to_string(), actions),
             }
         }
         if let Some(session) = self.peers.get_mut(&from) {
-            for index in held {
-                if let Ok((node, seq)) = record_header(&exchange.records[index]) {
-                    note_known(&mut session.status_known, node, seq);
-                }
+            for (slot, seq) in held {
+                note_known(&mut session.status_known, slot, seq);
             }
         }
         let mut full = false;
-        for (record, bytes) in records {
-            let node = record.node_id.clone();
+        for (record, node, bytes) in records {
             let seq = record.seq;
-            let merged = self.board.merge_decoded(record, &bytes);
-            if let Some(session) = self.peers.get_mut(&from)
-                && self.board.seq(&node).is_some()
-            {
-                note_known(&mut session.status_known, &node, seq);
+            let nodes_before = self.board.len();
+            let merged = self.board.merge_decoded(record, bytes);
+            let Some(slot) = self.board.slot(node) else {
+                // Not on the board (it is full): nothing to note.
+                if merged == Merged::BoardFull {
+                    full = true;
+                }
+                continue;
+            };
+            if self.board.len() > nodes_before {
+                self.slot_created(slot, node);
+            }
+            if let Some(session) = self.peers.get_mut(&from) {
+                note_known(&mut session.status_known, slot, seq);
             }
             match merged {
                 Merged::Stored { failures_changed } => {
-                    self.status_changed(node, failures_changed, actions)
+                    self.status_changed(slot, failures_changed, actions)
                 }
-                Merged::OwnRefuted => {
-                    let own = self.node_id.clone();
-                    self.status_changed(own, false, actions);
-                }
+                Merged::OwnRefuted => self.status_changed(slot, false, actions),
                 Merged::Stale => {}
                 Merged::BoardFull => full = true,
             }
@@ -1131,28 +1112,55 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         match phase {
             wire::StatusPhase::Records => {}
             wire::StatusPhase::Digest => {
-                if exchange.digest.as_slice() != self.board.digest().as_slice() {
+                if exchange.digest != self.board.digest().as_slice() {
                     self.send_status_versions(&from, true, actions);
                 }
             }
             wire::StatusPhase::VersionsAsk | wire::StatusPhase::Versions => {
-                let theirs: HashMap<String, u64> = exchange
-                    .versions
-                    .into_iter()
-                    .map(|v| (v.node_id, v.seq))
-                    .collect();
-                let they_hold_more = theirs
-                    .iter()
-                    .any(|(node, seq)| self.board.seq(node).is_none_or(|mine| mine < *seq));
-                if let Some(session) = self.peers.get_mut(&from) {
-                    session.status_known = theirs;
+                // What the peer holds now is exactly its list (a node listed
+                // twice: the last entry counts).
+                let mut known: Vec<Option<u64>> = vec![None; self.board.len()];
+                let mut unslotted: BTreeMap<Box<str>, u64> = BTreeMap::new();
+                for (node, seq) in &exchange.versions {
+                    match self.board.slot(node) {
+                        Some(slot) => {
+                            if let Some(held) = known.get_mut(slot as usize) {
+                                *held = Some(*seq);
+                            }
+                        }
+                        None => {
+                            unslotted.insert((*node).into(), *seq);
+                        }
+                    }
                 }
-                let nodes: Vec<String> =
-                    self.board.versions().map(|(n, _)| n.to_string()).collect();
-                self.send_status_records(&from, nodes.iter().map(String::as_str), actions);
+                let they_hold_more = !unslotted.is_empty()
+                    || known.iter().enumerate().any(|(slot, theirs)| {
+                        theirs.is_some_and(|theirs| {
+                            self.board
+                                .seq_at(slot as Slot)
+                                .is_some_and(|mine| mine < theirs)
+                        })
+                    });
+                self.board.sort();
+                if let Some(session) = self.peers.get_mut(&from) {
+                    session.status_known = known;
+                    session.status_known_unslotted = unslotted;
+                }
+                let slots = self.board.slots();
+                self.send_status_records(&from, &slots, actions);
                 if phase == wire::StatusPhase::VersionsAsk && they_hold_more {
                     self.send_status_versions(&from, false, actions);
                 }
+            }
+        }
+    }
+
+    /// A node's first record is on the board: what peers listed of it
+    /// before it had a slot now counts for the slot.
+    fn slot_created(&mut self, slot: Slot, node: &str) {
+        for session in self.peers.values_mut() {
+            if let Some(seq) = session.status_known_unslotted.remove(node) {
+                note_known(&mut session.status_known, slot, seq);
             }
         }
     }
@@ -1164,10 +1172,10 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             return;
         }
         self.status_push_at = None;
-        let dirty: Vec<String> = std::mem::take(&mut self.status_dirty).into_iter().collect();
+        let dirty: Vec<Slot> = std::mem::take(&mut self.status_dirty).into_iter().collect();
         let peers: Vec<P> = self.peers.keys().cloned().collect();
         for peer in &peers {
-            self.send_status_records(peer, dirty.iter().map(String::as_str), actions);
+            self.send_status_records(peer, &dirty, actions);
         }
     }
 
@@ -1177,6 +1185,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             return;
         }
         self.status_persist_at = None;
+        self.board.sort();
         actions.push(PeerAction::PersistStatusBoard {
             bytes: self.board.save(),
         });
@@ -1246,7 +1255,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
     fn refresh_targets(&mut self, failures_changed: bool, actions: &mut Vec<PeerAction<P>>) {
         if failures_changed {
             self.view.quarantine = derive_quarantine(
-                failure_reports(self.board.statuses()),
+                self.board.failure_reports(),
                 self.config.quarantine_threshold,
             );
         }
@@ -1261,15 +1270,45 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
     }
 }
 
-/// Notes that a peer holds `node`'s record up to `seq` (allocating the key
-/// only for a node not noted yet).
-fn note_known(known: &mut HashMap<String, u64>, node: &str, seq: u64) {
-    match known.get_mut(node) {
-        Some(held) => *held = (*held).max(seq),
-        None => {
-            known.insert(node.to_string(), seq);
-        }
+/// Notes that a peer holds the record in `slot` up to `seq`.
+fn note_known(known: &mut Vec<Option<u64>>, slot: Slot, seq: u64) {
+    let index = slot as usize;
+    if known.len() <= index {
+        known.resize(index + 1, None);
     }
+    let held = &mut known[index];
+    *held = Some(held.map_or(seq, |held| held.max(seq)));
+}
+
+/// Whether the peer is known to hold the record in `slot` at `seq` or above.
+fn is_known(known: &[Option<u64>], slot: Slot, seq: u64) -> bool {
+    known
+        .get(slot as usize)
+        .copied()
+        .flatten()
+        .is_some_and(|held| held >= seq)
+}
+
+/// The unanswered-frame gate both sync and status frames pass: at most
+/// `max_unanswered_frames_per_peer` frames go to a peer since it last sent
+/// one. A silent peer is sent nothing more until it speaks again (its next
+/// frame is answered as usual) or anti-entropy restarts the exchange.
+fn admits_frame(session: &PeerSession, config: &PeerConfig) -> bool {
+    session.unanswered_frames < config.max_unanswered_frames_per_peer
+}
+
+/// Sends a frame the gate admitted, counting it as unanswered.
+fn emit_frame<P: Clone>(
+    session: &mut PeerSession,
+    to: &P,
+    bytes: Vec<u8>,
+    actions: &mut Vec<PeerAction<P>>,
+) {
+    session.unanswered_frames += 1;
+    actions.push(PeerAction::Send {
+        to: to.clone(),
+        bytes,
+    });
 }
 
 /// A sync state that starts a new round from `shared_heads` (the heads both

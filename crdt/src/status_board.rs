@@ -16,10 +16,12 @@
 //! This module is the board and its merge rule; [`crate::peer`] decides when
 //! records travel.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 
 use prost::Message as _;
 
+use crate::arbitration::FailureReport;
 use crate::manifest::PackageName;
 use crate::proto::v1 as wire;
 use crate::signing::digest;
@@ -129,18 +131,48 @@ pub enum Merged {
     BoardFull,
 }
 
+/// (package, failed version, intent clock) of one failure a record reports.
+type Failure = (PackageName, semver::Version, u64);
+
+/// Where a node's record sits on a board: an index that never changes
+/// while the board lives (records are replaced, never removed), so the
+/// peer core can keep what each peer holds in a vector by slot instead of
+/// a map keyed by node id.
+pub type Slot = u32;
+
+/// One node's latest record, kept as it travels (the encoded bytes) plus
+/// what the board needs from its content: no decoded copy is kept, so a
+/// board of thousands of nodes is a few allocations per node.
 #[derive(Clone, Debug)]
-struct Stored {
-    status: NodeStatus,
+struct Entry {
+    node_id: Box<str>,
+    seq: u64,
     bytes: Vec<u8>,
+    /// This record's term of the board digest ([`version_term`]).
+    term: [u8; 32],
+    /// The failures it reports, in package order (usually none).
+    failures: Vec<Failure>,
 }
 
 /// Node id → that node's latest record, bounded by [`StatusBoardLimits`].
+///
+/// Records are looked up by node id through a hash map to a [`Slot`]; a
+/// second index keeps the slots in node id order for everything that is
+/// iterated (the versions list, the save, the table), so no output depends
+/// on hash order. That index is brought up to date by
+/// [`StatusBoard::sort`] (new nodes come in bursts; sorting once after a
+/// burst is cheaper than an ordered insert each); until then iterating
+/// sorts a copy.
 #[derive(Clone, Debug)]
 pub struct StatusBoard {
     own_id: String,
     limits: StatusBoardLimits,
-    records: BTreeMap<String, Stored>,
+    entries: Vec<Entry>,
+    index: HashMap<Box<str>, Slot>,
+    /// Slots in node id order; slots past its length are not in it yet.
+    sorted: Vec<Slot>,
+    /// This node's own record, decoded (it is rewritten on every report).
+    own: Option<NodeStatus>,
     bytes: usize,
     digest: [u8; 32],
 }
@@ -180,7 +212,7 @@ impl NodeStatus {
             });
         }
         let mut packages = BTreeMap::new();
-        for entry in record.packages {
+        for mut entry in record.packages {
             let bad = |reason: String| StatusRecordError::BadPackage {
                 node: record.node_id.clone(),
                 package: entry.package.clone(),
@@ -190,7 +222,7 @@ impl NodeStatus {
                 entry.package.parse().map_err(|err| bad(format!("{err}")))?;
             let status = entry
                 .status
-                .clone()
+                .take()
                 .ok_or_else(|| bad("no status".to_string()))
                 .and_then(|status| PackageStatus::from_wire(status).map_err(bad))?;
             if packages.insert(package, status).is_some() {
@@ -206,12 +238,15 @@ impl NodeStatus {
 
     /// (package, failed version, intent clock) of every failure reported,
     /// in package order: what the quarantine is derived from.
-    fn failures(&self) -> impl Iterator<Item = (&PackageName, &semver::Version, u64)> {
-        self.packages.iter().filter_map(|(package, status)| {
-            status
-                .failed()
-                .map(|version| (package, version, status.known_intent_clock))
-        })
+    fn failures(&self) -> Vec<Failure> {
+        self.packages
+            .iter()
+            .filter_map(|(package, status)| {
+                status
+                    .failed()
+                    .map(|version| (package.clone(), version.clone(), status.known_intent_clock))
+            })
+            .collect()
     }
 }
 
@@ -282,10 +317,21 @@ impl StatusBoard {
         StatusBoard {
             own_id: own_id.into(),
             limits,
-            records: BTreeMap::new(),
+            entries: Vec::new(),
+            index: HashMap::new(),
+            sorted: Vec::new(),
+            own: None,
             bytes: 0,
             digest: [0; 32],
         }
+    }
+
+    fn own_or_empty(&self) -> NodeStatus {
+        self.own.clone().unwrap_or_else(|| NodeStatus {
+            node_id: self.own_id.clone(),
+            seq: 0,
+            packages: BTreeMap::new(),
+        })
     }
 
     /// Sets this node's status of `package` (a new record, seq + 1).
@@ -297,14 +343,7 @@ impl StatusBoard {
         if !valid_node_id(&self.own_id) {
             return Err(StatusWriteError::BadNodeId(self.own_id.clone()));
         }
-        let mut record = self.records.get(&self.own_id).map_or_else(
-            || NodeStatus {
-                node_id: self.own_id.clone(),
-                seq: 0,
-                packages: BTreeMap::new(),
-            },
-            |stored| stored.status.clone(),
-        );
+        let mut record = self.own_or_empty();
         record.seq = record.seq.saturating_add(1);
         record.packages.insert(package, status);
         let bytes = record.encode();
@@ -314,22 +353,71 @@ impl StatusBoard {
                 packages: record.packages.len(),
             });
         }
-        self.put(record, bytes);
+        self.put_own(record, bytes);
         Ok(())
+    }
+
+    /// The slot of a node's record, if the board holds one.
+    pub fn slot(&self, node_id: &str) -> Option<Slot> {
+        self.index.get(node_id).copied()
+    }
+
+    /// Slots of every record, in node id order.
+    pub fn slots(&self) -> Vec<Slot> {
+        self.ordered().into_owned()
+    }
+
+    /// Brings the node id order up to date with the nodes added since.
+    pub fn sort(&mut self) {
+        if self.sorted.len() == self.entries.len() {
+            return;
+        }
+        self.sorted = Self::sorted_slots(&self.entries);
+    }
+
+    fn sorted_slots(entries: &[Entry]) -> Vec<Slot> {
+        let mut slots: Vec<Slot> = (0..entries.len() as Slot).collect();
+        slots.sort_unstable_by(|a, b| entries[*a as usize].node_id.cmp(&entries[*b as usize].node_id));
+        slots
+    }
+
+    /// Slots in node id order: the index if it is up to date, else a
+    /// sorted copy.
+    fn ordered(&self) -> Cow<'_, [Slot]> {
+        if self.sorted.len() == self.entries.len() {
+            Cow::Borrowed(&self.sorted)
+        } else {
+            Cow::Owned(Self::sorted_slots(&self.entries))
+        }
+    }
+
+    /// (node id, seq, encoded record) in `slot`.
+    pub fn at(&self, slot: Slot) -> Option<(&str, u64, &[u8])> {
+        self.entries
+            .get(slot as usize)
+            .map(|e| (&*e.node_id, e.seq, e.bytes.as_slice()))
+    }
+
+    /// The seq of the record in `slot`.
+    pub fn seq_at(&self, slot: Slot) -> Option<u64> {
+        self.entries.get(slot as usize).map(|e| e.seq)
     }
 
     /// Whether a record (node id, seq, bytes) would change the board if
     /// merged: cheap, from [`record_header`], before decoding the record.
     pub fn would_take(&self, node_id: &str, seq: u64, bytes: &[u8]) -> bool {
-        match self.records.get(node_id) {
+        self.would_take_at(self.slot(node_id), node_id, seq, bytes)
+    }
+
+    /// [`StatusBoard::would_take`] with the node's slot already looked up.
+    pub fn would_take_at(&self, slot: Option<Slot>, node_id: &str, seq: u64, bytes: &[u8]) -> bool {
+        match slot.and_then(|slot| self.entries.get(slot as usize)) {
             None => true,
-            Some(held) if node_id == self.own_id => seq >= held.status.seq && held.bytes != bytes,
+            Some(held) if node_id == self.own_id => seq >= held.seq && held.bytes != bytes,
             // Equal seqs with different bytes come only from a forgery or a
             // reset node; the larger encoding wins so every node keeps the
             // same one.
-            Some(held) => {
-                seq > held.status.seq || (seq == held.status.seq && bytes > held.bytes.as_slice())
-            }
+            Some(held) => seq > held.seq || (seq == held.seq && bytes > held.bytes.as_slice()),
         }
     }
 
@@ -344,26 +432,28 @@ impl StatusBoard {
         if record.node_id == self.own_id {
             return self.refute(&record, bytes);
         }
-        if !self.would_take(&record.node_id, record.seq, bytes) {
+        let slot = self.slot(&record.node_id);
+        if !self.would_take_at(slot, &record.node_id, record.seq, bytes) {
             return Merged::Stale;
         }
-        match self.records.get(&record.node_id) {
+        let failures = record.failures();
+        match slot.and_then(|slot| self.entries.get(slot as usize)) {
             Some(held) => {
-                let failures_changed = !held.status.failures().eq(record.failures());
+                let failures_changed = held.failures != failures;
                 if self.bytes - held.bytes.len() + bytes.len() > self.limits.max_bytes {
                     return Merged::BoardFull;
                 }
-                self.put(record, bytes.to_vec());
+                self.put(&record.node_id, record.seq, bytes.to_vec(), failures);
                 Merged::Stored { failures_changed }
             }
             None => {
-                if self.records.len() >= self.limits.max_nodes
+                if self.entries.len() >= self.limits.max_nodes
                     || self.bytes + bytes.len() > self.limits.max_bytes
                 {
                     return Merged::BoardFull;
                 }
-                let failures_changed = record.failures().next().is_some();
-                self.put(record, bytes.to_vec());
+                let failures_changed = !failures.is_empty();
+                self.put(&record.node_id, record.seq, bytes.to_vec(), failures);
                 Merged::Stored { failures_changed }
             }
         }
@@ -375,19 +465,12 @@ impl StatusBoard {
         if !self.would_take(&record.node_id, record.seq, bytes) {
             return Merged::Stale;
         }
-        let mut own = self.records.get(&self.own_id).map_or_else(
-            || NodeStatus {
-                node_id: self.own_id.clone(),
-                seq: 0,
-                packages: BTreeMap::new(),
-            },
-            |m| m.status.clone(),
-        );
+        let mut own = self.own_or_empty();
         // At u64::MAX a forged record cannot be out-counted (docs/MESH.md,
         // "Limits": statuses are unsigned).
         own.seq = record.seq.saturating_add(1);
         let encoded = own.encode();
-        self.put(own, encoded);
+        self.put_own(own, encoded);
         Merged::OwnRefuted
     }
 
@@ -401,7 +484,7 @@ impl StatusBoard {
         for record_bytes in save.records {
             match NodeStatus::decode(&record_bytes) {
                 Ok(record) if record.node_id == self.own_id => {
-                    self.put(record, record_bytes);
+                    self.put_own(record, record_bytes);
                 }
                 Ok(record) => {
                     if !matches!(
@@ -417,31 +500,60 @@ impl StatusBoard {
         Ok(skipped)
     }
 
-    /// The whole board as a `StatusBoardSave` (for the node's disk).
+    /// The whole board as a `StatusBoardSave` (for the node's disk), in
+    /// node id order: written straight from the records held, one buffer.
     pub fn save(&self) -> Vec<u8> {
-        wire::StatusBoardSave {
-            records: self.records.values().map(|s| s.bytes.clone()).collect(),
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        // `repeated bytes records = 1`.
+        let len: usize = self
+            .entries
+            .iter()
+            .map(|e| 1 + encoded_len_varint(e.bytes.len() as u64) + e.bytes.len())
+            .sum();
+        let mut out = Vec::with_capacity(len);
+        for slot in self.ordered().iter() {
+            let Some(entry) = self.entries.get(*slot as usize) else {
+                continue;
+            };
+            encode_key(1, WireType::LengthDelimited, &mut out);
+            encode_varint(entry.bytes.len() as u64, &mut out);
+            out.extend_from_slice(&entry.bytes);
         }
-        .encode_to_vec()
+        out
     }
 
-    fn put(&mut self, record: NodeStatus, bytes: Vec<u8>) {
-        if let Some(old) = self.records.remove(&record.node_id) {
-            self.bytes -= old.bytes.len();
-            xor_into(
-                &mut self.digest,
-                &version_term(&old.status.node_id, old.status.seq),
-            );
-        }
-        xor_into(&mut self.digest, &version_term(&record.node_id, record.seq));
+    fn put_own(&mut self, record: NodeStatus, bytes: Vec<u8>) {
+        let failures = record.failures();
+        self.put(&record.node_id, record.seq, bytes, failures);
+        self.own = Some(record);
+    }
+
+    fn put(&mut self, node_id: &str, seq: u64, bytes: Vec<u8>, failures: Vec<Failure>) {
+        let term = version_term(node_id, seq);
+        xor_into(&mut self.digest, &term);
         self.bytes += bytes.len();
-        self.records.insert(
-            record.node_id.clone(),
-            Stored {
-                status: record,
-                bytes,
-            },
-        );
+        match self.slot(node_id) {
+            Some(slot) => {
+                let entry = &mut self.entries[slot as usize];
+                self.bytes -= entry.bytes.len();
+                xor_into(&mut self.digest, &entry.term);
+                entry.seq = seq;
+                entry.bytes = bytes;
+                entry.term = term;
+                entry.failures = failures;
+            }
+            None => {
+                let slot = self.entries.len() as Slot;
+                self.entries.push(Entry {
+                    node_id: node_id.into(),
+                    seq,
+                    bytes,
+                    term,
+                    failures,
+                });
+                self.index.insert(node_id.into(), slot);
+            }
+        }
     }
 
     /// This node's id.
@@ -449,33 +561,38 @@ impl StatusBoard {
         &self.own_id
     }
 
-    /// A node's record.
-    pub fn get(&self, node_id: &str) -> Option<&NodeStatus> {
-        self.records.get(node_id).map(|s| &s.status)
+    /// A node's record, decoded.
+    pub fn get(&self, node_id: &str) -> Option<NodeStatus> {
+        if node_id == self.own_id {
+            return self.own.clone();
+        }
+        self.record_bytes(node_id)
+            .and_then(|bytes| NodeStatus::decode(bytes).ok())
     }
 
     /// A node's record as encoded (what travels).
     pub fn record_bytes(&self, node_id: &str) -> Option<&[u8]> {
-        self.records.get(node_id).map(|s| s.bytes.as_slice())
+        self.record(node_id).map(|(_, bytes)| bytes)
     }
 
     /// A node's seq and encoded record, in one lookup.
     pub fn record(&self, node_id: &str) -> Option<(u64, &[u8])> {
-        self.records
-            .get(node_id)
-            .map(|s| (s.status.seq, s.bytes.as_slice()))
+        self.slot(node_id)
+            .and_then(|slot| self.at(slot))
+            .map(|(_, seq, bytes)| (seq, bytes))
     }
 
     /// The seq held for a node.
     pub fn seq(&self, node_id: &str) -> Option<u64> {
-        self.records.get(node_id).map(|s| s.status.seq)
+        self.slot(node_id).and_then(|slot| self.seq_at(slot))
     }
 
     /// Every (node id, seq) held, in node id order.
     pub fn versions(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.records
-            .iter()
-            .map(|(node, s)| (node.as_str(), s.status.seq))
+        self.slots()
+            .into_iter()
+            .filter_map(|slot| self.entries.get(slot as usize))
+            .map(|e| (&*e.node_id, e.seq))
     }
 
     /// XOR over the board of sha256(id length, id, seq): equal boards have
@@ -486,12 +603,12 @@ impl StatusBoard {
 
     /// Nodes held.
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.entries.len()
     }
 
     /// Whether no node is held.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.entries.is_empty()
     }
 
     /// Bytes of all encoded records held.
@@ -504,19 +621,51 @@ impl StatusBoard {
         &self.limits
     }
 
-    /// Every node's package statuses, in node id order.
-    pub fn statuses(
-        &self,
-    ) -> impl Iterator<Item = (&String, &BTreeMap<PackageName, PackageStatus>)> {
-        self.records
-            .iter()
-            .map(|(node, s)| (node, &s.status.packages))
+    /// Every failure the records report, in node id order, for
+    /// [`crate::arbitration::derive_quarantine`] (kept per record when it is
+    /// merged, so nothing is decoded here).
+    pub fn failure_reports(&self) -> impl Iterator<Item = FailureReport<'_, PackageName>> {
+        self.slots()
+            .into_iter()
+            .filter_map(|slot| self.entries.get(slot as usize))
+            .flat_map(|e| {
+                e.failures
+                    .iter()
+                    .map(|(package, version, clock)| FailureReport {
+                        node: &e.node_id,
+                        package,
+                        version,
+                        known_intent_clock: *clock,
+                    })
+            })
     }
 
-    /// Node id → package → status (a copy).
+    /// This node's own failures (package, version, intent clock).
+    pub fn own_failures(&self) -> &[(PackageName, semver::Version, u64)] {
+        self.slot(&self.own_id)
+            .and_then(|slot| self.entries.get(slot as usize))
+            .map_or(&[], |e| e.failures.as_slice())
+    }
+
+    /// Every node's package statuses, in node id order (decoded here).
+    pub fn statuses(&self) -> impl Iterator<Item = (&str, BTreeMap<PackageName, PackageStatus>)> {
+        self.slots()
+            .into_iter()
+            .filter_map(|slot| self.entries.get(slot as usize))
+            .filter_map(|e| {
+                let packages = if *e.node_id == *self.own_id {
+                    self.own.as_ref().map(|own| own.packages.clone())
+                } else {
+                    NodeStatus::decode(&e.bytes).ok().map(|r| r.packages)
+                };
+                packages.map(|packages| (&*e.node_id, packages))
+            })
+    }
+
+    /// Node id → package → status (decoded).
     pub fn table(&self) -> StatusTable {
         self.statuses()
-            .map(|(node, packages)| (node.clone(), packages.clone()))
+            .map(|(node, packages)| (node.to_string(), packages))
             .collect()
     }
 }

@@ -16,6 +16,11 @@ pub struct EngineConfig {
     /// Longest one call may run before it is interrupted with
     /// [`crate::CallError::DeadlineExceeded`]. Default 1 s.
     pub call_deadline: Duration,
+    /// Longest a `snapshot` or `restore` may run. They move the whole state
+    /// (a 64 MiB state takes a good part of a second on a busy machine), so
+    /// they get more than a call; the node's swap step timeouts bound them
+    /// from outside as well. Default 10 s; never below `call_deadline`.
+    pub state_call_deadline: Duration,
     /// How often the epoch ticker thread advances the engine's epoch: the
     /// deadline's resolution. Default 10 ms.
     pub epoch_tick: Duration,
@@ -36,6 +41,8 @@ impl EngineConfig {
     pub const DEFAULT_MAX_TABLE_ELEMENTS: u32 = 10_000;
     /// Default [`EngineConfig::call_deadline`]: 1 s.
     pub const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(1);
+    /// Default [`EngineConfig::state_call_deadline`]: 10 s.
+    pub const DEFAULT_STATE_CALL_DEADLINE: Duration = Duration::from_secs(10);
     /// Default [`EngineConfig::epoch_tick`]: 10 ms.
     pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
     /// Default [`EngineConfig::max_instances`]: a worker hosts one skill and
@@ -48,8 +55,22 @@ impl EngineConfig {
     /// plus one because the first tick may come at any point after the call
     /// starts.
     pub(crate) fn deadline_ticks(&self) -> u64 {
+        self.ticks(self.call_deadline)
+    }
+
+    /// The deadline of `snapshot` and `restore` (at least a call's).
+    pub(crate) fn state_deadline(&self) -> Duration {
+        self.state_call_deadline.max(self.call_deadline)
+    }
+
+    /// Epoch ticks a `snapshot` or `restore` may run.
+    pub(crate) fn state_deadline_ticks(&self) -> u64 {
+        self.ticks(self.state_deadline())
+    }
+
+    fn ticks(&self, deadline: Duration) -> u64 {
         let tick = self.epoch_tick.as_nanos().max(1);
-        let ticks = self.call_deadline.as_nanos().div_ceil(tick);
+        let ticks = deadline.as_nanos().div_ceil(tick);
         u64::try_from(ticks)
             .unwrap_or(u64::MAX - 1)
             .saturating_add(1)
@@ -62,6 +83,7 @@ impl Default for EngineConfig {
             max_memory_bytes: Self::DEFAULT_MAX_MEMORY_BYTES,
             max_table_elements: Self::DEFAULT_MAX_TABLE_ELEMENTS,
             call_deadline: Self::DEFAULT_CALL_DEADLINE,
+            state_call_deadline: Self::DEFAULT_STATE_CALL_DEADLINE,
             epoch_tick: Self::DEFAULT_EPOCH_TICK,
             max_instances: Self::DEFAULT_MAX_INSTANCES,
             cache_dir: None,
@@ -83,5 +105,11 @@ mod tests {
         };
         assert_eq!(cfg.deadline_ticks(), 11);
         assert_eq!(EngineConfig::default().deadline_ticks(), 101);
+        assert_eq!(EngineConfig::default().state_deadline_ticks(), 1001);
+        let short = EngineConfig {
+            call_deadline: Duration::from_secs(20),
+            ..EngineConfig::default()
+        };
+        assert_eq!(short.state_deadline(), Duration::from_secs(20));
     }
 }

@@ -19,6 +19,8 @@ pub struct SkillInstance {
     skill: Skill,
     deadline: Duration,
     deadline_ticks: u64,
+    state_deadline: Duration,
+    state_deadline_ticks: u64,
     poisoned: bool,
 }
 
@@ -37,19 +39,21 @@ impl SkillInstance {
             skill,
             deadline: cfg.call_deadline,
             deadline_ticks: cfg.deadline_ticks(),
+            state_deadline: cfg.state_deadline(),
+            state_deadline_ticks: cfg.state_deadline_ticks(),
             poisoned: false,
         }
     }
 
     /// Calls the skill's `handle` export.
     pub fn handle(&mut self, op: &str, input: &[u8]) -> Result<Vec<u8>, CallError> {
-        self.call(|skill, store| skill.call_handle(store, op, input))?
+        self.call(false, |skill, store| skill.call_handle(store, op, input))?
             .map_err(CallError::from)
     }
 
     /// Calls the skill's `snapshot` export.
     pub fn snapshot(&mut self) -> Result<SkillState, CallError> {
-        self.call(|skill, store| skill.call_snapshot(store))
+        self.call(true, |skill, store| skill.call_snapshot(store))
             .map(SkillState::from)
     }
 
@@ -59,13 +63,13 @@ impl SkillInstance {
             schema: state.schema,
             data: state.data.clone(),
         };
-        self.call(|skill, store| skill.call_restore(store, &state))?
+        self.call(true, |skill, store| skill.call_restore(store, &state))?
             .map_err(CallError::from)
     }
 
     /// Calls the skill's `health` export.
     pub fn health(&mut self) -> Result<(), CallError> {
-        self.call(|skill, store| skill.call_health(store))?
+        self.call(false, |skill, store| skill.call_health(store))?
             .map_err(CallError::from)
     }
 
@@ -75,17 +79,24 @@ impl SkillInstance {
         self.poisoned
     }
 
-    /// Runs one export under a fresh deadline and log budget, mapping a trap to
-    /// the limit it hit and poisoning the instance on any trap.
+    /// Runs one export under a fresh deadline (the state deadline for
+    /// `snapshot` and `restore`) and log budget, mapping a trap to the limit
+    /// it hit and poisoning the instance on any trap.
     fn call<R>(
         &mut self,
+        moves_state: bool,
         f: impl FnOnce(&Skill, &mut Store<StoreData>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         if self.poisoned {
             return Err(CallError::Poisoned);
         }
         self.store.data_mut().log_budget.reset();
-        self.store.set_epoch_deadline(self.deadline_ticks);
+        let (deadline, ticks) = if moves_state {
+            (self.state_deadline, self.state_deadline_ticks)
+        } else {
+            (self.deadline, self.deadline_ticks)
+        };
+        self.store.set_epoch_deadline(ticks);
         let result = f(&self.skill, &mut self.store);
         let dropped = self.store.data_mut().log_budget.reset();
         if dropped > 0 {
@@ -93,7 +104,7 @@ impl SkillInstance {
         }
         result.map_err(|e| {
             self.poisoned = true;
-            CallError::from_wasmtime(&e, self.deadline)
+            CallError::from_wasmtime(&e, deadline)
         })
     }
 }

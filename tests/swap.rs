@@ -678,6 +678,16 @@ fn a_trap_inside_handle_keeps_every_acknowledged_call() {
 /// A kv node with v1 and v2 published (v2 with `v2_memory`), no periodic
 /// checkpoint, `values` values of 64 KiB put (keys `k0000`...).
 fn kv_node(dir: &Path, v2_memory: &[&str], values: usize) -> (NodeProcess, std::path::PathBuf) {
+    kv_node_with(dir, v2_memory, values, true)
+}
+
+/// [`kv_node`], with the checkpoint after the puts or without it.
+fn kv_node_with(
+    dir: &Path,
+    v2_memory: &[&str],
+    values: usize,
+    checkpoint: bool,
+) -> (NodeProcess, std::path::PathBuf) {
     let node_dir = dir.join("node");
     let publisher = Publisher::new(dir, &[&node_dir]);
     publisher.publish(
@@ -707,13 +717,40 @@ fn kv_node(dir: &Path, v2_memory: &[&str], values: usize) -> (NodeProcess, std::
         let (status, answer) = kv_call(&node, "put", &body);
         assert_eq!(status, 200, "put: {}", String::from_utf8_lossy(&answer));
     }
-    // The checkpoint the swap's early snapshot starts from.
-    admin(
+    if checkpoint {
+        // The checkpoint the swap's early snapshot starts from.
+        admin(
+            &node_dir,
+            serde_json::json!({"op": "checkpoint", "package": KV}),
+        )
+        .unwrap();
+    }
+    (node, node_dir)
+}
+
+// The last checkpoint was taken on an empty state; the puts since grew it
+// to 2 MiB. The swap asks the old worker how large its state is, and moves
+// it before the pause rather than inside it.
+#[test]
+fn a_state_grown_since_the_last_checkpoint_is_moved_before_the_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, node_dir) = kv_node_with(dir.path(), &["--max-memory-mib", "512"], 32, false);
+    let swapped = admin(
         &node_dir,
-        serde_json::json!({"op": "checkpoint", "package": KV}),
+        serde_json::json!({"op": "deploy", "package": KV, "version": "2.0.0"}),
     )
     .unwrap();
-    (node, node_dir)
+    assert_eq!(
+        swapped["swap"]["state_path"], "migration+replay",
+        "{swapped}"
+    );
+    assert!(swapped["swap"]["state_bytes"].as_u64().unwrap() > 2 << 20);
+    for i in [0, 31] {
+        assert_eq!(
+            kv_call(&node, "get", format!("k{i:04}").as_bytes()).1,
+            kv_value(i)
+        );
+    }
 }
 
 #[test]

@@ -12,7 +12,7 @@ use super::package_state::PackageState;
 use super::standby;
 use super::steps::{
     REPLAY_BATCH, journal_since, kill, restore_request, snapshot_into_segment,
-    snapshot_to_segment_for, step_fault, us, write_durable,
+    snapshot_to_segment_for, state_is_large, step_fault, us, write_durable,
 };
 use crate::runtime::connection::WorkerConnection;
 use crate::runtime::frame::{Request, SegmentWrite};
@@ -59,7 +59,7 @@ pub(super) async fn checkpoint_now(
         }
         event.timings.prewarm_us = us(started);
     }
-    let early = early_snapshot(&state, &active, config).await?;
+    let early = early_snapshot(&state, &route, &active, config).await?;
     let paused_at = Instant::now();
     route.pause();
     let result = async {
@@ -117,12 +117,13 @@ pub(super) async fn checkpoint_now(
 /// follows the generation before the current one).
 async fn early_snapshot(
     state: &PackageState,
+    route: &Route<SupervisedWorker>,
     active: &SupervisedWorker,
     config: &SwapConfig,
 ) -> Result<Option<SegmentWrite>, SwapError> {
-    if state.last_len() < config.early_snapshot_min_bytes
-        || state.generation() == 0
+    if state.generation() == 0
         || state.journal_base() != state.generation()
+        || !state_is_large(state, route, active, config).await
     {
         return Ok(None);
     }

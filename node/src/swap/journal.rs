@@ -71,6 +71,12 @@ impl Journal {
         });
     }
 
+    /// Bytes of ops and inputs held: with the last checkpoint's length, a
+    /// guess at how large the state may have grown since.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.lock().entries.len()

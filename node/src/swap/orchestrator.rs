@@ -14,7 +14,8 @@ use super::events::SwapEvent;
 use super::package_state::PackageState;
 use super::standby;
 use super::steps::{
-    ensure_attached, restore_from, snapshot_into_segment, step_fault, us, write_durable,
+    ensure_attached, restore_from, snapshot_into_segment, state_is_large, step_fault, us,
+    write_durable,
 };
 use super::takeover::{EARLY_SNAPSHOT_MIN_BYTES, paused_delta, paused_steps, pre_copy};
 use crate::runtime::{DeployError, Route, SkillSpec, SupervisedWorker, Supervisor};
@@ -267,9 +268,9 @@ async fn run_swap(
     // current generation (no earlier early snapshot is pending).
     // Journal entries dropped only once the route runs again.
     let mut garbage = Vec::new();
-    let early = if state.last_len() >= config.early_snapshot_min_bytes
-        && state.generation() > 0
+    let early = if state.generation() > 0
         && state.journal_base() == state.generation()
+        && state_is_large(state, route, old, config).await
     {
         match pre_copy(state, old, &new, config, event).await {
             Ok(early) => Some(early),

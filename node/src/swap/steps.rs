@@ -401,3 +401,35 @@ pub(super) async fn wait_ready(worker: &SupervisedWorker, timeout: Duration) -> 
         }
     }
 }
+
+/// Whether the state `worker` holds is at least `config.early_snapshot_min_bytes`
+/// (then it is snapshotted before a pause, not inside it). The last
+/// checkpoint's length says so, unless the calls since (by their size) may
+/// have grown it past the bound: then the worker is asked (a snapshot it
+/// discards, outside any pause). A failed probe says no: the pause then
+/// moves the whole state, as it always may.
+pub(super) async fn state_is_large(
+    state: &PackageState,
+    route: &Route<SupervisedWorker>,
+    worker: &SupervisedWorker,
+    config: &SwapConfig,
+) -> bool {
+    let bound = config.early_snapshot_min_bytes;
+    let last = state.last_len();
+    if last >= bound {
+        return true;
+    }
+    if last.saturating_add(route.journal().bytes() as u64) < bound {
+        return false;
+    }
+    let probe = tokio::time::timeout(
+        config.prewarm_timeout,
+        worker.request(&Request::ProbeSnapshot),
+    );
+    match probe.await {
+        Ok(Ok(answer)) => <[u8; 8]>::try_from(&answer[..])
+            .map(u64::from_le_bytes)
+            .is_ok_and(|len| len >= bound),
+        _ => false,
+    }
+}

@@ -277,8 +277,20 @@ pub(super) async fn pipelined(
 /// frames in arrival order), answers awaited together.
 pub const REPLAY_BATCH: usize = 256;
 
-/// Writes the segment's current state to disk (outside any pause).
+/// Writes the segment's current state to disk (outside any pause). The
+/// write and its fsyncs (up to a 64 MiB state) block: on the node's
+/// multi-threaded runtime the thread hands its other tasks over first.
 pub(super) fn write_durable(state: &PackageState, version: &str) {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    let flavor = Handle::try_current().map(|handle| handle.runtime_flavor());
+    if matches!(flavor, Ok(RuntimeFlavor::MultiThread)) {
+        tokio::task::block_in_place(|| write_durable_now(state, version));
+    } else {
+        write_durable_now(state, version);
+    }
+}
+
+fn write_durable_now(state: &PackageState, version: &str) {
     let Some(dir) = state.checkpoints_dir() else {
         return;
     };

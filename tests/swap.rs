@@ -211,6 +211,20 @@ fn a_version_whose_restore_traps_is_refused_and_the_old_one_keeps_its_state() {
     assert_eq!(get(&node), 8);
 }
 
+/// Rolls the counter back while `load` runs (calls before and after it);
+/// returns the rollback event and the load's (acknowledged, failed).
+fn rollback_under(load: Load, node_dir: &Path) -> (serde_json::Value, u64, u64) {
+    load.wait_for(100);
+    let rolled = admin(
+        node_dir,
+        serde_json::json!({"op": "rollback", "package": COUNTER}),
+    )
+    .unwrap();
+    load.wait_for(50);
+    let (acknowledged, failed) = load.finish();
+    (rolled, acknowledged, failed)
+}
+
 #[test]
 fn rollback_keeps_every_acknowledged_increment() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,14 +236,7 @@ fn rollback_keeps_every_acknowledged_increment() {
     assert_eq!(swap_status(&node_dir)["rollback_to"], "1.0.0");
 
     let load = Load::start(&node, 8);
-    load.wait_for(100);
-    let rolled = admin(
-        &node_dir,
-        serde_json::json!({"op": "rollback", "package": COUNTER}),
-    )
-    .unwrap();
-    load.wait_for(50);
-    let (acknowledged, failed) = load.finish();
+    let (rolled, acknowledged, failed) = rollback_under(load, &node_dir);
 
     assert_eq!(failed, 0);
     assert_eq!(
@@ -276,14 +283,7 @@ fn rollback_after_checkpoints_in_the_warm_window_keeps_every_acknowledged_increm
             assert_eq!(checkpoint["kind"], "checkpoint", "{checkpoint}");
             assert_eq!(swap_status(&node_dir)["rollback_to"], "1.0.0", "{env:?}");
         }
-        load.wait_for(100);
-        let rolled = admin(
-            &node_dir,
-            serde_json::json!({"op": "rollback", "package": COUNTER}),
-        )
-        .unwrap();
-        load.wait_for(50);
-        let (acknowledged, failed) = load.finish();
+        let (rolled, acknowledged, failed) = rollback_under(load, &node_dir);
         assert_eq!(failed, 0);
         assert_eq!(rolled["kind"], "rollback", "{rolled}");
         assert_eq!(rolled["state_path"], "replay", "{rolled}");

@@ -11,7 +11,7 @@ use super::orchestrator::{SwapConfig, SwapError};
 use super::package_state::PackageState;
 use super::standby;
 use super::steps::{
-    REPLAY_BATCH, journal_since, kill, restore_request, snapshot_into_segment,
+    REPLAY_BATCH, journal_since, kill, restore_request, running, snapshot_into_segment,
     snapshot_to_segment_for, state_is_large, step_fault, us, write_durable,
 };
 use crate::runtime::connection::WorkerConnection;
@@ -37,12 +37,7 @@ pub(super) async fn checkpoint_now(
     package: &str,
     config: &SwapConfig,
 ) -> Result<SwapEvent, SwapError> {
-    let route = supervisor
-        .route(package)
-        .ok_or_else(|| SwapError::NotRunning {
-            package: package.to_string(),
-        })?;
-    let state = supervisor.package_state(package);
+    let (route, state) = running(supervisor, package)?;
     let control = supervisor.lock_control().await;
     let active = route.active();
     let mut event = SwapEvent::new(package, "checkpoint");

@@ -9,8 +9,8 @@ use super::orchestrator::{SwapConfig, SwapError, swap};
 use super::package_state::PackageState;
 use super::standby;
 use super::steps::{
-    Step, bounded, ensure_attached, pipelined, snapshot_to_segment_for, step_fault, us, wait_ready,
-    write_durable,
+    Step, bounded, ensure_attached, pipelined, running, snapshot_to_segment_for, step_fault, us,
+    wait_ready, write_durable,
 };
 use crate::runtime::{Route, SupervisedWorker, Supervisor};
 
@@ -21,12 +21,7 @@ pub async fn rollback(
     package: &str,
     config: &SwapConfig,
 ) -> Result<SwapEvent, SwapError> {
-    let route = supervisor
-        .route(package)
-        .ok_or_else(|| SwapError::NotRunning {
-            package: package.to_string(),
-        })?;
-    let state = supervisor.package_state(package);
+    let (route, state) = running(supervisor, package)?;
     let new = route.active();
     // An active worker being restarted after a crash comes back with its
     // state; wait for it (outside the pause) rather than fail the rollback.
@@ -59,15 +54,16 @@ pub async fn rollback(
     let mut event = SwapEvent::new(package, "rollback");
     event.from_version = Some(new.spec().version.clone());
     event.to_version = Some(old.spec().version.clone());
+    let failed = |why: String| SwapError::Step {
+        package: package.to_string(),
+        step: "rollback",
+        why,
+    };
     let outcome = async {
         let early = Instant::now();
         let caught_up = standby::catch_up(&state, &route, &old, &mut window)
             .await
-            .map_err(|why| SwapError::Step {
-                package: package.to_string(),
-                step: "rollback",
-                why,
-            })?;
+            .map_err(failed)?;
         // The standby's state becomes the package's checkpoint, taken
         // before the pause; the journal keeps following the one before it
         // until the flip.
@@ -84,11 +80,7 @@ pub async fn rollback(
         let caught_up = caught_up
             + standby::catch_up(&state, &route, &old, &mut window)
                 .await
-                .map_err(|why| SwapError::Step {
-                    package: package.to_string(),
-                    step: "rollback",
-                    why,
-                })?;
+                .map_err(failed)?;
         event.timings.prewarm_us = us(early);
         let paused_at = Instant::now();
         let paused =

@@ -2,6 +2,7 @@
 //! control requests to a worker, snapshots into the segment, pipelined
 //! batches of steps, journal fetches and replays.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -14,7 +15,7 @@ use super::orchestrator::{SwapConfig, SwapError};
 use super::package_state::PackageState;
 use crate::runtime::InvokeError;
 use crate::runtime::frame::{JournalChunk, Request, SegmentWrite};
-use crate::runtime::{Route, SupervisedWorker, WorkerState};
+use crate::runtime::{Route, SupervisedWorker, Supervisor, WorkerState};
 
 pub(super) fn us(since: Instant) -> u64 {
     since.elapsed().as_micros() as u64
@@ -444,4 +445,17 @@ pub(super) async fn state_is_large(
             .is_ok_and(|len| len >= bound),
         _ => false,
     }
+}
+
+/// The route and swap state of a running `package`.
+pub(super) fn running(
+    supervisor: &Supervisor,
+    package: &str,
+) -> Result<(Arc<Route<SupervisedWorker>>, Arc<PackageState>), SwapError> {
+    let route = supervisor
+        .route(package)
+        .ok_or_else(|| SwapError::NotRunning {
+            package: package.to_string(),
+        })?;
+    Ok((route, supervisor.package_state(package)))
 }

@@ -42,6 +42,15 @@ impl BufferPool {
         buf
     }
 
+    /// A buffer of whatever length its last user left (0 if new), for a
+    /// caller that sets the length itself: a reused buffer resized to the
+    /// length it already has is not written to at all, where `take(0)`
+    /// followed by a resize would zero all of it again.
+    pub fn take_any(&self) -> Vec<u8> {
+        let reused = self.free.lock().ok().and_then(|mut free| free.pop());
+        reused.unwrap_or_default()
+    }
+
     /// Gives a buffer back for reuse.
     pub fn give(&self, buf: Vec<u8>) {
         if buf.capacity() == 0 {

@@ -227,7 +227,7 @@ async fn answer(
     // Buffers come from the server's pool and go back to it.
     let read = |index: u32| {
         let src = Arc::clone(&source);
-        let mut buf = buffers.take(0);
+        let mut buf = buffers.take_any();
         tokio::task::spawn_blocking(move || {
             let held = src.chunk_into(&blob, index, &mut buf);
             (held, buf)

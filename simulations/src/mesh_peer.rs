@@ -107,6 +107,9 @@ pub struct MeshPeer {
     resume_pending: bool,
     /// When the scheduled `CoreTimer` fires, if one is scheduled.
     core_timer_at: Option<u64>,
+    /// The cascade queue, kept between events so handling one allocates
+    /// no queue.
+    spare_queue: VecDeque<PeerInput<NodeIndex>>,
 }
 
 /// The disk key of the saved status board.
@@ -175,11 +178,15 @@ impl SimPeer for MeshPeer {
             document_bytes,
             resume_pending: disk.is_some(),
             core_timer_at: None,
+            spare_queue: VecDeque::new(),
         })
     }
 
     fn handle(&mut self, now_ms: u64, event: PeerEvent<MeshWork>) -> Vec<PeerEffect<MeshWork>> {
-        let mut run = Cascade::default();
+        let mut run = Cascade {
+            core: std::mem::take(&mut self.spare_queue),
+            ..Cascade::default()
+        };
         if self.resume_pending {
             self.resume_pending = false;
             let targets = self.core.targets().clone();
@@ -210,6 +217,8 @@ impl SimPeer for MeshPeer {
         }
         self.drain(now_ms, &mut run);
         self.schedule_core_timer(now_ms, &mut run);
+        run.core.clear();
+        self.spare_queue = run.core;
         run.effects
     }
 

@@ -163,6 +163,13 @@ impl WorkerConnection {
 
     /// Invokes `op` on the skill.
     pub async fn invoke(&self, op: String, input: Bytes) -> Reply {
+        self.invoke_then(op, input, || {}).await
+    }
+
+    /// Invokes `op` on the skill; `queued` runs once the request is in the
+    /// connection's queue (any request queued later reaches the worker
+    /// after it), not at all if it never got there.
+    pub async fn invoke_then(&self, op: String, input: Bytes, queued: impl FnOnce()) -> Reply {
         if op.len() > frame::MAX_OP_LEN {
             return Err(CallError::Frame(FrameError::OpTooLong { length: op.len() }));
         }
@@ -170,27 +177,34 @@ impl WorkerConnection {
         if length > frame::MAX_FRAME {
             return Err(CallError::Frame(FrameError::TooLarge { length }));
         }
-        self.call(|id| Ok(Outgoing::Invoke { id, op, input })).await
+        self.call(|id| Ok(Outgoing::Invoke { id, op, input }), queued)
+            .await
     }
 
     /// Sends any other request and waits for its answer.
     pub async fn request(&self, request: &Request<'_>) -> Reply {
-        self.call(|id| {
-            let mut bytes = Vec::new();
-            frame::encode_request(id, request, &mut bytes).map_err(CallError::Frame)?;
-            Ok(Outgoing::Encoded(bytes))
-        })
+        self.call(
+            |id| {
+                let mut bytes = Vec::new();
+                frame::encode_request(id, request, &mut bytes).map_err(CallError::Frame)?;
+                Ok(Outgoing::Encoded(bytes))
+            },
+            || {},
+        )
         .await
     }
 
     /// Sends a request with `fd` attached to its first byte (SCM_RIGHTS)
     /// and waits for its answer.
     pub async fn request_with_fd(&self, request: &Request<'_>, fd: std::os::fd::OwnedFd) -> Reply {
-        self.call(|id| {
-            let mut bytes = Vec::new();
-            frame::encode_request(id, request, &mut bytes).map_err(CallError::Frame)?;
-            Ok(Outgoing::WithFd(bytes, fd))
-        })
+        self.call(
+            |id| {
+                let mut bytes = Vec::new();
+                frame::encode_request(id, request, &mut bytes).map_err(CallError::Frame)?;
+                Ok(Outgoing::WithFd(bytes, fd))
+            },
+            || {},
+        )
         .await
     }
 
@@ -200,7 +214,11 @@ impl WorkerConnection {
         self.shut.store(true, Ordering::Release);
     }
 
-    async fn call(&self, make: impl FnOnce(u64) -> Result<Outgoing, CallError>) -> Reply {
+    async fn call(
+        &self,
+        make: impl FnOnce(u64) -> Result<Outgoing, CallError>,
+        queued: impl FnOnce(),
+    ) -> Reply {
         if self.shut.load(Ordering::Acquire) {
             return Err(CallError::Closed {
                 reason: "connection is shutting down".into(),
@@ -229,6 +247,7 @@ impl WorkerConnection {
                 reason: "writer stopped".into(),
             });
         }
+        queued();
         let reply = match tokio::time::timeout(self.limits.call_timeout, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(CallError::Closed {

@@ -104,6 +104,20 @@ pub struct Route<W> {
     calls: AtomicUsize,
     /// Woken when `calls` drops to zero.
     idle: Notify,
+    /// Admitted calls whose request is not yet queued on the worker's
+    /// connection (see [`CallGuard::sent`]).
+    unsent: AtomicUsize,
+    /// Woken when `unsent` drops to zero.
+    all_sent: Notify,
+    /// Most calls admitted at once: the window's size, or less while the
+    /// window is narrowed ([`Route::narrow`]).
+    limit: AtomicUsize,
+    /// While narrowed: one call waiting for room is woken per call that ends.
+    room: Notify,
+    /// While narrowed: woken when the calls in progress fit the limit.
+    narrowed: Notify,
+    /// Calls waiting for room in the narrowed window.
+    waiting_room: AtomicUsize,
     /// Places in the in-flight window; an admitted call holds one.
     window: Semaphore,
     window_limits: WindowLimits,
@@ -113,24 +127,40 @@ pub struct Route<W> {
 }
 
 /// A call admitted through an open route; the route counts it until dropped
-/// so [`Route::drain`] can wait for it.
+/// so [`Route::drain`] can wait for it, and until [`CallGuard::sent`] so
+/// [`Route::wait_sent`] can.
 #[derive(Debug)]
-pub struct CallGuard<'a> {
-    calls: &'a AtomicUsize,
-    idle: &'a Notify,
+pub struct CallGuard<'a, W> {
+    route: &'a Route<W>,
+    /// Whether the call still counts in `unsent`.
+    sending: AtomicBool,
     /// Its place in the window, given back after the call left `calls`.
     _place: SemaphorePermit<'a>,
 }
 
-impl Drop for CallGuard<'_> {
-    fn drop(&mut self) {
-        leave(self.calls, self.idle);
+impl<W> CallGuard<'_, W> {
+    /// The call's request is queued on the worker's connection: a request
+    /// queued after this one reaches the worker after it (the connection
+    /// writes in queue order and the worker runs frames in arrival order).
+    /// Idempotent; dropping the guard counts as sent too.
+    pub fn sent(&self) {
+        if self.sending.swap(false, Ordering::SeqCst) {
+            leave(&self.route.unsent, &self.route.all_sent);
+        }
     }
 }
 
-fn leave(calls: &AtomicUsize, idle: &Notify) {
-    if calls.fetch_sub(1, Ordering::SeqCst) == 1 {
-        idle.notify_waiters();
+impl<W> Drop for CallGuard<'_, W> {
+    fn drop(&mut self) {
+        self.sent();
+        self.route.call_ended();
+    }
+}
+
+/// Takes one from `count`, waking `zero`'s waiters when it reaches zero.
+fn leave(count: &AtomicUsize, zero: &Notify) {
+    if count.fetch_sub(1, Ordering::SeqCst) == 1 {
+        zero.notify_waiters();
     }
 }
 
@@ -153,6 +183,12 @@ impl<W> Route<W> {
             metrics,
             calls: AtomicUsize::new(0),
             idle: Notify::new(),
+            unsent: AtomicUsize::new(0),
+            all_sent: Notify::new(),
+            limit: AtomicUsize::new(window.size()),
+            room: Notify::new(),
+            narrowed: Notify::new(),
+            waiting_room: AtomicUsize::new(0),
             window: Semaphore::new(window.size()),
             window_limits: window,
             queued: AtomicUsize::new(0),
@@ -169,23 +205,107 @@ impl<W> Route<W> {
     /// place, after a bounded wait in the route's queue otherwise (for a
     /// place, and for a paused route to resume). The call counts as in
     /// progress, and keeps its place, until the guard is dropped.
-    pub async fn enter(&self) -> Result<CallGuard<'_>, InvokeError> {
+    ///
+    /// A call that meets a paused route (or a narrowed window without room)
+    /// waits keeping its place, so the calls queued behind it sleep: no call
+    /// wakes only to find the route paused and hand its place on.
+    pub async fn enter(&self) -> Result<CallGuard<'_, W>, InvokeError> {
+        let place = self.place().await?;
         loop {
-            let place = self.place().await?;
-            // Count first, then check the gate (both SeqCst): a pauser that
-            // sets the gate and then sees zero calls cannot miss this one.
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            if !self.gate.paused.load(Ordering::SeqCst) {
+            // Count first, then check the gate and the limit (all SeqCst): a
+            // pauser that sets the gate and then sees zero calls (or zero
+            // unsent ones) cannot miss this one.
+            let before = self.calls.fetch_add(1, Ordering::SeqCst);
+            self.unsent.fetch_add(1, Ordering::SeqCst);
+            let paused = self.gate.paused.load(Ordering::SeqCst);
+            if !paused && before < self.limit.load(Ordering::SeqCst) {
                 return Ok(CallGuard {
-                    calls: &self.calls,
-                    idle: &self.idle,
+                    route: self,
+                    sending: AtomicBool::new(true),
                     _place: place,
                 });
             }
+            // Not admitted: no call ended, so no room to pass on.
+            leave(&self.unsent, &self.all_sent);
             leave(&self.calls, &self.idle);
-            drop(place);
-            self.gate.wait(&self.package).await?;
+            if paused {
+                self.gate.wait(&self.package).await?;
+            } else {
+                self.wait_room().await?;
+            }
         }
+    }
+
+    /// A call ended: counts it out, and while the window is narrowed wakes
+    /// one call waiting for room (and the narrower once the calls fit).
+    fn call_ended(&self) {
+        let before = self.calls.fetch_sub(1, Ordering::SeqCst);
+        if before == 1 {
+            self.idle.notify_waiters();
+        }
+        let limit = self.limit.load(Ordering::SeqCst);
+        if limit < self.window_limits.size() {
+            self.room.notify_one();
+            if before - 1 <= limit {
+                self.narrowed.notify_waiters();
+            }
+        }
+    }
+
+    /// Waits (bounded by the pause limits) for room in a narrowed window.
+    async fn wait_room(&self) -> Result<(), InvokeError> {
+        let room = self.room.notified();
+        tokio::pin!(room);
+        // Registered before the check: a call ending after it wakes a waiter.
+        room.as_mut().enable();
+        if self.calls.load(Ordering::SeqCst) < self.limit.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let limits = self.gate.limits;
+        let _waiting = WaitingGuard::enter(&self.waiting_room);
+        tokio::time::timeout(limits.max_wait, room)
+            .await
+            .map_err(|_| InvokeError::Paused {
+                package: self.package.clone(),
+                reason: format!("window still narrowed after {:?}", limits.max_wait),
+            })
+    }
+
+    /// Lets at most `calls` (at least 1) admitted calls be at the worker
+    /// until [`Route::resume`]: the calls beyond wait in the queue as for a
+    /// full window. A swap narrows the window before it pauses, so the
+    /// pause waits for only that many calls while the worker keeps serving.
+    pub fn narrow(&self, calls: usize) {
+        let calls = calls.clamp(1, self.window_limits.size());
+        self.limit.store(calls, Ordering::SeqCst);
+    }
+
+    /// After [`Route::narrow`]: waits until the calls in progress fit the
+    /// narrowed window; `false` if they do not by `deadline`.
+    pub async fn wait_narrowed(&self, deadline: Instant) -> bool {
+        loop {
+            let fits = self.narrowed.notified();
+            tokio::pin!(fits);
+            fits.as_mut().enable();
+            if self.calls.load(Ordering::SeqCst) <= self.limit.load(Ordering::SeqCst) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || tokio::time::timeout(left, fits).await.is_err() {
+                return self.calls.load(Ordering::SeqCst) <= self.limit.load(Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Calls holding a place but waiting for room in the narrowed window.
+    pub fn waiting_room(&self) -> usize {
+        self.waiting_room.load(Ordering::Acquire)
+    }
+
+    /// The most calls admitted at once now (the window's size unless
+    /// narrowed).
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::SeqCst)
     }
 
     /// A place in the in-flight window, waiting (bounded) in the queue.
@@ -226,19 +346,21 @@ impl<W> Route<W> {
     /// After [`Route::pause`]: waits until every admitted call finished;
     /// `false` when some are still running after `timeout`.
     pub async fn drain(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let idle = self.idle.notified();
-            tokio::pin!(idle);
-            idle.as_mut().enable();
-            if self.calls.load(Ordering::SeqCst) == 0 {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || tokio::time::timeout(left, idle).await.is_err() {
-                return self.calls.load(Ordering::SeqCst) == 0;
-            }
-        }
+        wait_zero(&self.calls, &self.idle, Instant::now() + timeout).await
+    }
+
+    /// After [`Route::pause`]: waits until the request of every admitted
+    /// call is queued on its worker's connection (or the call ended), so a
+    /// control request queued next reaches the worker after all of them;
+    /// `false` when some are not queued by `deadline`. Usually immediate:
+    /// a call is between its admission and its send for microseconds.
+    pub async fn wait_sent(&self, deadline: Instant) -> bool {
+        wait_zero(&self.unsent, &self.all_sent, deadline).await
+    }
+
+    /// Admitted calls whose request is not yet queued on the connection.
+    pub fn calls_unsent(&self) -> usize {
+        self.unsent.load(Ordering::SeqCst)
     }
 
     /// The package this route serves.
@@ -313,8 +435,12 @@ impl<W> Route<W> {
         self.gate.set_paused(true);
     }
 
-    /// Releases calls held by [`Route::pause`].
+    /// Releases calls held by [`Route::pause`], and widens a narrowed
+    /// window back to its size.
     pub fn resume(&self) {
+        self.limit
+            .store(self.window_limits.size(), Ordering::SeqCst);
+        self.room.notify_waiters();
         self.gate.set_paused(false);
     }
 
@@ -335,6 +461,23 @@ impl<W> Route<W> {
             return Ok(());
         }
         self.gate.wait(&self.package).await
+    }
+}
+
+/// Waits until `count` is zero (`zero` is notified when it drops to zero);
+/// `false` if it is not by `deadline`.
+async fn wait_zero(count: &AtomicUsize, zero: &Notify, deadline: Instant) -> bool {
+    loop {
+        let notified = zero.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if count.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tokio::time::timeout(left, notified).await.is_err() {
+            return count.load(Ordering::SeqCst) == 0;
+        }
     }
 }
 
@@ -550,6 +693,113 @@ mod tests {
             })
         ));
         assert_eq!(route.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn wait_sent_waits_until_every_admitted_call_is_queued() {
+        let route = route(PauseLimits::default());
+        let first = route.enter().await.unwrap();
+        let second = route.enter().await.unwrap();
+        route.pause();
+        assert!(!route.wait_sent(Instant::now()).await, "two calls unsent");
+        first.sent();
+        first.sent();
+        assert_eq!(route.calls_unsent(), 1, "sent() counts once");
+        drop(second);
+        assert!(route.wait_sent(Instant::now()).await);
+        assert_eq!(route.calls_in_progress(), 1, "sent, still running");
+        drop(first);
+        assert!(route.drain(Duration::ZERO).await);
+    }
+
+    #[tokio::test]
+    async fn a_narrowed_window_admits_only_its_calls_until_resume() {
+        let window = WindowLimits {
+            calls: 4,
+            ..WindowLimits::default()
+        };
+        let route = route_with(PauseLimits::default(), window);
+        let mut held: Vec<_> = Vec::new();
+        for _ in 0..3 {
+            held.push(route.enter().await.unwrap());
+        }
+        route.narrow(1);
+        assert_eq!(route.limit(), 1);
+        assert!(!route.wait_narrowed(Instant::now()).await, "3 calls > 1");
+        let (admitted, mut admitted_rx) = tokio::sync::mpsc::channel(4);
+        let (release, release_rx) = tokio::sync::watch::channel(false);
+        let late = |route: Arc<Route<&'static str>>| {
+            let (admitted, mut release_rx) = (admitted.clone(), release_rx.clone());
+            tokio::spawn(async move {
+                // The call holds its place until released.
+                let call = route.enter().await;
+                admitted.send(()).await.unwrap();
+                let _ = release_rx.wait_for(|go| *go).await;
+                call.map(|_| ())
+            })
+        };
+        let fourth = late(route.clone());
+        while route.waiting_room() == 0 {
+            tokio::task::yield_now().await;
+        }
+        held.truncate(1);
+        assert!(route.wait_narrowed(Instant::now()).await, "1 call fits");
+        // Woken by the calls that ended (this test's runtime has one
+        // thread: the woken task runs before this one resumes), the fourth
+        // found no room and waits again.
+        tokio::task::yield_now().await;
+        assert_eq!(route.waiting_room(), 1);
+        assert!(
+            admitted_rx.try_recv().is_err(),
+            "no room for the fourth yet"
+        );
+        held.clear();
+        admitted_rx.recv().await.unwrap();
+        // The fourth holds the only place of the narrowed window.
+        let fifth = late(route.clone());
+        while route.waiting_room() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert!(admitted_rx.try_recv().is_err());
+        route.resume();
+        assert_eq!(route.limit(), 4, "resume widens the window");
+        admitted_rx.recv().await.unwrap();
+        release.send_replace(true);
+        assert_eq!(fourth.await.unwrap(), Ok(()));
+        assert_eq!(fifth.await.unwrap(), Ok(()));
+        assert_eq!(route.calls_in_progress(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_call_held_by_a_pause_keeps_its_place_and_the_queue_sleeps() {
+        let window = WindowLimits {
+            calls: 1,
+            ..WindowLimits::default()
+        };
+        let route = route_with(PauseLimits::default(), window);
+        let first = route.enter().await.unwrap();
+        route.pause();
+        let spawn = |route: Arc<Route<&'static str>>| {
+            tokio::spawn(async move { route.enter().await.map(|_| ()) })
+        };
+        let second = spawn(route.clone());
+        while route.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        drop(first);
+        // The second gets the place and waits at the gate with it.
+        while route.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let third = spawn(route.clone());
+        while route.queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!((route.waiting(), route.queued()), (1, 1));
+        assert!(route.drain(Duration::ZERO).await);
+        route.resume();
+        assert_eq!(second.await.unwrap(), Ok(()));
+        assert_eq!(third.await.unwrap(), Ok(()));
     }
 
     #[test]

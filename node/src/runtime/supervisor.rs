@@ -282,10 +282,21 @@ impl SupervisedWorker {
 
     /// Invokes `op` on this worker (the route-free path, e.g. for warming).
     pub async fn invoke(&self, op: String, input: Bytes) -> Result<Bytes, InvokeError> {
+        self.invoke_then(op, input, || {}).await
+    }
+
+    /// Invokes `op`; `queued` runs once the request is queued on the
+    /// worker's connection (see [`WorkerConnection::invoke_then`]).
+    pub async fn invoke_then(
+        &self,
+        op: String,
+        input: Bytes,
+        queued: impl FnOnce(),
+    ) -> Result<Bytes, InvokeError> {
         let process = self.live()?;
         process
             .connection
-            .invoke(op, input)
+            .invoke_then(op, input, queued)
             .await
             .map_err(|error| InvokeError::from_call(&self.spec.package, error))
     }
@@ -546,7 +557,12 @@ impl Supervisor {
         let started = Instant::now();
         let result = match route.enter().await {
             Ok(call) => {
-                let result = route.active().invoke(op.clone(), input.clone()).await;
+                // Marked sent once queued: a swap's snapshot queued after
+                // that runs after this call at the worker.
+                let result = route
+                    .active()
+                    .invoke_then(op.clone(), input.clone(), || call.sent())
+                    .await;
                 if result.is_ok() {
                     route.journal().record(&op, &input);
                 }

@@ -40,6 +40,9 @@ const MAX_KEPT_CAPACITY: usize = 64 * 1024;
 /// hold back the answers before it).
 const MAX_ANSWER_HOLD: Duration = Duration::from_millis(1);
 
+/// The serving thread's timer slack (the kernel's default is 50 µs).
+const TIMER_SLACK_NS: std::ffi::c_ulong = 1_000;
+
 /// Default call deadline in milliseconds (the 1 s).
 pub const DEFAULT_DEADLINE_MS: u64 = 1000;
 
@@ -96,6 +99,11 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     // Killed with the node even if the socket close were missed.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .context("setting the parent-death signal")?;
+    // A restore waiting for another process's snapshot polls the segment
+    // with short sleeps; the default 50 µs timer slack would stretch each.
+    if let Err(error) = nix::sys::prctl::set_timerslack(TIMER_SLACK_NS) {
+        tracing::debug!(%error, "timer slack unchanged");
+    }
     let stream = UnixStream::connect(&args.socket)
         .with_context(|| format!("connecting to the node at {}", args.socket.display()))?;
     let mut hello = Vec::new();

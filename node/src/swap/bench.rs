@@ -92,6 +92,8 @@ impl Spread {
 /// the new worker took after it.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Steps {
+    /// Before the pause: the window narrowing (calls still flow).
+    pub narrow: Spread,
     /// Waiting for the calls in the window to finish.
     pub drain: Spread,
     /// The snapshot into the segment (or, with an early snapshot, fetching
@@ -108,6 +110,7 @@ pub struct Steps {
 /// Step timings collected over a run, one entry per swap or rollback.
 #[derive(Debug, Default)]
 struct StepSamples {
+    narrow: Vec<u64>,
     drain: Vec<u64>,
     snapshot: Vec<u64>,
     restore: Vec<u64>,
@@ -118,6 +121,7 @@ struct StepSamples {
 impl StepSamples {
     fn push(&mut self, timings: &serde_json::Value) {
         let field = |name: &str| timings[name].as_u64().unwrap_or(0);
+        self.narrow.push(field("narrow_us"));
         self.drain.push(field("drain_us"));
         self.snapshot.push(field("snapshot_us"));
         self.restore.push(field("restore_us"));
@@ -127,6 +131,7 @@ impl StepSamples {
 
     fn spread(&mut self) -> Steps {
         Steps {
+            narrow: Spread::of(&mut self.narrow),
             drain: Spread::of(&mut self.drain),
             snapshot: Spread::of(&mut self.snapshot),
             restore: Spread::of(&mut self.restore),
@@ -229,7 +234,12 @@ fn steps_line(steps: &Steps) -> String {
         ("flip", steps.flip),
     ]
     .map(|(name, spread)| format!("{name} {:.3}/{:.3}", ms(spread.p50_us), ms(spread.p99_us)));
-    format!("{} ms (p50/p99)", parts.join(" · "))
+    let before = format!(
+        "narrow {:.3}/{:.3} ms before it; ",
+        ms(steps.narrow.p50_us),
+        ms(steps.narrow.p99_us)
+    );
+    format!("{before}{} ms (p50/p99)", parts.join(" · "))
 }
 
 /// The skill a size is measured on: how to deploy its two versions and

@@ -8,6 +8,10 @@ use serde::Serialize;
 pub struct StepTimings {
     /// Start and warm the new worker (outside the pause).
     pub prewarm_us: u64,
+    /// Before the pause, with the route's window narrowed: until the calls
+    /// at the old worker fit the narrow window (calls still flow; not part
+    /// of the pause).
+    pub narrow_us: u64,
     /// From pausing the route until every admitted call finished.
     pub drain_us: u64,
     /// Old worker's snapshot, published into the segment.

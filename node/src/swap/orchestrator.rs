@@ -299,6 +299,8 @@ async fn run_swap(
     if outcome.is_err() && state.journal_base() != state.generation() {
         state.close_window();
     }
+    // The route paused once its window had narrowed (calls flowed until then).
+    let paused_at = paused_at + Duration::from_micros(event.timings.narrow_us);
     match outcome {
         Ok(()) => {
             event.timings.pause_us = us(paused_at);

@@ -1,19 +1,28 @@
 //! Steps 2–4 of a swap: the pause, and the state moving from the old
 //! worker to the new one, either whole inside the pause or snapshotted
 //! early with only the calls since replayed inside it.
+//!
+//! The drain overlaps the state's move: once the route is paused and every
+//! admitted call's request is queued at the old worker
+//! ([`Route::wait_sent`]), the snapshot (or the journal fetch) is queued
+//! right behind them. The worker runs frames in arrival order, so what it
+//! answers already reflects every call of the window; the journal is only
+//! touched once those calls are answered and journaled too (the drain).
 
 use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
 
 use super::events::SwapEvent;
 use super::journal::JournalEntry;
 use super::orchestrator::{SwapConfig, SwapError};
 use super::package_state::PackageState;
 use super::steps::{
-    Step, bounded, ensure_attached, health_step, journal_since, kill, pipelined, replay,
-    restore_request, settled_snapshot, snapshot_to_segment_for, step_fault, takeover_failure, us,
+    SNAPSHOT_GRACE, Step, bounded, ensure_attached, health_step, journal_since, kill, pipelined,
+    replay, restore_request, snapshot_to_segment_for, step_fault, takeover_failure, us,
 };
 use crate::runtime::InvokeError;
-use crate::runtime::frame::Request;
+use crate::runtime::frame::{Request, SegmentWrite};
 use crate::runtime::{Route, SupervisedWorker};
 
 /// Steps 2–4 under the pause; the caller flips or aborts.
@@ -26,40 +35,174 @@ pub(super) async fn paused_steps(
     event: &mut SwapEvent,
     garbage: &mut Vec<JournalEntry>,
 ) -> Result<(), SwapError> {
-    pause_and_drain(route, state, old, new, config, event).await?;
-    snapshot_and_restore(route, state, old, new, config, event, garbage).await
+    let paused = pause(route, state, old, new, config, event).await?;
+    let drain = drained(route, state.package(), paused, config);
+    let moved = snapshot_and_restore(
+        route,
+        state,
+        old,
+        new,
+        config,
+        event,
+        garbage,
+        paused.at + config.drain_timeout + config.snapshot_timeout,
+        drain,
+    )
+    .await;
+    tracing::debug!(
+        package = state.package(),
+        narrow_us = event.timings.narrow_us,
+        sent_us = paused.sent_us,
+        drain_us = event.timings.drain_us,
+        snapshot_us = event.timings.snapshot_us,
+        restore_us = event.timings.restore_us,
+        health_us = event.timings.health_us,
+        ok = moved.is_ok(),
+        "paused steps (µs; snapshot from the sent point, drain from the pause)"
+    );
+    moved
 }
 
-/// Step 2: pause the route and let the calls in its window finish.
-pub(super) async fn pause_and_drain(
+/// When the route was paused; by then every admitted call's request was
+/// queued at the old worker.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Paused {
+    at: Instant,
+    /// From the pause until every admitted call was queued, µs.
+    sent_us: u64,
+}
+
+/// Calls a route lets be at the old worker once a swap is about to pause
+/// (its window narrows to this many first, while calls keep flowing), so
+/// the pause waits for at most this many calls instead of the whole
+/// window (32 by default). Calls beyond it wait in the route's queue as
+/// for a full window; the worker runs calls one at a time, so a few in
+/// flight keep it as busy.
+pub const PAUSE_WINDOW: usize = 4;
+
+/// Overrides [`PAUSE_WINDOW`] from the node's environment (1 to the
+/// route's window; the window's size turns the narrowing off).
+pub const PAUSE_WINDOW_ENV: &str = "CLAWMESH_PAUSE_WINDOW";
+
+fn pause_window() -> usize {
+    std::env::var(PAUSE_WINDOW_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(PAUSE_WINDOW)
+}
+
+/// Step 2, first half: narrow the route's window and wait (bounded by
+/// `drain_timeout`; past it the pause just drains more) until the calls at
+/// the old worker fit it; pause the route and wait until every call
+/// admitted before it is queued on the old worker's connection
+/// (microseconds: a call is between its admission and its send only that
+/// long), so a request queued now runs at the worker after all of them.
+/// The caller's resume widens the window again, on abort too.
+async fn pause(
     route: &Route<SupervisedWorker>,
     state: &PackageState,
     old: &SupervisedWorker,
     new: &SupervisedWorker,
     config: &SwapConfig,
     event: &mut SwapEvent,
-) -> Result<(), SwapError> {
+) -> Result<Paused, SwapError> {
     let package = state.package();
     step_fault(package, "pause", old.pid(), new.pid())?;
-    let start = Instant::now();
+    let narrowed_at = Instant::now();
+    route.narrow(pause_window());
+    if !route
+        .wait_narrowed(narrowed_at + config.drain_timeout)
+        .await
+    {
+        tracing::info!(
+            package,
+            calls = route.calls_in_progress(),
+            "calls still above the narrowed window; pausing anyway"
+        );
+    }
+    event.timings.narrow_us = us(narrowed_at);
+    let at = Instant::now();
     route.pause();
-    if !route.drain(config.drain_timeout).await {
+    if !route.wait_sent(at + config.drain_timeout).await {
         return Err(SwapError::Step {
             package: package.to_string(),
             step: "pause",
             why: format!(
-                "{} calls still running after {:?}",
-                route.calls_in_progress(),
+                "{} admitted calls still not sent to the worker after {:?}",
+                route.calls_unsent(),
                 config.drain_timeout
             ),
         });
     }
-    event.timings.drain_us = us(start);
-    Ok(())
+    Ok(Paused {
+        at,
+        sent_us: us(at),
+    })
+}
+
+/// Step 2, second half, run beside the snapshot: every admitted call
+/// answered and journaled, within `drain_timeout` of the pause. Returns
+/// when that was, in µs since the pause.
+async fn drained(
+    route: &Route<SupervisedWorker>,
+    package: &str,
+    paused: Paused,
+    config: &SwapConfig,
+) -> Result<u64, SwapError> {
+    let left = (paused.at + config.drain_timeout).saturating_duration_since(Instant::now());
+    if route.drain(left).await {
+        return Ok(us(paused.at));
+    }
+    Err(SwapError::Step {
+        package: package.to_string(),
+        step: "pause",
+        why: format!(
+            "{} calls still running after {:?}",
+            route.calls_in_progress(),
+            config.drain_timeout
+        ),
+    })
+}
+
+/// The old worker's snapshot into the segment, queued behind the calls of
+/// the window, bounded by `deadline`. As `steps::settled_snapshot`: one
+/// that passed it gets [`SNAPSHOT_GRACE`] more, then its worker is killed
+/// (it could otherwise publish once calls run again), and the step fails.
+/// Unlike it, a late publish leaves the journal alone: the calls of the
+/// window may not all be journaled yet, and the journal stays exact for
+/// the generation it follows, which is still in the segment (the previous
+/// one); the caller closes the warm window.
+async fn overlapped_snapshot(
+    state: &PackageState,
+    old: &SupervisedWorker,
+    reader: &SupervisedWorker,
+    deadline: Instant,
+) -> Result<SegmentWrite, SwapError> {
+    let package = state.package();
+    let failed = |why: String| SwapError::Step {
+        package: package.to_string(),
+        step: "snapshot",
+        why,
+    };
+    let work = snapshot_to_segment_for(state, old, Some(reader));
+    tokio::pin!(work);
+    let bound = deadline.saturating_duration_since(Instant::now());
+    if let Ok(result) = tokio::time::timeout(bound, &mut work).await {
+        return result.map_err(failed);
+    }
+    let late = tokio::time::timeout(SNAPSHOT_GRACE, &mut work).await;
+    if !matches!(late, Ok(Ok(_))) {
+        tracing::warn!(package, pid = ?old.pid(), "snapshot hung past its grace; killing the worker");
+        kill(old);
+    }
+    Err(failed(format!("timed out after {bound:?}")))
 }
 
 /// Steps 3–4 with the whole state inside the pause (no early snapshot, or
-/// its delta could not be had).
+/// its delta could not be had), beside the drain (`drain`, which says when
+/// it ended; already done on the fallback from an early snapshot). The
+/// snapshot must answer by `snapshot_deadline`.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn snapshot_and_restore(
     route: &Route<SupervisedWorker>,
     state: &PackageState,
@@ -68,6 +211,8 @@ pub(super) async fn snapshot_and_restore(
     config: &SwapConfig,
     event: &mut SwapEvent,
     garbage: &mut Vec<JournalEntry>,
+    snapshot_deadline: Instant,
+    drain: impl Future<Output = Result<u64, SwapError>>,
 ) -> Result<(), SwapError> {
     let package = state.package();
     // 3. Old worker snapshots into the segment (a checkpoint: the journal
@@ -79,11 +224,17 @@ pub(super) async fn snapshot_and_restore(
     step_fault(package, "health", old.pid(), new.pid())?;
     let target = state.generation() + 1;
     let start = Instant::now();
+    // A failed snapshot stops the wait for the restore (the new worker is
+    // stopped on abort anyway).
+    let snapshot_failed = Notify::new();
     let snapshot = async {
-        let result = settled_snapshot(state, route, old, Some(new), config.snapshot_timeout).await;
+        let result = overlapped_snapshot(state, old, new, snapshot_deadline).await;
+        if result.is_err() {
+            snapshot_failed.notify_one();
+        }
         (result, us(start))
     };
-    let wait = config.snapshot_timeout;
+    let wait = snapshot_deadline.saturating_duration_since(start);
     let restore = async {
         let restore = async {
             let result = new.request(&restore_request(target, wait)).await;
@@ -93,15 +244,20 @@ pub(super) async fn snapshot_and_restore(
             let result = new.request(&Request::Health).await;
             (result, us(start))
         };
-        let both = tokio::time::timeout(
-            config.snapshot_timeout + config.restore_timeout + config.health_timeout,
+        let both = tokio::time::timeout_at(
+            (snapshot_deadline + config.restore_timeout + config.health_timeout).into(),
             async { tokio::join!(restore, health) },
-        )
-        .await;
-        both.map_err(|_| "timed out".to_string())
+        );
+        tokio::select! {
+            both = both => both.map_err(|_| "timed out".to_string()),
+            () = snapshot_failed.notified() => Err("the snapshot failed".to_string()),
+        }
     };
-    let ((snapshot, snapshot_us), pipelined) = tokio::join!(snapshot, restore);
+    let (drained, (snapshot, snapshot_us), pipelined) = tokio::join!(drain, snapshot, restore);
     let write = snapshot?;
+    // Published; the journal follows it only once every call of the window
+    // is journaled (else it keeps following the generation before).
+    event.timings.drain_us = drained?;
     state.set_journal_base(write.generation);
     *garbage = route.journal().take();
     event.state_bytes = write.len;
@@ -283,7 +439,7 @@ pub(super) async fn paused_delta(
     garbage: &mut Vec<JournalEntry>,
 ) -> Result<(), SwapError> {
     let package = state.package();
-    pause_and_drain(route, state, old, new, config, event).await?;
+    let paused = pause(route, state, old, new, config, event).await?;
     step_fault(package, "snapshot", old.pid(), new.pid())?;
     step_fault(package, "restore", old.pid(), new.pid())?;
     step_fault(package, "health", old.pid(), new.pid())?;
@@ -292,16 +448,34 @@ pub(super) async fn paused_delta(
         mut copied,
         new_pid,
     } = early;
-    let start = Instant::now();
-    let fetched = bounded(package, "snapshot", config.snapshot_timeout, async {
+    // The fetch is queued behind the calls of the window, so the old
+    // worker's answer includes them; it overlaps the drain.
+    let start = paused.at;
+    let bound = (paused.at + config.drain_timeout + config.snapshot_timeout)
+        .saturating_duration_since(Instant::now());
+    let fetch = bounded(package, "snapshot", bound, async {
         journal_since(old, generation, copied.len()).await
-    })
-    .await;
+    });
+    let (drained, fetched) = tokio::join!(drained(route, package, paused, config), fetch);
+    event.timings.drain_us = drained?;
     let delta = match fetched {
         Ok(delta) => delta,
         Err(error) => {
             tracing::info!(package, %error, "no journal since the early snapshot; moving the whole state");
-            return snapshot_and_restore(route, state, old, new, config, event, garbage).await;
+            let deadline = Instant::now() + config.snapshot_timeout;
+            let done = event.timings.drain_us;
+            return snapshot_and_restore(
+                route,
+                state,
+                old,
+                new,
+                config,
+                event,
+                garbage,
+                deadline,
+                async move { Ok(done) },
+            )
+            .await;
         }
     };
     event.timings.snapshot_us = us(start);
@@ -347,7 +521,20 @@ pub(super) async fn paused_delta(
             package,
             "new worker restarted since the early snapshot; moving the whole state"
         );
-        return snapshot_and_restore(route, state, old, new, config, event, garbage).await;
+        let deadline = Instant::now() + config.snapshot_timeout;
+        let done = event.timings.drain_us;
+        return snapshot_and_restore(
+            route,
+            state,
+            old,
+            new,
+            config,
+            event,
+            garbage,
+            deadline,
+            async move { Ok(done) },
+        )
+        .await;
     }
     event.timings.restore_us = us(start);
     event.replayed = (copied.len() + delta.len()) as u64;

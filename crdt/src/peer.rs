@@ -90,11 +90,13 @@ pub struct PeerConfig {
     /// round with it.
     pub max_unanswered_frames_per_peer: usize,
     /// How long a status record new here waits before it is pushed to
-    /// peers. Every node writes its status at each step of a release, so a
-    /// mesh-wide release is a burst of records; pushing them together costs
-    /// one frame per peer instead of one per record (and a node's records
-    /// written within the delay travel as one). Catalog and intent changes
-    /// are offered at once.
+    /// peers (each wait is drawn from [½, 1½] × this). Every node writes its
+    /// status at each step of a release, so a mesh-wide release is a burst
+    /// of records; pushing them together costs one frame per peer instead
+    /// of one per record (and a node's records written within the delay
+    /// travel as one). The spread keeps neighbours that received a record
+    /// together from pushing it to each other together. Catalog and intent
+    /// changes are offered at once.
     pub status_push_delay_ms: u64,
     /// How long after a change of the status board the core asks for it to
     /// be saved ([`PeerAction::PersistStatusBoard`]); changes within the
@@ -264,6 +266,9 @@ pub struct PeerCore<P> {
     node_id: String,
     trust: TrustRoot,
     rng_state: u64,
+    /// A second splitmix64 stream for the status push delays, so they do
+    /// not shift the anti-entropy peer choices.
+    push_rng_state: u64,
     /// automerge actor id of this run.
     actor: Vec<u8>,
     docs: BTreeMap<DocumentId, MeshDocument>,
@@ -318,6 +323,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             node_id: local_node_id,
             trust: trust_root,
             rng_state: seed,
+            push_rng_state: seed ^ 0x7075_7368_6A69_7474,
             actor,
             docs,
             unpersisted_bytes: BTreeMap::new(),
@@ -921,8 +927,14 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
     ) {
         self.status_dirty.insert(node);
         let now = self.now_ms;
-        self.status_push_at
-            .get_or_insert(now.saturating_add(self.config.status_push_delay_ms));
+        if self.status_push_at.is_none() {
+            // Drawn from [½, 1½] × the delay: neighbours that got a record
+            // at the same moment do not push it to each other at the same
+            // moment, so the later one usually learns the earlier holds it.
+            let delay = self.config.status_push_delay_ms;
+            let jitter = splitmix64(&mut self.push_rng_state) % delay.saturating_add(1);
+            self.status_push_at = Some(now.saturating_add(delay / 2).saturating_add(jitter));
+        }
         self.status_persist_at
             .get_or_insert(now.saturating_add(self.config.status_persist_delay_ms));
         if failures_changed {
@@ -1196,11 +1208,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         if self.peers.is_empty() {
             return None;
         }
-        self.rng_state = self.rng_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng_state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
+        let z = splitmix64(&mut self.rng_state);
         let index = (z % self.peers.len() as u64) as usize;
         self.peers.keys().nth(index).cloned()
     }
@@ -1309,6 +1317,15 @@ fn emit_frame<P: Clone>(
         to: to.clone(),
         bytes,
     });
+}
+
+/// The next value of a splitmix64 stream.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// A sync state that starts a new round from `shared_heads` (the heads both
@@ -1614,7 +1631,10 @@ mod tests {
         core.handle(0, report(package(), failed));
         assert!(core.targets().is_empty(), "one failure quarantines 1.0.0");
         // Nothing is saved before the persist delay; then the whole board.
-        assert_eq!(core.poll_timeout(), Some(config.status_push_delay_ms));
+        // The push falls due within [½, 1½] × its delay.
+        let push_at = core.poll_timeout().unwrap();
+        let delay = config.status_push_delay_ms;
+        assert!((delay / 2..=delay + delay / 2).contains(&push_at), "{push_at}");
         let saves: Vec<Vec<u8>> = core
             .handle(config.status_persist_delay_ms, PeerInput::Tick)
             .into_iter()

@@ -1634,7 +1634,10 @@ mod tests {
         // The push falls due within [½, 1½] × its delay.
         let push_at = core.poll_timeout().unwrap();
         let delay = config.status_push_delay_ms;
-        assert!((delay / 2..=delay + delay / 2).contains(&push_at), "{push_at}");
+        assert!(
+            (delay / 2..=delay + delay / 2).contains(&push_at),
+            "{push_at}"
+        );
         let saves: Vec<Vec<u8>> = core
             .handle(config.status_persist_delay_ms, PeerInput::Tick)
             .into_iter()

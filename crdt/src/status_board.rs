@@ -377,7 +377,11 @@ impl StatusBoard {
 
     fn sorted_slots(entries: &[Entry]) -> Vec<Slot> {
         let mut slots: Vec<Slot> = (0..entries.len() as Slot).collect();
-        slots.sort_unstable_by(|a, b| entries[*a as usize].node_id.cmp(&entries[*b as usize].node_id));
+        slots.sort_unstable_by(|a, b| {
+            entries[*a as usize]
+                .node_id
+                .cmp(&entries[*b as usize].node_id)
+        });
         slots
     }
 

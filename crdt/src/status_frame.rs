@@ -204,8 +204,8 @@ fn version_len(node_id: &str, seq: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message as _;
     use proptest::prelude::*;
+    use prost::Message as _;
 
     fn exchange(
         phase: i32,
@@ -249,7 +249,10 @@ mod tests {
             let prost_bytes = frame(case.clone()).encode_to_vec();
             let ours = encode_status_frame(&StatusExchangeRef::of(&case));
             assert_eq!(ours, prost_bytes);
-            assert_eq!(parse_status_frame(&prost_bytes), Some(StatusExchangeRef::of(&case)));
+            assert_eq!(
+                parse_status_frame(&prost_bytes),
+                Some(StatusExchangeRef::of(&case))
+            );
         }
         let records: Vec<&[u8]> = vec![b"ab", &[0; 200]];
         let pushed = encode_status_frame(&StatusExchangeRef {

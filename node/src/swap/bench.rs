@@ -87,9 +87,10 @@ impl Spread {
 }
 
 /// The steps of a pause (the event's `StepTimings`), each as percentiles
-/// over the run. In a pipelined pause the steps overlap: `snapshot` is
-/// from the request to the old worker's answer, `restore` and `health` what
-/// the new worker took after it.
+/// over the run, and the narrowing before it. In a swap's pause the steps
+/// overlap: `drain` runs beside `snapshot` (from the pause to the old
+/// worker's answer, which comes after the calls still at it), `restore`
+/// and `health` are what the new worker took after that answer.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Steps {
     /// Before the pause: the window narrowing (calls still flow).

@@ -11,8 +11,8 @@ use super::orchestrator::{SwapConfig, SwapError};
 use super::package_state::PackageState;
 use super::standby;
 use super::steps::{
-    REPLAY_BATCH, journal_since, kill, restore_request, running, snapshot_into_segment,
-    snapshot_to_segment_for, state_is_large, step_fault, us, write_durable,
+    REPLAY_BATCH, journal_since, kill, narrow_before_pause, restore_request, running,
+    snapshot_into_segment, snapshot_to_segment_for, state_is_large, step_fault, us, write_durable,
 };
 use crate::runtime::connection::WorkerConnection;
 use crate::runtime::frame::{Request, SegmentWrite};
@@ -55,6 +55,7 @@ pub(super) async fn checkpoint_now(
         event.timings.prewarm_us = us(started);
     }
     let early = early_snapshot(&state, &route, &active, config).await?;
+    narrow_before_pause(&route, package, config, &mut event).await;
     let paused_at = Instant::now();
     route.pause();
     let result = async {

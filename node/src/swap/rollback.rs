@@ -9,8 +9,8 @@ use super::orchestrator::{SwapConfig, SwapError, swap};
 use super::package_state::PackageState;
 use super::standby;
 use super::steps::{
-    Step, bounded, ensure_attached, pipelined, running, snapshot_to_segment_for, step_fault, us,
-    wait_ready, write_durable,
+    Step, bounded, ensure_attached, narrow_before_pause, pipelined, running,
+    snapshot_to_segment_for, step_fault, us, wait_ready, write_durable,
 };
 use crate::runtime::{Route, SupervisedWorker, Supervisor};
 
@@ -82,6 +82,7 @@ pub async fn rollback(
                 .await
                 .map_err(failed)?;
         event.timings.prewarm_us = us(early);
+        narrow_before_pause(&route, package, config, &mut event).await;
         let paused_at = Instant::now();
         let paused =
             rollback_paused(&route, &state, &new, &old, &mut window, config, &mut event).await;

@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 
 use super::durable::{self, CheckpointMeta};
+use super::events::SwapEvent;
 use super::events::unix_ms;
 use super::fault;
 use super::journal::JournalEntry;
 use super::orchestrator::{SwapConfig, SwapError};
 use super::package_state::PackageState;
+use super::takeover::pause_window;
 use crate::runtime::InvokeError;
 use crate::runtime::frame::{JournalChunk, Request, SegmentWrite};
 use crate::runtime::{Route, SupervisedWorker, Supervisor, WorkerState};
@@ -458,4 +460,29 @@ pub(super) fn running(
             package: package.to_string(),
         })?;
     Ok((route, supervisor.package_state(package)))
+}
+
+/// Narrows `route`'s window to [`pause_window`] calls (calls keep flowing)
+/// and waits, bounded by `drain_timeout` (past it the pause just drains
+/// more), until the calls at the worker fit it, so the pause that follows
+/// waits for at most that many. The caller's `resume` widens it again.
+pub(super) async fn narrow_before_pause(
+    route: &Route<SupervisedWorker>,
+    package: &str,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+) {
+    let narrowed_at = Instant::now();
+    route.narrow(pause_window());
+    if !route
+        .wait_narrowed(narrowed_at + config.drain_timeout)
+        .await
+    {
+        tracing::info!(
+            package,
+            calls = route.calls_in_progress(),
+            "calls still above the narrowed window; pausing anyway"
+        );
+    }
+    event.timings.narrow_us = us(narrowed_at);
 }

@@ -18,8 +18,9 @@ use super::journal::JournalEntry;
 use super::orchestrator::{SwapConfig, SwapError};
 use super::package_state::PackageState;
 use super::steps::{
-    SNAPSHOT_GRACE, Step, bounded, ensure_attached, health_step, journal_since, kill, pipelined,
-    replay, restore_request, snapshot_to_segment_for, step_fault, takeover_failure, us,
+    SNAPSHOT_GRACE, Step, bounded, ensure_attached, health_step, journal_since, kill,
+    narrow_before_pause, pipelined, replay, restore_request, snapshot_to_segment_for, step_fault,
+    takeover_failure, us,
 };
 use crate::runtime::InvokeError;
 use crate::runtime::frame::{Request, SegmentWrite};
@@ -84,7 +85,7 @@ pub const PAUSE_WINDOW: usize = 4;
 /// route's window; the window's size turns the narrowing off).
 pub const PAUSE_WINDOW_ENV: &str = "CLAWMESH_PAUSE_WINDOW";
 
-fn pause_window() -> usize {
+pub(super) fn pause_window() -> usize {
     std::env::var(PAUSE_WINDOW_ENV)
         .ok()
         .and_then(|v| v.trim().parse().ok())
@@ -108,19 +109,7 @@ async fn pause(
 ) -> Result<Paused, SwapError> {
     let package = state.package();
     step_fault(package, "pause", old.pid(), new.pid())?;
-    let narrowed_at = Instant::now();
-    route.narrow(pause_window());
-    if !route
-        .wait_narrowed(narrowed_at + config.drain_timeout)
-        .await
-    {
-        tracing::info!(
-            package,
-            calls = route.calls_in_progress(),
-            "calls still above the narrowed window; pausing anyway"
-        );
-    }
-    event.timings.narrow_us = us(narrowed_at);
+    narrow_before_pause(route, package, config, event).await;
     let at = Instant::now();
     route.pause();
     if !route.wait_sent(at + config.drain_timeout).await {

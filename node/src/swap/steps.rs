@@ -161,13 +161,34 @@ pub(super) async fn settled_snapshot(
     reader: Option<&SupervisedWorker>,
     timeout: Duration,
 ) -> Result<SegmentWrite, SwapError> {
+    let before = state.generation();
+    graced_snapshot(state, worker, reader, timeout, || {
+        if state.generation() > before {
+            route.journal().take();
+            state.set_journal_base(state.generation());
+            state.close_window();
+        }
+    })
+    .await
+}
+
+/// A snapshot into the segment bounded by `timeout`; one that passed it
+/// gets [`SNAPSHOT_GRACE`] more, then its worker is killed (it could
+/// otherwise publish once calls run again), `timed_out` settles what a late
+/// publish means for the journal, and the step fails.
+pub(super) async fn graced_snapshot(
+    state: &PackageState,
+    worker: &SupervisedWorker,
+    reader: Option<&SupervisedWorker>,
+    timeout: Duration,
+    timed_out: impl FnOnce(),
+) -> Result<SegmentWrite, SwapError> {
     let package = state.package();
     let failed = |why: String| SwapError::Step {
         package: package.to_string(),
         step: "snapshot",
         why,
     };
-    let before = state.generation();
     let work = snapshot_to_segment_for(state, worker, reader);
     tokio::pin!(work);
     if let Ok(result) = tokio::time::timeout(timeout, &mut work).await {
@@ -178,11 +199,7 @@ pub(super) async fn settled_snapshot(
         tracing::warn!(package, pid = ?worker.pid(), "snapshot hung past its grace; killing the worker");
         kill(worker);
     }
-    if state.generation() > before {
-        route.journal().take();
-        state.set_journal_base(state.generation());
-        state.close_window();
-    }
+    timed_out();
     Err(failed(format!("timed out after {timeout:?}")))
 }
 

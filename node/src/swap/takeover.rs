@@ -18,7 +18,7 @@ use super::journal::JournalEntry;
 use super::orchestrator::{SwapConfig, SwapError};
 use super::package_state::PackageState;
 use super::steps::{
-    SNAPSHOT_GRACE, Step, bounded, ensure_attached, health_step, journal_since, kill,
+    Step, bounded, ensure_attached, graced_snapshot, health_step, journal_since, kill,
     narrow_before_pause, pipelined, replay, restore_request, snapshot_to_segment_for, step_fault,
     takeover_failure, us,
 };
@@ -154,37 +154,47 @@ async fn drained(
 }
 
 /// The old worker's snapshot into the segment, queued behind the calls of
-/// the window, bounded by `deadline`. As `steps::settled_snapshot`: one
-/// that passed it gets [`SNAPSHOT_GRACE`] more, then its worker is killed
-/// (it could otherwise publish once calls run again), and the step fails.
-/// Unlike it, a late publish leaves the journal alone: the calls of the
-/// window may not all be journaled yet, and the journal stays exact for
-/// the generation it follows, which is still in the segment (the previous
-/// one); the caller closes the warm window.
+/// the window, bounded by `deadline` (with `steps::graced_snapshot`'s
+/// grace). Unlike `steps::settled_snapshot`, a late publish leaves the
+/// journal alone: the calls of the window may not all be journaled yet,
+/// and the journal stays exact for the generation it follows, which is
+/// still in the segment (the previous one); the caller closes the warm
+/// window.
 async fn overlapped_snapshot(
     state: &PackageState,
     old: &SupervisedWorker,
     reader: &SupervisedWorker,
     deadline: Instant,
 ) -> Result<SegmentWrite, SwapError> {
-    let package = state.package();
-    let failed = |why: String| SwapError::Step {
-        package: package.to_string(),
-        step: "snapshot",
-        why,
-    };
-    let work = snapshot_to_segment_for(state, old, Some(reader));
-    tokio::pin!(work);
     let bound = deadline.saturating_duration_since(Instant::now());
-    if let Ok(result) = tokio::time::timeout(bound, &mut work).await {
-        return result.map_err(failed);
-    }
-    let late = tokio::time::timeout(SNAPSHOT_GRACE, &mut work).await;
-    if !matches!(late, Ok(Ok(_))) {
-        tracing::warn!(package, pid = ?old.pid(), "snapshot hung past its grace; killing the worker");
-        kill(old);
-    }
-    Err(failed(format!("timed out after {bound:?}")))
+    graced_snapshot(state, old, Some(reader), bound, || {}).await
+}
+
+/// The fallback of an early-snapshot swap whose delta could not be used:
+/// the whole state moves inside the pause, the drain already done.
+async fn whole_state_after_drain(
+    route: &Route<SupervisedWorker>,
+    state: &PackageState,
+    old: &SupervisedWorker,
+    new: &SupervisedWorker,
+    config: &SwapConfig,
+    event: &mut SwapEvent,
+    garbage: &mut Vec<JournalEntry>,
+) -> Result<(), SwapError> {
+    let deadline = Instant::now() + config.snapshot_timeout;
+    let done = event.timings.drain_us;
+    snapshot_and_restore(
+        route,
+        state,
+        old,
+        new,
+        config,
+        event,
+        garbage,
+        deadline,
+        async move { Ok(done) },
+    )
+    .await
 }
 
 /// Steps 3–4 with the whole state inside the pause (no early snapshot, or
@@ -451,20 +461,7 @@ pub(super) async fn paused_delta(
         Ok(delta) => delta,
         Err(error) => {
             tracing::info!(package, %error, "no journal since the early snapshot; moving the whole state");
-            let deadline = Instant::now() + config.snapshot_timeout;
-            let done = event.timings.drain_us;
-            return snapshot_and_restore(
-                route,
-                state,
-                old,
-                new,
-                config,
-                event,
-                garbage,
-                deadline,
-                async move { Ok(done) },
-            )
-            .await;
+            return whole_state_after_drain(route, state, old, new, config, event, garbage).await;
         }
     };
     event.timings.snapshot_us = us(start);
@@ -510,20 +507,7 @@ pub(super) async fn paused_delta(
             package,
             "new worker restarted since the early snapshot; moving the whole state"
         );
-        let deadline = Instant::now() + config.snapshot_timeout;
-        let done = event.timings.drain_us;
-        return snapshot_and_restore(
-            route,
-            state,
-            old,
-            new,
-            config,
-            event,
-            garbage,
-            deadline,
-            async move { Ok(done) },
-        )
-        .await;
+        return whole_state_after_drain(route, state, old, new, config, event, garbage).await;
     }
     event.timings.restore_us = us(start);
     event.replayed = (copied.len() + delta.len()) as u64;

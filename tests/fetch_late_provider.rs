@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clawmesh_e2e::{NodeProcess, Publisher, admin, clawmesh_ok, s, wait_for};
+use clawmesh_e2e::{NodeProcess, Publisher, clawmesh_ok, s, wait_catalog_lists};
 use clawmesh_node::blob_store::BlobId;
 
 const CONVERGE: Duration = Duration::from_secs(60);
@@ -78,22 +78,12 @@ fn a_holder_that_starts_during_a_fetch_whose_only_provider_lies_completes_it() {
         &["--bootstrap", &fetcher_addr_of(&liar)],
         &[("CLAWMESH_FETCH_JOIN_WAIT_MS", JOIN_WAIT_MS)],
     );
-    wait_for(
+    wait_catalog_lists(
         "the fetcher to learn 1.0.0 from the liar's catalog",
+        &fetcher_dir,
+        COUNTER,
+        "1.0.0",
         CONVERGE,
-        || match admin(
-            &fetcher_dir,
-            serde_json::json!({"op": "catalog", "package": COUNTER}),
-        ) {
-            Ok(v)
-                if v["versions"]
-                    .as_array()
-                    .is_some_and(|vs| vs.iter().any(|x| x == "1.0.0")) =>
-            {
-                Ok(())
-            }
-            other => Err(format!("{other:?}")),
-        },
     );
 
     // The fetch starts: its providers are the liar alone (the late holder

@@ -46,9 +46,10 @@ fn setup() -> Setup {
     }
 }
 
-fn pack(st: &Setup, wasm: &Path, name: &str, version: &str, extra: &[&str]) -> PathBuf {
-    let out = st.root.join(format!("{name}-{version}.pkg"));
-    let mut args = vec![
+/// `clawmesh pack` arguments for `wasm` as `name@version`, signed with the
+/// setup's key, written to `out`.
+fn pack_args(st: &Setup, wasm: &Path, name: &str, version: &str, out: &Path) -> Vec<String> {
+    [
         "pack",
         s(wasm),
         "--name",
@@ -58,8 +59,16 @@ fn pack(st: &Setup, wasm: &Path, name: &str, version: &str, extra: &[&str]) -> P
         "--key",
         s(&st.key),
         "-o",
-        s(&out),
-    ];
+        s(out),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn pack(st: &Setup, wasm: &Path, name: &str, version: &str, extra: &[&str]) -> PathBuf {
+    let out = st.root.join(format!("{name}-{version}.pkg"));
+    let args = pack_args(st, wasm, name, version, &out);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
     args.extend_from_slice(extra);
     clawmesh_ok(&args);
     out
@@ -167,22 +176,7 @@ fn pack_refuses_bad_input_with_named_problems() {
     let st = setup();
     let counter = skill("counter.wasm");
     let out = st.root.join("x.pkg");
-    let base = |name: &str, version: &str| -> Vec<String> {
-        [
-            "pack",
-            s(&counter),
-            "--name",
-            name,
-            "--version",
-            version,
-            "--key",
-            s(&st.key),
-            "-o",
-            s(&out),
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let base = |name: &str, version: &str| pack_args(&st, &counter, name, version, &out);
     let run = |args: Vec<String>| {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         clawmesh_fails(&refs, 1)

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clawmesh_e2e::{
-    NodeProcess, Publisher, admin, clawmesh_ok, http_get, s, status_json, wait_for,
+    NodeProcess, Publisher, admin, clawmesh_ok, http_get, s, status_json, wait_catalog_lists,
+    wait_for,
 };
 use clawmesh_node::mesh::{
     KAD_PROTOCOL, MeshConfig, MeshHandle, MeshNetwork, load_or_create_identity,
@@ -97,22 +98,12 @@ fn a_blob_no_status_lists_is_fetched_from_a_holder_found_through_provider_record
     );
 
     let fetcher = NodeProcess::start(&dirs[2], &["--bootstrap", &bootstrap]);
-    wait_for(
+    wait_catalog_lists(
         "the fetcher to learn 1.0.0 from the mesh catalog",
+        &dirs[2],
+        COUNTER,
+        "1.0.0",
         CONVERGE,
-        || match admin(
-            &dirs[2],
-            serde_json::json!({"op": "catalog", "package": COUNTER}),
-        ) {
-            Ok(v)
-                if v["versions"]
-                    .as_array()
-                    .is_some_and(|vs| vs.iter().any(|x| x == "1.0.0")) =>
-            {
-                Ok(())
-            }
-            other => Err(format!("{other:?}")),
-        },
     );
     // Connected to the hub only: the holder closes every connection the
     // fetcher's DHT queries open to it (the fetcher counts each for the

@@ -415,6 +415,32 @@ pub fn wait_for<T>(
     }
 }
 
+/// Waits (up to `timeout`) until the node at `node_dir` lists `version` of
+/// `package` in its catalog; `what` names the wait in the panic.
+pub fn wait_catalog_lists(
+    what: &str,
+    node_dir: &Path,
+    package: &str,
+    version: &str,
+    timeout: std::time::Duration,
+) {
+    wait_for(what, timeout, || {
+        match admin(
+            node_dir,
+            serde_json::json!({"op": "catalog", "package": package}),
+        ) {
+            Ok(v)
+                if v["versions"]
+                    .as_array()
+                    .is_some_and(|vs| vs.iter().any(|x| x == version)) =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?}")),
+        }
+    });
+}
+
 /// `clawmesh status --json` of a node.
 pub fn status_json(node_dir: &Path) -> serde_json::Value {
     serde_json::from_str(&clawmesh_ok(&["status", "--json", "--node", s(node_dir)]))

@@ -211,6 +211,17 @@ fn a_version_whose_restore_traps_is_refused_and_the_old_one_keeps_its_state() {
     assert_eq!(get(&node), 8);
 }
 
+/// A node (with `env`) that ran counter 1.0.0, took 3 increments, and
+/// swapped to 2.0.0: the warm window of that swap is open.
+fn counter_swapped_to_v2(dir: &Path, env: &[(&str, &str)]) -> (NodeProcess, std::path::PathBuf) {
+    let node_dir = setup(dir, &[]);
+    let node = NodeProcess::start_with_env(&node_dir, &[], env);
+    deploy(&node_dir, "1.0.0").unwrap();
+    add(&node, 3);
+    deploy(&node_dir, "2.0.0").unwrap();
+    (node, node_dir)
+}
+
 /// Rolls the counter back while `load` runs (calls before and after it);
 /// returns the rollback event and the load's (acknowledged, failed).
 fn rollback_under(load: Load, node_dir: &Path) -> (serde_json::Value, u64, u64) {
@@ -228,11 +239,7 @@ fn rollback_under(load: Load, node_dir: &Path) -> (serde_json::Value, u64, u64) 
 #[test]
 fn rollback_keeps_every_acknowledged_increment() {
     let dir = tempfile::tempdir().unwrap();
-    let node_dir = setup(dir.path(), &[]);
-    let node = NodeProcess::start(&node_dir, &[]);
-    deploy(&node_dir, "1.0.0").unwrap();
-    add(&node, 3);
-    deploy(&node_dir, "2.0.0").unwrap();
+    let (node, node_dir) = counter_swapped_to_v2(dir.path(), &[]);
     assert_eq!(swap_status(&node_dir)["rollback_to"], "1.0.0");
 
     let load = Load::start(&node, 8);
@@ -265,11 +272,7 @@ fn rollback_keeps_every_acknowledged_increment() {
 fn rollback_after_checkpoints_in_the_warm_window_keeps_every_acknowledged_increment() {
     for env in [&[][..], &[EARLY_ALWAYS][..]] {
         let dir = tempfile::tempdir().unwrap();
-        let node_dir = setup(dir.path(), &[]);
-        let node = NodeProcess::start_with_env(&node_dir, &[], env);
-        deploy(&node_dir, "1.0.0").unwrap();
-        add(&node, 3);
-        deploy(&node_dir, "2.0.0").unwrap();
+        let (node, node_dir) = counter_swapped_to_v2(dir.path(), env);
         let load = Load::start(&node, 8);
         // Two checkpoints (and the periodic ones): the journal since the
         // swap was emptied, the pre-swap state has left the segment.
@@ -310,11 +313,7 @@ fn rollback_after_checkpoints_in_the_warm_window_keeps_every_acknowledged_increm
 #[test]
 fn a_standby_that_cannot_be_brought_back_closes_the_window_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let node_dir = setup(dir.path(), &[]);
-    let node = NodeProcess::start(&node_dir, &[]);
-    deploy(&node_dir, "1.0.0").unwrap();
-    add(&node, 3);
-    deploy(&node_dir, "2.0.0").unwrap();
+    let (node, node_dir) = counter_swapped_to_v2(dir.path(), &[]);
     add(&node, 4);
     admin(
         &node_dir,

@@ -295,13 +295,7 @@ fn rollback_after_checkpoints_in_the_warm_window_keeps_every_acknowledged_increm
         // The rollback's checkpoint is the standby's state: a worker crash
         // now recovers from it and the calls since.
         add(&node, 5);
-        let status = admin(&node_dir, serde_json::json!({"op": "status"})).unwrap();
-        let pid = status["skills"][0]["pid"].as_u64().unwrap() as i32;
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        kill_active(&node_dir, COUNTER);
         assert_eq!(get_when_serving(&node), 3 + acknowledged + 5);
     }
 }
@@ -384,13 +378,7 @@ fn worker_kills_lose_nothing_with(steps: &[&str], env: &[(&str, &str)]) {
     // A plain SIGKILL of the serving worker first.
     add(&node, 4);
     expected += 4;
-    let status = admin(&node_dir, serde_json::json!({"op": "status"})).unwrap();
-    let pid = status["skills"][0]["pid"].as_u64().unwrap() as i32;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill_active(&node_dir, COUNTER);
     assert_eq!(get_when_serving(&node), expected);
 
     if env.contains(&EARLY_ALWAYS) {
@@ -783,7 +771,7 @@ fn calls_made_between_the_early_snapshot_and_the_pause_survive_the_swap() {
     }
     assert!(kv_call(&node, "get", b"k0031").1 == kv_value(31));
     // A crash of v2 now restores the early snapshot and replays the journal.
-    kill_active_kv(&node_dir);
+    kill_active(&node_dir, KV);
     assert_kv_holds(&node, &acknowledged, "the crash");
     // And a rollback to v1 (no down-migration) keeps them too.
     let back = admin(
@@ -854,13 +842,14 @@ impl KvWriters {
     }
 }
 
-fn kill_active_kv(node_dir: &Path) {
+/// SIGKILL to the active worker of `package` (the supervisor restarts it).
+fn kill_active(node_dir: &Path, package: &str) {
     let status = admin(node_dir, serde_json::json!({"op": "status"})).unwrap();
     let pid = status["skills"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|s| s["package"] == KV && s["role"] == "active")
+        .find(|s| s["package"] == package && s["role"] == "active")
         .unwrap()["pid"]
         .as_u64()
         .unwrap() as i32;
@@ -934,7 +923,7 @@ fn a_large_state_is_checkpointed_early_under_load_and_loses_nothing() {
     assert_kv_holds(&node, &acknowledged, "checkpoints and a kill");
     assert!(kv_call(&node, "get", b"k0031").1 == kv_value(31));
     // A crash now restores the last early checkpoint and replays the journal.
-    kill_active_kv(&node_dir);
+    kill_active(&node_dir, KV);
     assert_kv_holds(&node, &acknowledged, "a crash after early checkpoints");
 }
 

@@ -99,9 +99,56 @@ impl Default for ConnectionLimits {
 type Reply = Result<Bytes, CallError>;
 type Pending = Arc<Mutex<PendingCalls>>;
 
+/// Where a connection records the calls its worker ran `Ok`, in the order
+/// the worker ran them: the order of its answers, since a worker runs
+/// frames one at a time in arrival order. The reader task records each one
+/// before handing its answer to the caller, so a call is logged before it
+/// is acknowledged, and the log's order never depends on how the callers'
+/// tasks were scheduled. The route's journal is one.
+pub trait CallLog: Send + Sync {
+    /// `op` ran with `input` and answered `Ok`.
+    fn ran_ok(&self, op: &str, input: &Bytes);
+}
+
+/// A call logged once it runs `Ok`.
+struct LoggedCall {
+    log: Arc<dyn CallLog>,
+    op: String,
+    input: Bytes,
+}
+
+/// A call sent and not answered yet.
+struct Waiter {
+    /// Gone once the caller stopped waiting (dropped or timed out): a
+    /// logged call then still waits for its answer, because the worker
+    /// runs it all the same and the log must say what the worker's state
+    /// holds. Such orphans are bounded by the requests the worker has not
+    /// answered yet (the bounded queue plus the socket's buffer).
+    reply: Option<oneshot::Sender<Reply>>,
+    logged: Option<LoggedCall>,
+    /// A call of [`WorkerConnection::call_in_order`] holds its in-flight
+    /// slot here, given back when its answer arrives (the batch sends its
+    /// later calls before it awaits any answer).
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// One call of an ordered batch ([`WorkerConnection::call_in_order`]).
+#[derive(Debug)]
+pub enum OrderedCall<'a> {
+    /// An invoke (not logged: batches replay calls already journaled).
+    Invoke {
+        /// The operation.
+        op: &'a str,
+        /// Its input.
+        input: Bytes,
+    },
+    /// A control request.
+    Request(Request<'a>),
+}
+
 #[derive(Default)]
 struct PendingCalls {
-    waiting: HashMap<u64, oneshot::Sender<Reply>>,
+    waiting: HashMap<u64, Waiter>,
     /// Set once the reader stops; later calls fail at once.
     closed: Option<String>,
 }
@@ -163,13 +210,21 @@ impl WorkerConnection {
 
     /// Invokes `op` on the skill.
     pub async fn invoke(&self, op: String, input: Bytes) -> Reply {
-        self.invoke_then(op, input, || {}).await
+        self.invoke_then(op, input, || {}, None).await
     }
 
     /// Invokes `op` on the skill; `queued` runs once the request is in the
     /// connection's queue (any request queued later reaches the worker
-    /// after it), not at all if it never got there.
-    pub async fn invoke_then(&self, op: String, input: Bytes, queued: impl FnOnce()) -> Reply {
+    /// after it), not at all if it never got there. With a `log`, the
+    /// call is recorded there if the worker runs it `Ok` (see [`CallLog`]),
+    /// even if this future is dropped or times out before the answer.
+    pub async fn invoke_then(
+        &self,
+        op: String,
+        input: Bytes,
+        queued: impl FnOnce(),
+        log: Option<Arc<dyn CallLog>>,
+    ) -> Reply {
         if op.len() > frame::MAX_OP_LEN {
             return Err(CallError::Frame(FrameError::OpTooLong { length: op.len() }));
         }
@@ -177,7 +232,12 @@ impl WorkerConnection {
         if length > frame::MAX_FRAME {
             return Err(CallError::Frame(FrameError::TooLarge { length }));
         }
-        self.call(|id| Ok(Outgoing::Invoke { id, op, input }), queued)
+        let logged = log.map(|log| LoggedCall {
+            log,
+            op: op.clone(),
+            input: input.clone(),
+        });
+        self.call(|id| Ok(Outgoing::Invoke { id, op, input }), queued, logged)
             .await
     }
 
@@ -190,6 +250,7 @@ impl WorkerConnection {
                 Ok(Outgoing::Encoded(bytes))
             },
             || {},
+            None,
         )
         .await
     }
@@ -204,8 +265,105 @@ impl WorkerConnection {
                 Ok(Outgoing::WithFd(bytes, fd))
             },
             || {},
+            None,
         )
         .await
+    }
+
+    /// Sends `calls` in this order (the worker runs them in it), at most
+    /// the in-flight bound of them unanswered at once, and returns their
+    /// answers in the same order. Each call is queued only after the one
+    /// before it, from this one future: calls made concurrently from many
+    /// futures reach the socket in whatever order those are polled and
+    /// get their slots. If a call cannot be sent, none after it is, and
+    /// they all answer with its error.
+    pub async fn call_in_order(&self, calls: &[OrderedCall<'_>]) -> Vec<Reply> {
+        let mut waiting = Vec::with_capacity(calls.len());
+        let mut guards = Vec::with_capacity(calls.len());
+        let mut unsent = None;
+        for call in calls {
+            match self.send_ordered(call).await {
+                Ok((id, answer)) => {
+                    guards.push(PendingGuard {
+                        pending: &self.pending,
+                        id,
+                    });
+                    waiting.push(answer);
+                }
+                Err(error) => {
+                    unsent = Some(error);
+                    break;
+                }
+            }
+        }
+        let mut replies = Vec::with_capacity(calls.len());
+        for answer in waiting {
+            replies.push(
+                match tokio::time::timeout(self.limits.call_timeout, answer).await {
+                    Ok(Ok(reply)) => reply,
+                    Ok(Err(_)) => Err(CallError::Closed {
+                        reason: "connection dropped the call".into(),
+                    }),
+                    Err(_) => Err(CallError::TimedOut {
+                        timeout: self.limits.call_timeout,
+                    }),
+                },
+            );
+        }
+        drop(guards);
+        if let Some(error) = unsent {
+            replies.resize(calls.len(), Err(error));
+        }
+        replies
+    }
+
+    /// Queues one call of [`WorkerConnection::call_in_order`]; its slot
+    /// travels with its waiter.
+    async fn send_ordered(
+        &self,
+        call: &OrderedCall<'_>,
+    ) -> Result<(u64, oneshot::Receiver<Reply>), CallError> {
+        if self.shut.load(Ordering::Acquire) {
+            return Err(CallError::Closed {
+                reason: "connection is shutting down".into(),
+            });
+        }
+        let slot = self.slot().await?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut bytes = Vec::new();
+        let request = match call {
+            OrderedCall::Invoke { op, input } => Request::Invoke { op, input },
+            OrderedCall::Request(request) => request.clone(),
+        };
+        frame::encode_request(id, &request, &mut bytes).map_err(CallError::Frame)?;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(reason) = &pending.closed {
+                return Err(CallError::Closed {
+                    reason: reason.clone(),
+                });
+            }
+            pending.waiting.insert(
+                id,
+                Waiter {
+                    reply: Some(tx),
+                    logged: None,
+                    _slot: Some(slot),
+                },
+            );
+        }
+        if self.outgoing.send(Outgoing::Encoded(bytes)).await.is_err() {
+            self.pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .waiting
+                .remove(&id);
+            return Err(CallError::Closed {
+                reason: "writer stopped".into(),
+            });
+        }
+        Ok((id, rx))
     }
 
     /// Stops sending: later calls fail as closed. Calls already sent still
@@ -218,6 +376,7 @@ impl WorkerConnection {
         &self,
         make: impl FnOnce(u64) -> Result<Outgoing, CallError>,
         queued: impl FnOnce(),
+        logged: Option<LoggedCall>,
     ) -> Reply {
         if self.shut.load(Ordering::Acquire) {
             return Err(CallError::Closed {
@@ -235,7 +394,14 @@ impl WorkerConnection {
                     reason: reason.clone(),
                 });
             }
-            pending.waiting.insert(id, tx);
+            pending.waiting.insert(
+                id,
+                Waiter {
+                    reply: Some(tx),
+                    logged,
+                    _slot: None,
+                },
+            );
         }
         // Removes the entry if this future is dropped or times out first.
         let guard = PendingGuard {
@@ -283,11 +449,17 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .waiting
-            .remove(&self.id);
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let std::collections::hash_map::Entry::Occupied(mut waiter) =
+            pending.waiting.entry(self.id)
+        else {
+            return; // answered
+        };
+        if waiter.get().logged.is_some() {
+            waiter.get_mut().reply = None;
+        } else {
+            waiter.remove();
+        }
     }
 }
 
@@ -309,7 +481,7 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
     let mut frames = FrameReader::new();
     // Answers of one read, completed under one lock.
     let mut answered: Vec<(u64, Reply)> = Vec::new();
-    let mut waiters: Vec<(oneshot::Sender<Reply>, Reply)> = Vec::new();
+    let mut waiters: Vec<(Waiter, Reply)> = Vec::new();
     let reason = 'read: loop {
         loop {
             let (id, reply) = match frames.next_frame() {
@@ -346,9 +518,15 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
                     }
                 }
             }
+            // In answer order: the log's order is the worker's.
             for (waiter, reply) in waiters.drain(..) {
-                // The caller may have given up; nothing to do then.
-                let _ = waiter.send(reply);
+                if let (Ok(_), Some(call)) = (&reply, &waiter.logged) {
+                    call.log.ran_ok(&call.op, &call.input);
+                }
+                if let Some(caller) = waiter.reply {
+                    // The caller may have given up since; nothing to do then.
+                    let _ = caller.send(reply);
+                }
             }
         }
         match read.read(frames.spare()).await {
@@ -362,8 +540,8 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
         pending.closed = Some(reason.clone());
         std::mem::take(&mut pending.waiting)
     };
-    for (_, waiter) in waiting {
-        let _ = waiter.send(Err(CallError::Closed {
+    for caller in waiting.into_values().filter_map(|waiter| waiter.reply) {
+        let _ = caller.send(Err(CallError::Closed {
             reason: reason.clone(),
         }));
     }
@@ -584,6 +762,191 @@ mod tests {
             Err(CallError::Overloaded { max_in_flight: 1 })
         );
         hanging.abort();
+    }
+
+    /// The calls a connection logged, in order.
+    #[derive(Default)]
+    struct TestLog(Mutex<Vec<(String, Bytes)>>);
+
+    impl CallLog for TestLog {
+        fn ran_ok(&self, op: &str, input: &Bytes) {
+            self.0.lock().unwrap().push((op.to_string(), input.clone()));
+        }
+    }
+
+    /// A worker running calls one at a time in arrival order, as real ones
+    /// do: it notes each invoke's input as it runs it, answers `fail` with
+    /// an error and everything else `Ok`; on `slow` it first says so on
+    /// `arrived` and waits for `release`.
+    async fn sequential_worker(
+        mut stream: UnixStream,
+        ran: Arc<Mutex<Vec<Bytes>>>,
+        arrived: Arc<tokio::sync::Notify>,
+        release: Arc<tokio::sync::Notify>,
+    ) {
+        while let Ok(body) = read_frame(&mut stream).await {
+            let frame = frame::decode_request(&body).unwrap();
+            let mut out = Vec::new();
+            let Request::Invoke { op, input } = frame.body else {
+                panic!("only invokes are sent");
+            };
+            if op == "slow" {
+                arrived.notify_one();
+                release.notified().await;
+            }
+            if op == "fail" {
+                let failure = frame::WorkerFailure {
+                    code: FailureCode::Skill,
+                    skill_code: "nope",
+                    message: "refused",
+                };
+                frame::encode_response(frame.id, &Response::Err(failure), &mut out).unwrap();
+            } else {
+                ran.lock().unwrap().push(Bytes::copy_from_slice(input));
+                frame::encode_response(frame.id, &Response::Ok(b""), &mut out).unwrap();
+            }
+            stream.write_all(&out).await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_are_logged_in_the_order_the_worker_ran_them() {
+        let (node, worker) = UnixStream::pair().unwrap();
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(sequential_worker(
+            worker,
+            ran.clone(),
+            notify.clone(),
+            notify.clone(),
+        ));
+        let connection = Arc::new(WorkerConnection::start(node, ConnectionLimits::default()));
+        let log = Arc::new(TestLog::default());
+        let calls: Vec<_> = (0..500u32)
+            .map(|i| {
+                let (connection, log) = (connection.clone(), log.clone());
+                tokio::spawn(async move {
+                    let op = if i % 7 == 0 { "fail" } else { "set" };
+                    let input = Bytes::from(i.to_be_bytes().to_vec());
+                    connection
+                        .invoke_then(op.into(), input, || {}, Some(log as Arc<dyn CallLog>))
+                        .await
+                })
+            })
+            .collect();
+        for call in calls {
+            let _ = call.await.unwrap();
+        }
+        let logged: Vec<Bytes> = log
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, i)| i.clone())
+            .collect();
+        let ran = ran.lock().unwrap().clone();
+        assert_eq!(
+            ran.len(),
+            500 - 500usize.div_ceil(7),
+            "failed calls are not run Ok"
+        );
+        assert_eq!(logged, ran, "the log must follow the worker's order");
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_caller_gave_up_is_still_logged_in_its_place() {
+        let (node, worker) = UnixStream::pair().unwrap();
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (arrived, release) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        tokio::spawn(sequential_worker(
+            worker,
+            ran.clone(),
+            arrived.clone(),
+            release.clone(),
+        ));
+        let connection = Arc::new(WorkerConnection::start(node, ConnectionLimits::default()));
+        let log = Arc::new(TestLog::default());
+        let logged = {
+            let log = log.clone();
+            move |op: &'static str| {
+                let (connection, log) = (connection.clone(), log.clone());
+                async move {
+                    connection
+                        .invoke_then(
+                            op.into(),
+                            Bytes::from(op),
+                            || {},
+                            Some(log as Arc<dyn CallLog>),
+                        )
+                        .await
+                }
+            }
+        };
+        logged("before").await.unwrap();
+        let abandoned = tokio::spawn(logged("slow"));
+        arrived.notified().await;
+        abandoned.abort();
+        assert!(abandoned.await.unwrap_err().is_cancelled());
+        release.notify_one();
+        logged("after").await.unwrap();
+        assert!(logged("fail").await.is_err());
+        let ran = ran.lock().unwrap().clone();
+        assert_eq!(ran, [&b"before"[..], b"slow", b"after"]);
+        let logged: Vec<Bytes> = log
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, i)| i.clone())
+            .collect();
+        assert_eq!(
+            logged, ran,
+            "the abandoned call ran, so it is logged in its place"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ordered_batch_beyond_the_in_flight_bound_runs_in_its_order() {
+        let (node, worker) = UnixStream::pair().unwrap();
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(sequential_worker(
+            worker,
+            ran.clone(),
+            notify.clone(),
+            notify,
+        ));
+        let limits = ConnectionLimits {
+            max_in_flight: 4,
+            ..ConnectionLimits::default()
+        };
+        let connection = WorkerConnection::start(node, limits);
+        let inputs: Vec<Bytes> = (0..300u32)
+            .map(|i| Bytes::from(i.to_be_bytes().to_vec()))
+            .collect();
+        let calls: Vec<OrderedCall<'_>> = inputs
+            .iter()
+            .map(|input| OrderedCall::Invoke {
+                op: "set",
+                input: input.clone(),
+            })
+            .collect();
+        let replies = connection.call_in_order(&calls).await;
+        assert!(replies.iter().all(Result::is_ok));
+        assert_eq!(*ran.lock().unwrap(), inputs);
+        assert_eq!(connection.in_flight(), 0, "every slot came back");
+        // A batch that cannot be sent answers every call with why.
+        connection.close();
+        let replies = connection.call_in_order(&calls[..3]).await;
+        assert_eq!(replies.len(), 3);
+        assert!(
+            replies
+                .iter()
+                .all(|r| matches!(r, Err(CallError::Closed { .. })))
+        );
     }
 
     #[tokio::test]

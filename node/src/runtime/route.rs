@@ -123,7 +123,7 @@ pub struct Route<W> {
     window_limits: WindowLimits,
     /// Calls waiting for a place in the window.
     queued: AtomicUsize,
-    journal: Journal,
+    journal: Arc<Journal>,
 }
 
 /// A call admitted through an open route; the route counts it until dropped
@@ -192,13 +192,19 @@ impl<W> Route<W> {
             window: Semaphore::new(window.size()),
             window_limits: window,
             queued: AtomicUsize::new(0),
-            journal: Journal::new(),
+            journal: Arc::new(Journal::new()),
         }
     }
 
     /// Calls acknowledged since the package's last checkpoint.
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// The journal, for a connection to record the calls it runs
+    /// (see [`super::connection::CallLog`]).
+    pub fn call_log(&self) -> Arc<dyn super::connection::CallLog> {
+        self.journal.clone()
     }
 
     /// Admits a call: at once when the route is open and the window has a

@@ -22,7 +22,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{Notify, broadcast, watch};
 
 use super::cgroup::{self, CgroupLimits, CgroupManager, CgroupSupport, WorkerCgroup};
-use super::connection::{ConnectionLimits, WorkerConnection, read_frame};
+use super::connection::{CallLog, ConnectionLimits, OrderedCall, WorkerConnection, read_frame};
 use super::errors::{DeployError, InvokeError};
 use super::frame::{self, FailureCode, Request, Response};
 use super::metrics::RuntimeMetrics;
@@ -282,21 +282,23 @@ impl SupervisedWorker {
 
     /// Invokes `op` on this worker (the route-free path, e.g. for warming).
     pub async fn invoke(&self, op: String, input: Bytes) -> Result<Bytes, InvokeError> {
-        self.invoke_then(op, input, || {}).await
+        self.invoke_then(op, input, || {}, None).await
     }
 
     /// Invokes `op`; `queued` runs once the request is queued on the
-    /// worker's connection (see [`WorkerConnection::invoke_then`]).
+    /// worker's connection, and `log` records the call if the worker runs
+    /// it `Ok` (see [`WorkerConnection::invoke_then`]).
     pub async fn invoke_then(
         &self,
         op: String,
         input: Bytes,
         queued: impl FnOnce(),
+        log: Option<Arc<dyn CallLog>>,
     ) -> Result<Bytes, InvokeError> {
         let process = self.live()?;
         process
             .connection
-            .invoke_then(op, input, queued)
+            .invoke_then(op, input, queued, log)
             .await
             .map_err(|error| InvokeError::from_call(&self.spec.package, error))
     }
@@ -332,6 +334,25 @@ impl SupervisedWorker {
             .request(request)
             .await
             .map_err(|error| InvokeError::from_call(&self.spec.package, error))
+    }
+
+    /// Sends `calls` to the live process in this order and returns their
+    /// answers in it (see [`WorkerConnection::call_in_order`]).
+    pub async fn call_in_order(
+        &self,
+        calls: &[OrderedCall<'_>],
+    ) -> Vec<Result<Bytes, InvokeError>> {
+        let process = match self.live() {
+            Ok(process) => process,
+            Err(error) => return vec![Err(error); calls.len()],
+        };
+        process
+            .connection
+            .call_in_order(calls)
+            .await
+            .into_iter()
+            .map(|reply| reply.map_err(|error| InvokeError::from_call(&self.spec.package, error)))
+            .collect()
     }
 
     fn current(&self) -> Option<Arc<WorkerProcess>> {
@@ -558,14 +579,13 @@ impl Supervisor {
         let result = match route.enter().await {
             Ok(call) => {
                 // Marked sent once queued: a swap's snapshot queued after
-                // that runs after this call at the worker.
+                // that runs after this call at the worker. Journaled by the
+                // connection in the order the worker ran the calls, before
+                // the answer reaches this task.
                 let result = route
                     .active()
-                    .invoke_then(op.clone(), input.clone(), || call.sent())
+                    .invoke_then(op, input, || call.sent(), Some(route.call_log()))
                     .await;
-                if result.is_ok() {
-                    route.journal().record(&op, &input);
-                }
                 drop(call);
                 result
             }

@@ -4,8 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-
 use super::events::SwapEvent;
 use super::orchestrator::{SwapConfig, SwapError};
 use super::package_state::PackageState;
@@ -14,7 +12,7 @@ use super::steps::{
     REPLAY_BATCH, journal_since, kill, narrow_before_pause, restore_request, running,
     snapshot_into_segment, snapshot_to_segment_for, state_is_large, step_fault, us, write_durable,
 };
-use crate::runtime::connection::WorkerConnection;
+use crate::runtime::connection::{OrderedCall, WorkerConnection};
 use crate::runtime::frame::{Request, SegmentWrite};
 use crate::runtime::{Route, SupervisedWorker, Supervisor};
 
@@ -272,10 +270,14 @@ pub async fn recover_restarted(
         }
         let entries = route.journal().entries();
         for batch in entries.chunks(REPLAY_BATCH) {
-            let calls = batch
+            let calls: Vec<OrderedCall<'_>> = batch
                 .iter()
-                .map(|entry| connection.invoke(entry.op.clone(), Bytes::clone(&entry.input)));
-            for result in futures::future::join_all(calls).await {
+                .map(|entry| OrderedCall::Invoke {
+                    op: &entry.op,
+                    input: entry.input.clone(),
+                })
+                .collect();
+            for result in connection.call_in_order(&calls).await {
                 result.map_err(|e| format!("replay: {e}"))?;
             }
         }

@@ -1,10 +1,13 @@
-//! The journal: every call acknowledged since the package's last checkpoint,
-//! in order, so a restarted worker (or a rolled-back one) can be brought to
-//! the exact state callers were told about.
+//! The journal: every call the worker ran `Ok` since the package's last
+//! checkpoint, in the order it ran them, so a restarted worker (or a
+//! rolled-back one) can be brought to the exact state callers were told
+//! about.
 //!
 //! The rule is deliberately simple: every invoke the worker answered `Ok` is
 //! journaled, whatever its op (the node cannot know which ops change
-//! state). Calls that failed are not: their effect was not acknowledged.
+//! state), by the worker connection's reader in answer order (see
+//! [`crate::runtime::connection::CallLog`]). Calls that failed are not:
+//! their effect was not acknowledged.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -192,6 +195,14 @@ impl Journal {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The route's connection records every call its worker ran `Ok`, in the
+/// order the worker ran them.
+impl crate::runtime::connection::CallLog for Journal {
+    fn ran_ok(&self, op: &str, input: &Bytes) {
+        self.record(op, input);
     }
 }
 

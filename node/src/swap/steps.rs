@@ -16,6 +16,7 @@ use super::orchestrator::{SwapConfig, SwapError};
 use super::package_state::PackageState;
 use super::takeover::pause_window;
 use crate::runtime::InvokeError;
+use crate::runtime::connection::OrderedCall;
 use crate::runtime::frame::{JournalChunk, Request, SegmentWrite};
 use crate::runtime::{Route, SupervisedWorker, Supervisor, WorkerState};
 
@@ -251,35 +252,31 @@ pub(super) enum Step<'a> {
     Health,
 }
 
-pub(super) type StepFuture<'a> =
-    std::pin::Pin<Box<dyn Future<Output = Result<Bytes, InvokeError>> + Send + 'a>>;
-
 /// Sends `steps` to `worker` in order, [`REPLAY_BATCH`] at a time without
 /// waiting for answers in between (the worker runs frames in arrival
-/// order); returns the answers, or the first failure named by its step.
+/// order; [`SupervisedWorker::call_in_order`] queues each after the one
+/// before); returns the answers, or the first failure named by its step.
 pub(super) async fn pipelined(
     worker: &SupervisedWorker,
     steps: &[Step<'_>],
 ) -> Result<Vec<Bytes>, (&'static str, InvokeError)> {
     let mut answers = Vec::with_capacity(steps.len());
     for batch in steps.chunks(REPLAY_BATCH) {
-        // join_all polls the calls in order, and each reaches the socket
-        // queue on its first poll (a batch is far below the in-flight
-        // bound), so they leave in order.
-        let calls = batch.iter().map(|step| -> StepFuture<'_> {
-            match step {
+        let calls: Vec<OrderedCall<'_>> = batch
+            .iter()
+            .map(|step| match step {
                 Step::Restore(generation) => {
-                    let request = restore_request(*generation, Duration::ZERO);
-                    Box::pin(async move { worker.request(&request).await })
+                    OrderedCall::Request(restore_request(*generation, Duration::ZERO))
                 }
-                Step::Invoke(entry) => {
-                    Box::pin(worker.invoke(entry.op.clone(), entry.input.clone()))
-                }
-                Step::Probe => Box::pin(worker.request(&Request::ProbeSnapshot)),
-                Step::Health => Box::pin(worker.request(&Request::Health)),
-            }
-        });
-        let results = futures::future::join_all(calls).await;
+                Step::Invoke(entry) => OrderedCall::Invoke {
+                    op: &entry.op,
+                    input: entry.input.clone(),
+                },
+                Step::Probe => OrderedCall::Request(Request::ProbeSnapshot),
+                Step::Health => OrderedCall::Request(Request::Health),
+            })
+            .collect();
+        let results = worker.call_in_order(&calls).await;
         for (step, result) in batch.iter().zip(results) {
             let name = match step {
                 Step::Restore(_) => "restore",

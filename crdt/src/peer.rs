@@ -65,6 +65,10 @@ pub const MAX_PENDING_PULLS: usize = 256;
 /// Bytes of status records packed into one frame (a record is at most
 /// [`crate::status_board::MAX_NODE_STATUS_BYTES`], so one always fits).
 pub const MAX_STATUS_FRAME_BYTES: usize = 1024 * 1024;
+/// Heads of one document an anti-entropy digest lists (a document with
+/// more is left out, and the receiver syncs it); a digest listing more is
+/// refused.
+pub const MAX_DIGEST_HEADS_PER_DOCUMENT: usize = 16;
 
 /// Tuning of a [`PeerCore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -295,6 +299,8 @@ pub struct PeerCore<P> {
     /// Time of the input being handled.
     now_ms: u64,
     view: MeshView,
+    /// Raised on every change a reader can observe ([`PeerCore::generation`]).
+    generation: u64,
 }
 
 impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
@@ -335,6 +341,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             pull_due: BTreeMap::new(),
             now_ms: 0,
             view: MeshView::default(),
+            generation: 0,
         }
     }
 
@@ -342,6 +349,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
     pub fn load_document(&mut self, id: DocumentId, bytes: &[u8]) -> Result<(), LoadError> {
         let doc = MeshDocument::load(id, &self.actor, self.config.limits.clone(), bytes)?;
         self.docs.insert(id, doc);
+        self.generation += 1;
         let mut actions = Vec::new();
         self.refresh_view(id, &mut actions);
         Ok(())
@@ -354,6 +362,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         let mut board = StatusBoard::new(self.node_id.clone(), self.config.status.clone());
         let skipped = board.load(bytes)?;
         self.board = board;
+        self.generation += 1;
         // Slots belong to the board they were taken from.
         self.status_dirty.clear();
         for session in self.peers.values_mut() {
@@ -368,6 +377,15 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
     /// This node's id.
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// A counter raised whenever something a reader of the core can
+    /// observe may have changed: a document (so its heads and what it
+    /// means), the status board, the quarantine or the decided targets.
+    /// Equal generations mean none of them changed, so a caller may keep
+    /// what it derived from them (the simulator keeps each node's view).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Decided targets.
@@ -486,7 +504,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                         },
                     );
                     self.sync_all_documents(&peer, &mut actions);
-                    self.send_status_digest(&peer, &mut actions);
+                    self.send_status_digest(&peer, false, &mut actions);
                 }
             }
             PeerInput::Disconnected(peer) => {
@@ -515,8 +533,11 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                             session.fruitless_rounds.clear();
                             session.unanswered_frames = 0;
                         }
-                        self.sync_all_documents(&peer, &mut actions);
-                        self.send_status_digest(&peer, &mut actions);
+                        // One frame: the board digest and every document's
+                        // heads. The peer starts a sync of each document
+                        // whose heads differ (and the versions exchange if
+                        // the boards differ); a converged pair stops there.
+                        self.send_status_digest(&peer, true, &mut actions);
                     }
                 }
             }
@@ -822,6 +843,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         source: Option<&P>,
         actions: &mut Vec<PeerAction<P>>,
     ) {
+        self.generation += 1;
         if let Some(doc) = self.docs.get_mut(&id) {
             let bytes = doc.save_incremental();
             let pending = self.unpersisted_bytes.entry(id).or_default();
@@ -925,6 +947,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         failures_changed: bool,
         actions: &mut Vec<PeerAction<P>>,
     ) {
+        self.generation += 1;
         self.status_dirty.insert(node);
         let now = self.now_ms;
         if self.status_push_at.is_none() {
@@ -942,12 +965,30 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         }
     }
 
-    /// Sends `peer` this board's digest (a connection, an anti-entropy round).
-    fn send_status_digest(&mut self, peer: &P, actions: &mut Vec<PeerAction<P>>) {
+    /// Sends `peer` this board's digest (a connection, an anti-entropy
+    /// round), and with `heads` every document's heads (an anti-entropy
+    /// round: the peer syncs the documents whose heads differ).
+    fn send_status_digest(&mut self, peer: &P, heads: bool, actions: &mut Vec<PeerAction<P>>) {
         let digest = self.board.digest();
+        let documents = if heads {
+            self.docs
+                .iter_mut()
+                .filter_map(|(id, doc)| {
+                    let heads = doc.heads();
+                    // Left out: the peer syncs a document not listed.
+                    (heads.len() <= MAX_DIGEST_HEADS_PER_DOCUMENT).then(|| wire::DocumentHeads {
+                        document: Some(id.to_wire()),
+                        heads: heads.iter().map(|h| h.0.to_vec()).collect(),
+                    })
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let exchange = StatusExchangeRef {
             phase: wire::StatusPhase::Digest as i32,
             digest: &digest,
+            documents,
             ..Default::default()
         };
         let frame = encode_status_frame(&exchange);
@@ -967,7 +1008,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             phase: phase as i32,
             digest: &digest,
             versions: self.board.versions().collect(),
-            records: Vec::new(),
+            ..Default::default()
         };
         let frame = encode_status_frame(&exchange);
         self.send_status_frame(peer, frame, actions);
@@ -1048,6 +1089,20 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                 actions,
             );
         }
+        if let Some(bad) = exchange.documents.iter().find(|d| {
+            d.heads.len() > MAX_DIGEST_HEADS_PER_DOCUMENT
+                || d.heads
+                    .iter()
+                    .any(|h| ChangeHash::try_from(h.as_slice()).is_err())
+        }) {
+            return refuse(
+                format!(
+                    "digest lists {} heads of a document (at most {MAX_DIGEST_HEADS_PER_DOCUMENT}, 32 bytes each)",
+                    bad.heads.len()
+                ),
+                actions,
+            );
+        }
         if exchange.versions.len() > self.config.status.max_nodes {
             return refuse(
                 format!(
@@ -1124,6 +1179,9 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         match phase {
             wire::StatusPhase::Records => {}
             wire::StatusPhase::Digest => {
+                if !exchange.documents.is_empty() {
+                    self.sync_documents_that_differ(&from, &exchange.documents, actions);
+                }
                 if exchange.digest != self.board.digest().as_slice() {
                     self.send_status_versions(&from, true, actions);
                 }
@@ -1164,6 +1222,49 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                     self.send_status_versions(&from, false, actions);
                 }
             }
+        }
+    }
+
+    /// An anti-entropy digest from `from` listed its heads of `documents`
+    /// (validated): every document of ours whose heads differ, or that it
+    /// did not list, gets a new sync round with `from`, from the heads both
+    /// last shared (what the sender of the digest did on its side).
+    fn sync_documents_that_differ(
+        &mut self,
+        from: &P,
+        documents: &[wire::DocumentHeads],
+        actions: &mut Vec<PeerAction<P>>,
+    ) {
+        let ids: Vec<DocumentId> = self.docs.keys().copied().collect();
+        for id in ids {
+            let theirs = documents
+                .iter()
+                .find(|d| d.document.as_ref().and_then(DocumentId::from_wire) == Some(id));
+            let same = match (theirs, self.docs.get_mut(&id)) {
+                (Some(theirs), Some(doc)) => {
+                    let mut ours = doc.heads();
+                    let mut theirs: Vec<ChangeHash> = theirs
+                        .heads
+                        .iter()
+                        .filter_map(|h| ChangeHash::try_from(h.as_slice()).ok())
+                        .collect();
+                    ours.sort_unstable();
+                    theirs.sort_unstable();
+                    theirs.dedup();
+                    ours == theirs
+                }
+                _ => false,
+            };
+            if same {
+                continue;
+            }
+            if let Some(session) = self.peers.get_mut(from) {
+                if let Some(state) = session.sync.get_mut(&id) {
+                    *state = resumed_sync(state.shared_heads.clone());
+                }
+                session.fruitless_rounds.remove(&id);
+            }
+            self.sync_document(from, id, actions);
         }
     }
 
@@ -1272,6 +1373,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             &self.view.quarantine,
         );
         if targets != self.view.targets {
+            self.generation += 1;
             self.view.targets = targets.clone();
             actions.push(PeerAction::TargetsChanged(targets));
         }
@@ -1726,6 +1828,132 @@ mod tests {
         }
     }
 
+    /// Sends in `actions`, as (to, bytes).
+    fn sends(actions: &[PeerAction<usize>]) -> Vec<(usize, Vec<u8>)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                PeerAction::Send { to, bytes } => Some((*to, bytes.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_converged_pair_spends_one_digest_frame_per_anti_entropy_round() {
+        let mut net = Net::new(2);
+        net.connect_all();
+        net.input(0, PeerInput::PublishManifest(signed_manifest("1.0.0")));
+        net.input(
+            1,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "1.0.0",
+                IntentAction::Deploy,
+                1,
+            )),
+        );
+        net.input(0, report(package(), active(0)));
+        net.run();
+        assert!(net.converged());
+        let generation = net.cores[1].generation();
+        // The round: one frame (board digest and both documents' heads).
+        net.now += 5_000;
+        let round = net.cores[0].handle(net.now, PeerInput::Tick);
+        let frames = sends(&round);
+        assert_eq!(frames.len(), 1, "{round:?}");
+        let (to, digest) = frames.into_iter().next().unwrap();
+        assert_eq!(to, 1);
+        let exchange = parse_status_frame(&digest).unwrap();
+        assert_eq!(exchange.documents.len(), DocumentId::all().count());
+        // The converged peer answers nothing and changes nothing.
+        let answer = net.cores[1].handle(
+            net.now,
+            PeerInput::Message {
+                from: 0,
+                bytes: digest.clone(),
+            },
+        );
+        assert!(answer.is_empty(), "{answer:?}");
+        assert_eq!(net.cores[1].generation(), generation);
+        // A peer that lacks a change answers with a sync of that document
+        // alone, and the exchange brings it over.
+        net.cores[0].handle(
+            net.now,
+            PeerInput::SubmitIntent(signed_intent(
+                &publisher(1),
+                "1.0.0",
+                IntentAction::Pause,
+                2,
+            )),
+        );
+        let newer = sends(&net.cores[0].handle(net.now + 5_000, PeerInput::Tick));
+        let digest = newer
+            .into_iter()
+            .find(|(_, bytes)| parse_status_frame(bytes).is_some())
+            .map(|(_, bytes)| bytes)
+            .unwrap();
+        let answer = net.cores[1].handle(
+            net.now,
+            PeerInput::Message {
+                from: 0,
+                bytes: digest,
+            },
+        );
+        let answered: Vec<Option<DocumentId>> = sends(&answer)
+            .iter()
+            .map(|(_, bytes)| {
+                wire::SyncFrame::decode(bytes.as_slice())
+                    .unwrap()
+                    .document
+                    .as_ref()
+                    .and_then(DocumentId::from_wire)
+            })
+            .collect();
+        assert_eq!(answered, vec![Some(DocumentId::Intents)]);
+        net.apply(1, answer);
+        net.run();
+        assert!(net.converged());
+        assert!(net.cores[1].targets()[&package()].paused);
+    }
+
+    #[test]
+    fn digests_with_bad_heads_are_refused() {
+        let mut core: PeerCore<usize> =
+            PeerCore::new(PeerConfig::default(), "n".into(), trust(), 1);
+        core.handle(0, PeerInput::Connected(7));
+        let board = core.status_board().digest().to_vec();
+        let digest = |heads: Vec<Vec<u8>>| {
+            let exchange = wire::StatusExchange {
+                phase: wire::StatusPhase::Digest as i32,
+                digest: board.clone(),
+                documents: vec![wire::DocumentHeads {
+                    document: Some(DocumentId::Intents.to_wire()),
+                    heads,
+                }],
+                ..Default::default()
+            };
+            encode_status_frame(&StatusExchangeRef::of(&exchange))
+        };
+        for heads in [
+            vec![vec![1; 31]],
+            vec![vec![2; 32]; MAX_DIGEST_HEADS_PER_DOCUMENT + 1],
+        ] {
+            let frame = digest(heads);
+            let actions = core.handle(
+                1,
+                PeerInput::Message {
+                    from: 7,
+                    bytes: frame,
+                },
+            );
+            assert!(
+                matches!(actions.as_slice(), [PeerAction::Refused { from: 7, reason }] if reason.contains("heads of a document")),
+                "{actions:?}"
+            );
+        }
+    }
+
     #[test]
     fn three_cores_converge_on_catalog_intents_status_and_targets() {
         let mut net = Net::new(3);
@@ -2140,6 +2368,7 @@ mod tests {
                     digest: bytes.iter().copied().take(32).collect(),
                     versions: vec![],
                     records: vec![bytes.clone()],
+                    documents: vec![],
                 }),
             }
             .encode_to_vec();

@@ -12,6 +12,7 @@
 //! groups, bad UTF-8, truncation) to the prost path, which refuses or
 //! accepts it as before.
 
+use prost::Message as _;
 use prost::encoding::{WireType, decode_varint, encode_key, encode_varint, encoded_len_varint};
 
 use crate::proto::v1 as wire;
@@ -27,6 +28,9 @@ pub struct StatusExchangeRef<'a> {
     pub versions: Vec<(&'a str, u64)>,
     /// Encoded `NodeStatus` records.
     pub records: Vec<&'a [u8]>,
+    /// The sender's document heads (the digest of an anti-entropy round;
+    /// decoded, they are few and small).
+    pub documents: Vec<wire::DocumentHeads>,
 }
 
 impl<'a> StatusExchangeRef<'a> {
@@ -41,6 +45,7 @@ impl<'a> StatusExchangeRef<'a> {
                 .map(|v| (v.node_id.as_str(), v.seq))
                 .collect(),
             records: exchange.records.iter().map(Vec::as_slice).collect(),
+            documents: exchange.documents.clone(),
         }
     }
 }
@@ -100,8 +105,12 @@ fn merge_exchange<'a>(exchange: &mut StatusExchangeRef<'a>, mut buf: &'a [u8]) -
             Field::Bytes(2, digest) => exchange.digest = digest,
             Field::Bytes(3, version) => exchange.versions.push(parse_version(version)?),
             Field::Bytes(4, record) => exchange.records.push(record),
+            // Malformed heads: prost refuses them (the caller then does).
+            Field::Bytes(5, heads) => exchange
+                .documents
+                .push(wire::DocumentHeads::decode(heads).ok()?),
             // A known field with the other wire type: prost refuses it.
-            Field::Varint(1..=4, _) | Field::Bytes(1, _) => return None,
+            Field::Varint(1..=5, _) | Field::Bytes(1, _) => return None,
             // Unknown fields are skipped, as prost does.
             Field::Varint(..) | Field::Bytes(..) => {}
         }
@@ -156,6 +165,15 @@ pub fn encode_status_frame(exchange: &StatusExchangeRef<'_>) -> Vec<u8> {
         .map(|len| 1 + encoded_len_varint(*len as u64) + len)
         .sum::<usize>();
     inner += records_len(exchange.records.iter().copied());
+    let documents: Vec<usize> = exchange
+        .documents
+        .iter()
+        .map(wire::DocumentHeads::encoded_len)
+        .collect();
+    inner += documents
+        .iter()
+        .map(|len| 1 + encoded_len_varint(*len as u64) + len)
+        .sum::<usize>();
     let mut out = Vec::with_capacity(1 + encoded_len_varint(inner as u64) + inner);
     encode_key(3, WireType::LengthDelimited, &mut out);
     encode_varint(inner as u64, &mut out);
@@ -187,6 +205,11 @@ pub fn encode_status_frame(exchange: &StatusExchangeRef<'_>) -> Vec<u8> {
         encode_varint(record.len() as u64, &mut out);
         out.extend_from_slice(record);
     }
+    for (heads, len) in exchange.documents.iter().zip(documents) {
+        encode_key(5, WireType::LengthDelimited, &mut out);
+        encode_varint(len as u64, &mut out);
+        heads.encode_raw(&mut out);
+    }
     out
 }
 
@@ -205,7 +228,6 @@ fn version_len(node_id: &str, seq: u64) -> usize {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use prost::Message as _;
 
     fn exchange(
         phase: i32,
@@ -221,6 +243,7 @@ mod tests {
                 .map(|(node_id, seq)| wire::StatusVersion { node_id, seq })
                 .collect(),
             records,
+            documents: Vec::new(),
         }
     }
 
@@ -244,6 +267,19 @@ mod tests {
                 vec![],
             ),
             exchange(3, vec![], vec![], vec![vec![]]),
+            wire::StatusExchange {
+                documents: vec![
+                    wire::DocumentHeads {
+                        document: Some(wire::DocumentId { kind: 1, shard: 0 }),
+                        heads: vec![vec![3; 32], vec![4; 32]],
+                    },
+                    wire::DocumentHeads {
+                        document: Some(wire::DocumentId { kind: 2, shard: 0 }),
+                        heads: vec![],
+                    },
+                ],
+                ..exchange(1, vec![9; 32], vec![], vec![])
+            },
         ];
         for case in cases {
             let prost_bytes = frame(case.clone()).encode_to_vec();
@@ -317,7 +353,7 @@ mod tests {
                 (len, b.to_vec())
             };
             let mut inner = rest[..inner_len].to_vec();
-            inner.extend_from_slice(&[0x28, 0x05]); // field 5, varint 5
+            inner.extend_from_slice(&[0x38, 0x05]); // field 7, varint 5
             with_unknown.clear();
             encode_key(3, WireType::LengthDelimited, &mut with_unknown);
             encode_varint(inner.len() as u64, &mut with_unknown);

@@ -4,14 +4,23 @@
 use std::ops::Range;
 
 use crate::config::{SimConfig, SimError};
-use crate::engine::simulate;
+use crate::engine::simulate_observed;
 use crate::mesh_peer::{MeshPeer, MeshSetup};
 use crate::report::{FailingSeed, SimReport, SweepReport};
 
 /// Runs `config` over the crdt peer core.
 pub fn run(config: SimConfig) -> Result<SimReport, SimError> {
+    run_observed(config, &mut |_, _| {})
+}
+
+/// [`run`], calling `observe(simulated_ms, events_so_far)` at each whole
+/// simulated second and at the end (see [`crate::engine::simulate_observed`]).
+pub fn run_observed(
+    config: SimConfig,
+    observe: &mut dyn FnMut(u64, u64),
+) -> Result<SimReport, SimError> {
     let setup = MeshSetup::new(config.seed, config.scenario.work_ms).map_err(SimError::Setup)?;
-    simulate::<MeshPeer>(&config, &setup)
+    simulate_observed::<MeshPeer>(&config, &setup, observe)
 }
 
 /// Runs `config` once per seed in `seeds` (the config's own seed is

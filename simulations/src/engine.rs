@@ -44,10 +44,23 @@ enum Event<W> {
 
 /// Runs one simulation of `config` with peers of type `P` built from `setup`.
 pub fn simulate<P: SimPeer>(config: &SimConfig, setup: &P::Setup) -> Result<SimReport, SimError> {
+    simulate_observed::<P>(config, setup, &mut |_, _| {})
+}
+
+/// [`simulate`], calling `observe(simulated_ms, events_so_far)` each time
+/// virtual time reaches a whole second (before the first event of that
+/// second), and once more at the end: a bench measures the wall time
+/// spent per simulated second with it (the report itself holds no
+/// wall-clock value).
+pub fn simulate_observed<P: SimPeer>(
+    config: &SimConfig,
+    setup: &P::Setup,
+    observe: &mut dyn FnMut(u64, u64),
+) -> Result<SimReport, SimError> {
     let nodes = config.node_count();
     let timeline = config.scenario.timeline(nodes)?;
     let mut engine = Engine::<P>::new(config, setup, timeline)?;
-    engine.run();
+    engine.run(observe);
     Ok(engine.finish())
 }
 
@@ -65,7 +78,11 @@ struct Engine<'s, P: SimPeer> {
     skew_ms: Vec<i64>,
     deploy_faults: Vec<BTreeSet<(String, String)>>,
     views: Vec<Option<PeerView>>,
+    /// The node handled an event since its view was last built, and its
+    /// [`SimPeer::view_generation`] moved (or it has none).
     dirty: Vec<bool>,
+    /// The view generation of each node's last view (None: unknown).
+    viewed_generation: Vec<Option<u64>>,
     traffic: Vec<Traffic>,
     trace: Trace,
     checker: Checker,
@@ -124,6 +141,7 @@ impl<'s, P: SimPeer> Engine<'s, P> {
             deploy_faults: vec![BTreeSet::new(); nodes],
             views: vec![None; nodes],
             dirty: vec![true; nodes],
+            viewed_generation: vec![None; nodes],
             traffic: vec![Traffic::default(); nodes],
             trace: Trace::default(),
             checker: Checker::new(config.seed, config.bounds),
@@ -156,13 +174,18 @@ impl<'s, P: SimPeer> Engine<'s, P> {
         CLOCK_BASE_MS.saturating_add_signed(self.skew_ms[node]) + self.now
     }
 
-    fn run(&mut self) {
+    fn run(&mut self, observe: &mut dyn FnMut(u64, u64)) {
         // The initial overlay: everyone connects at time zero.
         self.rewire();
         let end = self.config.scenario.duration_ms;
+        let mut next_second = 1_000;
         while let Some(at) = self.queue.peek_time() {
             if at > end {
                 break;
+            }
+            while at >= next_second {
+                observe(next_second, self.events);
+                next_second += 1_000;
             }
             let Some((at, event)) = self.queue.pop() else {
                 break;
@@ -173,6 +196,7 @@ impl<'s, P: SimPeer> Engine<'s, P> {
         }
         self.now = end;
         self.sample();
+        observe(end, self.events);
     }
 
     fn dispatch(&mut self, event: Event<P::Work>) {
@@ -358,6 +382,7 @@ impl<'s, P: SimPeer> Engine<'s, P> {
         }
         self.net.set_alive(node, true);
         self.dirty[node] = true;
+        self.viewed_generation[node] = None;
         self.schedule_first_tick(node);
         let faults: Vec<(String, String)> = self.deploy_faults[node].iter().cloned().collect();
         for (package, version) in faults {
@@ -395,7 +420,10 @@ impl<'s, P: SimPeer> Engine<'s, P> {
             return;
         };
         let effects = peer.handle(clock, event);
-        self.dirty[node] = true;
+        let generation = peer.view_generation();
+        if generation.is_none() || generation != self.viewed_generation[node] {
+            self.dirty[node] = true;
+        }
         for effect in effects {
             self.carry_out(node, effect);
         }
@@ -489,6 +517,7 @@ impl<'s, P: SimPeer> Engine<'s, P> {
             return;
         };
         let view = peer.view();
+        self.viewed_generation[node] = peer.view_generation();
         self.dirty[node] = false;
         self.largest_document = self.largest_document.max(view.largest_document_bytes);
         self.checker.check_view(self.now, node, &view, &self.trace);

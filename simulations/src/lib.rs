@@ -23,9 +23,9 @@ pub mod sim_peer;
 pub mod svg;
 pub mod trace;
 
-pub use api::{run, sweep};
+pub use api::{run, run_observed, sweep};
 pub use config::{SimConfig, SimError};
-pub use engine::simulate;
+pub use engine::{simulate, simulate_observed};
 pub use invariants::SizeBounds;
 pub use latency::LatencyDist;
 pub use mesh_peer::{MeshPeer, MeshSetup};

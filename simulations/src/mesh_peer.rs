@@ -222,6 +222,12 @@ impl SimPeer for MeshPeer {
         run.effects
     }
 
+    fn view_generation(&self) -> Option<u64> {
+        // Everything `view` reads is the core's (the document sizes come
+        // from its `Persist` actions, which follow a document change).
+        Some(self.core.generation())
+    }
+
     fn view(&mut self) -> PeerView {
         let mut heads = Vec::new();
         for (id, mut doc_heads) in self.core.heads() {

@@ -174,4 +174,11 @@ pub trait SimPeer: Sized {
 
     /// The node's state for the invariants.
     fn view(&mut self) -> PeerView;
+
+    /// A number that changes whenever [`SimPeer::view`] may answer
+    /// differently; `None` (the default): assume it always may. The engine
+    /// builds and checks a node's view again only after it changed.
+    fn view_generation(&self) -> Option<u64> {
+        None
+    }
 }

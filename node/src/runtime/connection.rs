@@ -107,7 +107,7 @@ type Pending = Arc<Mutex<PendingCalls>>;
 /// tasks were scheduled. The route's journal is one.
 pub trait CallLog: Send + Sync {
     /// `op` ran with `input` and answered `Ok`.
-    fn ran_ok(&self, op: &str, input: &Bytes);
+    fn ran_ok(&self, op: String, input: Bytes);
 }
 
 /// A call logged once it runs `Ok`.
@@ -520,8 +520,8 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
             }
             // In answer order: the log's order is the worker's.
             for (waiter, reply) in waiters.drain(..) {
-                if let (Ok(_), Some(call)) = (&reply, &waiter.logged) {
-                    call.log.ran_ok(&call.op, &call.input);
+                if let (Ok(_), Some(call)) = (&reply, waiter.logged) {
+                    call.log.ran_ok(call.op, call.input);
                 }
                 if let Some(caller) = waiter.reply {
                     // The caller may have given up since; nothing to do then.
@@ -769,8 +769,8 @@ mod tests {
     struct TestLog(Mutex<Vec<(String, Bytes)>>);
 
     impl CallLog for TestLog {
-        fn ran_ok(&self, op: &str, input: &Bytes) {
-            self.0.lock().unwrap().push((op.to_string(), input.clone()));
+        fn ran_ok(&self, op: String, input: Bytes) {
+            self.0.lock().unwrap().push((op, input));
         }
     }
 

@@ -59,7 +59,8 @@ impl Journal {
     /// Records an acknowledged call. Past the bounds the entry is dropped
     /// and the journal marked overflowed (its sequence number is then
     /// lost with it: [`Journal::entries_from`] refuses to skip it).
-    pub fn record(&self, op: &str, input: &Bytes) {
+    pub fn record(&self, op: impl Into<String>, input: Bytes) {
+        let op = op.into();
         let mut inner = self.lock();
         let size = op.len() + input.len();
         if inner.entries.len() >= MAX_JOURNAL_ENTRIES || inner.bytes + size > MAX_JOURNAL_BYTES {
@@ -68,10 +69,7 @@ impl Journal {
             return;
         }
         inner.bytes += size;
-        inner.entries.push(JournalEntry {
-            op: op.to_string(),
-            input: input.clone(),
-        });
+        inner.entries.push(JournalEntry { op, input });
     }
 
     /// Bytes of ops and inputs held: with the last checkpoint's length, a
@@ -201,7 +199,7 @@ impl Journal {
 /// The route's connection records every call its worker ran `Ok`, in the
 /// order the worker ran them.
 impl crate::runtime::connection::CallLog for Journal {
-    fn ran_ok(&self, op: &str, input: &Bytes) {
+    fn ran_ok(&self, op: String, input: Bytes) {
         self.record(op, input);
     }
 }
@@ -213,8 +211,8 @@ mod tests {
     #[test]
     fn records_in_order_and_take_empties() {
         let journal = Journal::new();
-        journal.record("add", &Bytes::from_static(b"1"));
-        journal.record("add", &Bytes::from_static(b"2"));
+        journal.record("add", Bytes::from_static(b"1"));
+        journal.record("add", Bytes::from_static(b"2"));
         assert_eq!(journal.len(), 2);
         let taken = journal.take();
         assert_eq!(taken[1].input, Bytes::from_static(b"2"));
@@ -224,7 +222,7 @@ mod tests {
     #[test]
     fn replace_swaps_in_a_worker_journal() {
         let journal = Journal::new();
-        journal.record("old", &Bytes::new());
+        journal.record("old", Bytes::new());
         let delta = vec![JournalEntry {
             op: "add".into(),
             input: Bytes::from_static(b"3"),
@@ -238,7 +236,7 @@ mod tests {
     #[test]
     fn sequence_numbers_survive_take_replace_and_drop_before() {
         let journal = Journal::new();
-        let add = |n: u8| journal.record("add", &Bytes::from(vec![n]));
+        let add = |n: u8| journal.record("add", Bytes::from(vec![n]));
         add(0);
         add(1);
         assert_eq!(journal.end(), 2);
@@ -272,7 +270,7 @@ mod tests {
     fn an_overflowed_journal_cannot_be_followed() {
         let journal = Journal::new();
         for _ in 0..=MAX_JOURNAL_ENTRIES {
-            journal.record("a", &Bytes::new());
+            journal.record("a", Bytes::new());
         }
         assert_eq!(journal.entries_from(0, 1), None);
         assert_eq!(journal.end(), MAX_JOURNAL_ENTRIES as u64 + 1);
@@ -284,7 +282,7 @@ mod tests {
     fn past_the_entry_bound_entries_are_dropped_and_flagged() {
         let journal = Journal::new();
         for _ in 0..=MAX_JOURNAL_ENTRIES {
-            journal.record("a", &Bytes::new());
+            journal.record("a", Bytes::new());
         }
         assert_eq!(journal.len(), MAX_JOURNAL_ENTRIES);
         assert!(journal.overflowed() && journal.wants_checkpoint());

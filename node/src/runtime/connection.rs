@@ -108,6 +108,14 @@ type Pending = Arc<Mutex<PendingCalls>>;
 pub trait CallLog: Send + Sync {
     /// `op` ran with `input` and answered `Ok`.
     fn ran_ok(&self, op: String, input: Bytes);
+    /// A logged call's caller stopped waiting before its answer: the call
+    /// is still logged when the answer comes, so whoever waits for the
+    /// log to be complete (a drain before a snapshot or a flip) must wait
+    /// for it too, until [`CallLog::orphan_settled`].
+    fn orphaned(&self);
+    /// An orphaned call's answer came (and was logged if `Ok`), or the
+    /// connection closed without it.
+    fn orphan_settled(&self);
 }
 
 /// A call logged once it runs `Ok`.
@@ -455,7 +463,8 @@ impl Drop for PendingGuard<'_> {
         else {
             return; // answered
         };
-        if waiter.get().logged.is_some() {
+        if let Some(call) = &waiter.get().logged {
+            call.log.orphaned();
             waiter.get_mut().reply = None;
         } else {
             waiter.remove();
@@ -520,12 +529,22 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
             }
             // In answer order: the log's order is the worker's.
             for (waiter, reply) in waiters.drain(..) {
-                if let (Ok(_), Some(call)) = (&reply, waiter.logged) {
-                    call.log.ran_ok(call.op, call.input);
-                }
-                if let Some(caller) = waiter.reply {
-                    // The caller may have given up since; nothing to do then.
-                    let _ = caller.send(reply);
+                let ok = reply.is_ok();
+                match (waiter.reply, waiter.logged) {
+                    (Some(caller), logged) => {
+                        if let (true, Some(call)) = (ok, logged) {
+                            call.log.ran_ok(call.op, call.input);
+                        }
+                        // The caller may have given up since; nothing to do then.
+                        let _ = caller.send(reply);
+                    }
+                    (None, Some(call)) => {
+                        if ok {
+                            call.log.ran_ok(call.op, call.input);
+                        }
+                        call.log.orphan_settled();
+                    }
+                    (None, None) => {}
                 }
             }
         }
@@ -540,10 +559,16 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
         pending.closed = Some(reason.clone());
         std::mem::take(&mut pending.waiting)
     };
-    for caller in waiting.into_values().filter_map(|waiter| waiter.reply) {
-        let _ = caller.send(Err(CallError::Closed {
-            reason: reason.clone(),
-        }));
+    for waiter in waiting.into_values() {
+        match (waiter.reply, waiter.logged) {
+            (Some(caller), _) => {
+                let _ = caller.send(Err(CallError::Closed {
+                    reason: reason.clone(),
+                }));
+            }
+            (None, Some(call)) => call.log.orphan_settled(),
+            (None, None) => {}
+        }
     }
 }
 
@@ -764,13 +789,22 @@ mod tests {
         hanging.abort();
     }
 
-    /// The calls a connection logged, in order.
+    /// The calls a connection logged, in order, and its orphans not
+    /// settled yet.
     #[derive(Default)]
-    struct TestLog(Mutex<Vec<(String, Bytes)>>);
+    struct TestLog(Mutex<Vec<(String, Bytes)>>, AtomicU64);
 
     impl CallLog for TestLog {
         fn ran_ok(&self, op: String, input: Bytes) {
             self.0.lock().unwrap().push((op, input));
+        }
+
+        fn orphaned(&self) {
+            self.1.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn orphan_settled(&self) {
+            self.1.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -890,6 +924,7 @@ mod tests {
         arrived.notified().await;
         abandoned.abort();
         assert!(abandoned.await.unwrap_err().is_cancelled());
+        assert_eq!(log.1.load(Ordering::SeqCst), 1, "one orphan, not settled");
         release.notify_one();
         logged("after").await.unwrap();
         assert!(logged("fail").await.is_err());
@@ -906,6 +941,7 @@ mod tests {
             logged, ran,
             "the abandoned call ran, so it is logged in its place"
         );
+        assert_eq!(log.1.load(Ordering::SeqCst), 0, "the orphan settled");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -123,7 +123,31 @@ pub struct Route<W> {
     window_limits: WindowLimits,
     /// Calls waiting for a place in the window.
     queued: AtomicUsize,
-    journal: Arc<Journal>,
+    log: Arc<RouteLog>,
+}
+
+/// What the route's connections log into: the journal, and the calls
+/// whose callers gave up before the answer (still journaled when it
+/// comes; [`Route::drain`] waits for them too).
+#[derive(Debug, Default)]
+struct RouteLog {
+    journal: Journal,
+    orphans: AtomicUsize,
+    settled: Notify,
+}
+
+impl super::connection::CallLog for RouteLog {
+    fn ran_ok(&self, op: String, input: axum::body::Bytes) {
+        self.journal.record(op, input);
+    }
+
+    fn orphaned(&self) {
+        self.orphans.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn orphan_settled(&self) {
+        leave(&self.orphans, &self.settled);
+    }
 }
 
 /// A call admitted through an open route; the route counts it until dropped
@@ -192,19 +216,19 @@ impl<W> Route<W> {
             window: Semaphore::new(window.size()),
             window_limits: window,
             queued: AtomicUsize::new(0),
-            journal: Arc::new(Journal::new()),
+            log: Arc::default(),
         }
     }
 
     /// Calls acknowledged since the package's last checkpoint.
     pub fn journal(&self) -> &Journal {
-        &self.journal
+        &self.log.journal
     }
 
     /// The journal, for a connection to record the calls it runs
     /// (see [`super::connection::CallLog`]).
     pub fn call_log(&self) -> Arc<dyn super::connection::CallLog> {
-        self.journal.clone()
+        self.log.clone()
     }
 
     /// Admits a call: at once when the route is open and the window has a
@@ -349,10 +373,14 @@ impl<W> Route<W> {
         self.calls.load(Ordering::SeqCst)
     }
 
-    /// After [`Route::pause`]: waits until every admitted call finished;
-    /// `false` when some are still running after `timeout`.
+    /// After [`Route::pause`]: waits until every admitted call finished
+    /// and every call whose caller gave up was answered (so the journal
+    /// holds all the worker ran); `false` when some are still running
+    /// after `timeout`.
     pub async fn drain(&self, timeout: Duration) -> bool {
-        wait_zero(&self.calls, &self.idle, Instant::now() + timeout).await
+        let deadline = Instant::now() + timeout;
+        wait_zero(&self.calls, &self.idle, deadline).await
+            && wait_zero(&self.log.orphans, &self.log.settled, deadline).await
     }
 
     /// After [`Route::pause`]: waits until the request of every admitted
@@ -619,6 +647,26 @@ mod tests {
         assert_eq!(route.calls_in_progress(), 0, "the late call waits outside");
         route.resume();
         assert_eq!(late.await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_the_answers_of_calls_whose_callers_gave_up() {
+        let route = route(PauseLimits::default());
+        let log = route.call_log();
+        log.orphaned();
+        route.pause();
+        assert!(
+            !route.drain(Duration::ZERO).await,
+            "an orphan's answer, still to be journaled, is outstanding"
+        );
+        let drained = {
+            let route = route.clone();
+            tokio::spawn(async move { route.drain(Duration::from_secs(60)).await })
+        };
+        log.ran_ok("set".into(), axum::body::Bytes::from_static(b"k=1"));
+        log.orphan_settled();
+        assert!(drained.await.unwrap());
+        assert_eq!(route.journal().len(), 1);
     }
 
     #[tokio::test]

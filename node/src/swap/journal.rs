@@ -5,7 +5,7 @@
 //!
 //! The rule is deliberately simple: every invoke the worker answered `Ok` is
 //! journaled, whatever its op (the node cannot know which ops change
-//! state), by the worker connection's reader in answer order (see
+//! state), by the worker connection's reader in answer order (the route's
 //! [`crate::runtime::connection::CallLog`]). Calls that failed are not:
 //! their effect was not acknowledged.
 
@@ -193,14 +193,6 @@ impl Journal {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// The route's connection records every call its worker ran `Ok`, in the
-/// order the worker ran them.
-impl crate::runtime::connection::CallLog for Journal {
-    fn ran_ok(&self, op: String, input: Bytes) {
-        self.record(op, input);
     }
 }
 

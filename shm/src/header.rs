@@ -10,8 +10,8 @@
 use crate::layout::{
     CAPACITY_GRANULE, HEADER_FIELDS_LEN, HEADER_LEN, LAYOUT_VERSION, MAGIC, MAX_CAPACITY,
     OFFSET_CAPACITY, OFFSET_GENERATION, OFFSET_HEADER_LEN, OFFSET_LAYOUT_VERSION, OFFSET_MAGIC,
-    OFFSET_RESERVED, OFFSET_SLOTS, SLOT_CHECKSUM, SLOT_GENERATION, SLOT_PAYLOAD_LEN, SLOT_RESERVED,
-    SLOT_SCHEMA, SLOT_STRIDE, Slot, WRITING,
+    OFFSET_RESERVED, OFFSET_SLOTS, OFFSET_WAITERS, SLOT_CHECKSUM, SLOT_GENERATION,
+    SLOT_PAYLOAD_LEN, SLOT_RESERVED, SLOT_SCHEMA, SLOT_STRIDE, Slot, WRITING,
 };
 
 /// Why a header was refused.
@@ -156,6 +156,11 @@ pub struct SegmentHeader {
     pub capacity: u64,
     /// The last published generation (0: nothing published yet).
     pub generation: u64,
+    /// Restores that were sleeping on the generation's futex when the
+    /// header was read. Advisory: any value is accepted (a wrong one costs
+    /// a writer at most one needless wake-up call, or a waiter its bounded
+    /// wait), and a segment no one waits on has 0.
+    pub waiters: u64,
     /// Metadata of buffer 0 and buffer 1.
     pub slots: [SlotMeta; 2],
 }
@@ -166,6 +171,7 @@ impl SegmentHeader {
         SegmentHeader {
             capacity,
             generation: 0,
+            waiters: 0,
             slots: [SlotMeta::EMPTY; 2],
         }
     }
@@ -218,6 +224,7 @@ impl SegmentHeader {
         if generation == WRITING {
             return Err(HeaderError::BadGeneration { found: generation });
         }
+        let waiters = read_u64(fields, OFFSET_WAITERS);
         check_zero(fields, OFFSET_RESERVED, OFFSET_SLOTS)?;
         let mut slots = [SlotMeta::EMPTY; 2];
         for slot in Slot::ALL {
@@ -250,6 +257,7 @@ impl SegmentHeader {
         Ok(SegmentHeader {
             capacity,
             generation,
+            waiters,
             slots,
         })
     }
@@ -274,6 +282,7 @@ impl SegmentHeader {
             OFFSET_GENERATION,
             &self.generation.to_ne_bytes(),
         );
+        write_bytes(&mut fields, OFFSET_WAITERS, &self.waiters.to_ne_bytes());
         for slot in Slot::ALL {
             let base = slot.meta_offset();
             let meta = self.slot(slot);
@@ -355,6 +364,7 @@ mod tests {
         SegmentHeader {
             capacity: 8192,
             generation: 7,
+            waiters: 0,
             slots: [
                 SlotMeta {
                     generation: 6,
@@ -471,16 +481,49 @@ mod tests {
     }
 
     #[test]
-    fn refuses_non_zero_reserved_bytes() {
+    fn refuses_a_version_1_header() {
+        // Version 1 had no waiters word: a process of that build would
+        // neither count itself as a waiter nor wake one.
         let mut bytes = sample().encode();
-        bytes[OFFSET_RESERVED + 3] = 5;
+        bytes[OFFSET_LAYOUT_VERSION..OFFSET_LAYOUT_VERSION + 4]
+            .copy_from_slice(&1u32.to_ne_bytes());
         assert_eq!(
             SegmentHeader::parse(&bytes),
-            Err(HeaderError::ReservedNotZero {
-                offset: OFFSET_RESERVED + 3,
-                value: 5
+            Err(HeaderError::UnsupportedLayout {
+                found: 1,
+                supported: LAYOUT_VERSION
             })
         );
+    }
+
+    #[test]
+    fn any_waiters_count_is_accepted_and_kept() {
+        for waiters in [1, 3, u64::MAX] {
+            let header = SegmentHeader {
+                waiters,
+                ..sample()
+            };
+            let bytes = header.encode();
+            assert_eq!(
+                bytes[OFFSET_WAITERS..OFFSET_WAITERS + 8],
+                waiters.to_ne_bytes()
+            );
+            assert_eq!(SegmentHeader::parse(&bytes), Ok(header));
+        }
+        // The word is the only one the layout took from the reserved bytes.
+        assert_eq!(OFFSET_WAITERS + 8, OFFSET_RESERVED);
+    }
+
+    #[test]
+    fn refuses_non_zero_reserved_bytes() {
+        for offset in OFFSET_RESERVED..OFFSET_SLOTS {
+            let mut bytes = sample().encode();
+            bytes[offset] = 5;
+            assert_eq!(
+                SegmentHeader::parse(&bytes),
+                Err(HeaderError::ReservedNotZero { offset, value: 5 })
+            );
+        }
         let mut bytes = sample().encode();
         let offset = Slot::One.meta_offset() + SLOT_RESERVED + 39;
         bytes[offset] = 1;
@@ -522,13 +565,14 @@ mod tests {
                     }
                 })
         };
-        (1u64..=16, 0u64..WRITING, slot(0), slot(1)).prop_map(|(pages, generation, a, b)| {
-            SegmentHeader {
+        (1u64..=16, 0u64..WRITING, any::<u64>(), slot(0), slot(1)).prop_map(
+            |(pages, generation, waiters, a, b)| SegmentHeader {
                 capacity: pages * 4096,
                 generation,
+                waiters,
                 slots: [a, b],
-            }
-        })
+            },
+        )
     }
 
     proptest! {

@@ -6,8 +6,10 @@
 //! 8             4     layout version (u32)
 //! 12            4     header length (u32) = HEADER_LEN, where buffer 0 starts
 //! 16            8     capacity of each buffer in bytes (u64)
-//! 24            8     generation (u64, atomic): the last published write
-//! 32            32    reserved, zero
+//! 24            8     generation (u64, atomic): the last published write;
+//!                     its low 32 bits are the futex word restores sleep on
+//! 32            8     waiters (u64, atomic): restores sleeping on that futex
+//! 40            24    reserved, zero
 //! 64            64    slot 0 metadata (buffer 0)
 //! 128           64    slot 1 metadata (buffer 1)
 //! 192           3904  unused, zero
@@ -31,7 +33,9 @@
 pub const MAGIC: [u8; 8] = *b"CLAWSHM1";
 
 /// The layout described in this module; a segment with another is refused.
-pub const LAYOUT_VERSION: u32 = 1;
+/// Version 2 gave the word at offset 32 (reserved in version 1) to the count
+/// of waiting restores.
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Bytes before buffer 0: one page, so both buffers start page-aligned.
 pub const HEADER_LEN: usize = 4096;
@@ -59,7 +63,15 @@ pub(crate) const OFFSET_LAYOUT_VERSION: usize = 8;
 pub(crate) const OFFSET_HEADER_LEN: usize = 12;
 pub(crate) const OFFSET_CAPACITY: usize = 16;
 pub(crate) const OFFSET_GENERATION: usize = 24;
-pub(crate) const OFFSET_RESERVED: usize = 32;
+/// The futex word: the low 32 bits of the generation word (native byte
+/// order, so where they sit depends on the host's endianness).
+pub(crate) const OFFSET_GENERATION_LOW: usize = if cfg!(target_endian = "little") {
+    OFFSET_GENERATION
+} else {
+    OFFSET_GENERATION + 4
+};
+pub(crate) const OFFSET_WAITERS: usize = 32;
+pub(crate) const OFFSET_RESERVED: usize = 40;
 pub(crate) const OFFSET_SLOTS: usize = 64;
 pub(crate) const SLOT_STRIDE: usize = 64;
 pub(crate) const SLOT_GENERATION: usize = 0;

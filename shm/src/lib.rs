@@ -3,8 +3,10 @@
 //! Owns: one shared-memory segment per running skill (a sealed memfd with a
 //! versioned header and two payload buffers), publishing a state by filling
 //! the inactive buffer and flipping the generation, seqlock reads with
-//! checksums (current and previous state), growth into a bigger segment, and
-//! passing the segment's fd between processes over a Unix socket.
+//! checksums (current and previous state), growth into a bigger segment,
+//! waiting asleep (process-shared futex) for a generation another process
+//! publishes, and passing the segment's fd between processes over a Unix
+//! socket.
 //!
 //! Does not own: when to snapshot, who writes (one writer at a time across
 //! processes: the node decides), or what the payload means. All `unsafe` in
@@ -19,6 +21,7 @@ pub mod layout;
 mod mapping;
 pub mod read;
 pub mod segment;
+pub mod wait;
 pub mod write;
 
 pub use checksum::checksum;
@@ -28,4 +31,5 @@ pub use header::{HeaderError, SegmentHeader, SlotMeta};
 pub use layout::Slot;
 pub use read::{MAX_READ_RETRIES, PayloadReader, ReadError, SnapshotMeta, StateSnapshot};
 pub use segment::{AttachError, CreateError, REQUIRED_SEALS, StateSegment};
+pub use wait::WaitTimedOut;
 pub use write::{PublishError, WriteGuard};

@@ -10,12 +10,15 @@
 use std::os::fd::OwnedFd;
 use std::ptr;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use nix::errno::Errno;
 
 use memmap2::{MmapOptions, MmapRaw};
 
 use crate::layout::{
-    HEADER_FIELDS_LEN, HEADER_LEN, HEADER_WORDS, OFFSET_GENERATION, SLOT_GENERATION,
-    SLOT_PAYLOAD_LEN, SLOT_SCHEMA, Slot, segment_len,
+    HEADER_FIELDS_LEN, HEADER_LEN, HEADER_WORDS, OFFSET_GENERATION, OFFSET_GENERATION_LOW,
+    OFFSET_WAITERS, SLOT_GENERATION, SLOT_PAYLOAD_LEN, SLOT_SCHEMA, Slot, segment_len,
 };
 
 /// A header word: the only atomics the protocol needs.
@@ -23,6 +26,8 @@ use crate::layout::{
 pub(crate) enum Word {
     /// The published generation.
     Generation,
+    /// How many restores sleep on the generation's futex.
+    Waiters,
     /// A slot's generation (or `WRITING`).
     SlotGeneration(Slot),
     /// A slot's payload length.
@@ -48,6 +53,7 @@ impl Word {
     fn offset(self) -> usize {
         match self {
             Word::Generation => OFFSET_GENERATION,
+            Word::Waiters => OFFSET_WAITERS,
             Word::SlotGeneration(slot) => slot.meta_offset() + SLOT_GENERATION,
             Word::SlotPayloadLen(slot) => slot.meta_offset() + SLOT_PAYLOAD_LEN,
             Word::SlotSchemaChecksum(slot) => slot.meta_offset() + SLOT_SCHEMA,
@@ -150,6 +156,80 @@ impl SharedMapping {
         }
         self.word(Word::Generation)
             .store(generation, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Sleeps while the low 32 bits of the generation word equal
+    /// `expected`, for at most `timeout` (`FUTEX_WAIT` on a process-shared
+    /// futex: the kernel keys it by the memfd page, so a wake from any
+    /// process or mapping of this segment reaches it). `Ok` means woken,
+    /// possibly spuriously; `EAGAIN` that the word had already changed,
+    /// `ETIMEDOUT` and `EINTR` what they say: the caller re-checks the
+    /// generation in every case.
+    pub(crate) fn futex_wait(&self, expected: u32, timeout: Duration) -> Result<(), Errno> {
+        let timeout = libc::timespec {
+            tv_sec: libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos()),
+        };
+        // SAFETY: the futex address is the 4-aligned low half of the
+        // generation word, inside the header of the live mapping (see
+        // `futex_word`), valid for the whole call because `self` is borrowed;
+        // the kernel only reads it (atomically) and queues this thread on it.
+        // `timeout` is a valid timespec on this stack frame, read by the
+        // kernel during the call only. The remaining arguments (uaddr2,
+        // val3) are unused by FUTEX_WAIT. No Rust reference aliases the word
+        // non-atomically: this process touches it only as an AtomicU64.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.futex_word(),
+                libc::FUTEX_WAIT,
+                expected,
+                &raw const timeout,
+                ptr::null::<u32>(),
+                0u32,
+            )
+        };
+        if result == -1 {
+            Err(Errno::last())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Wakes every thread (in any process) sleeping in
+    /// [`SharedMapping::futex_wait`] on this segment; returns how many.
+    pub(crate) fn futex_wake_all(&self) -> Result<usize, Errno> {
+        // SAFETY: the same address as in `futex_wait`, inside the live
+        // mapping; FUTEX_WAKE does not even read it (it only looks up the
+        // waiters queued on its key). The timeout, uaddr2 and val3 arguments
+        // are unused by FUTEX_WAKE.
+        let result = unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.futex_word(),
+                libc::FUTEX_WAKE,
+                i32::MAX,
+                ptr::null::<libc::timespec>(),
+                ptr::null::<u32>(),
+                0u32,
+            )
+        };
+        if result < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(usize::try_from(result).unwrap_or(0))
+        }
+    }
+
+    /// The address of the futex word: the low 32 bits of the generation.
+    /// Never dereferenced in Rust (only the kernel reads through it).
+    fn futex_word(&self) -> *const u32 {
+        const _: () = assert!(OFFSET_GENERATION_LOW.is_multiple_of(4));
+        const _: () = assert!(OFFSET_GENERATION_LOW + 4 <= HEADER_FIELDS_LEN);
+        self.map
+            .as_ptr()
+            .wrapping_add(OFFSET_GENERATION_LOW)
+            .cast::<u32>()
     }
 
     /// Copies `dst.len()` payload bytes of `slot` starting at `start` into

@@ -5,8 +5,9 @@
 //! into its generation word (Release) and fence (Release), so a reader that
 //! sees any byte of the new payload also sees the mark; write the payload,
 //! its length, schema and checksum; store `g + 1` into the slot's generation
-//! word (Release), then into the segment's generation (Release). From then on
-//! readers are sent to the new buffer.
+//! word (Release), then into the segment's generation (SeqCst). From then on
+//! readers are sent to the new buffer; restores asleep waiting for it are
+//! woken (only if the header counts one, see `wait.rs`).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{Ordering, fence};
@@ -148,17 +149,20 @@ impl WriteGuard<'_> {
         // that loads this generation from the slot (Acquire).
         map.word(Word::SlotGeneration(slot))
             .store(generation, Ordering::Release);
+        // SeqCst (Release for the readers, and ordered before the waiters
+        // load in `wake_waiters`: see the wait protocol in wait.rs).
         map.word(Word::Generation)
             .compare_exchange(
                 base_generation,
                 generation,
-                Ordering::Release,
+                Ordering::SeqCst,
                 Ordering::Relaxed,
             )
             .map_err(|found| PublishError::ConcurrentWriter {
                 expected: base_generation,
                 found,
             })?;
+        segment.wake_waiters();
         Ok(generation)
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clawmesh_shm::StateSegment;
 use clawmesh_wasm_abi::{CallError, SkillInstance, SkillState};
@@ -293,31 +293,18 @@ impl SegmentState {
     }
 }
 
-/// Waits (bounded, polling) until the segment's generation reaches `target`:
-/// a restore may be sent before the snapshot in another process finished.
+/// Waits (bounded) until the segment's generation reaches `target`: a
+/// restore may be sent before the snapshot in another process finished.
+/// The wait sleeps on the segment's process-shared futex, woken by the
+/// publishing writer, so it takes no CPU from the snapshot it waits for.
 /// If that snapshot did not fit, the node publishes [`MOVED_SCHEMA`] there
-/// instead, which the read then refuses.
+/// instead (which wakes the wait too), and the read then refuses it.
 fn wait_for_generation(segment: &StateSegment, target: u64, wait: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + wait;
-    let mut spins = 0u32;
-    loop {
-        let generation = segment.generation();
-        if generation >= target {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "generation {target} not published within {wait:?} (segment at {generation})"
-            ));
-        }
-        if spins < 64 {
-            spins += 1;
-            std::hint::spin_loop();
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(Duration::from_micros(20));
-        }
-    }
+    let _span = tracing::debug_span!("wait_for_generation", target).entered();
+    segment
+        .wait_for_generation(target, wait)
+        .map(|_| ())
+        .map_err(|timed_out| timed_out.to_string())
 }
 
 /// Copies `generation` (the current state or the one before it) into `out`.
@@ -491,6 +478,34 @@ mod tests {
         // The grown segment still has the state, at the same generation.
         assert_eq!(state.generation(), 1);
         assert_eq!(state.current().unwrap().payload, b"small");
+    }
+
+    #[test]
+    fn a_restore_asleep_on_the_old_segment_is_woken_by_the_moved_marker() {
+        let state = super::super::PackageState::new("p".into());
+        state.publish(1, b"small").unwrap();
+        let (fd, _) = state.segment_fd().unwrap();
+        let old = StateSegment::from_fd(fd).unwrap();
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| {
+                // Only the marker's publish can end this before its bound,
+                // and the bound would end it with an error.
+                wait_for_generation(&old, 2, Duration::from_secs(60))?;
+                let mut out = SkillState {
+                    schema: 0,
+                    data: Vec::new(),
+                };
+                read_generation(&old, 2, &mut out)
+            });
+            // Asleep (counted as a waiter in the header) before the growth.
+            while old.header().unwrap().waiters == 0 {
+                std::thread::yield_now();
+            }
+            state.reserve(1 << 20).unwrap();
+            let error = waiter.join().unwrap().unwrap_err();
+            assert!(error.contains(MOVED_MESSAGE), "{error}");
+        });
+        assert_eq!(old.header().unwrap().waiters, 0);
     }
 
     fn node_segment(state: &SegmentState) -> &StateSegment {

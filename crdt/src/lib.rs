@@ -39,6 +39,7 @@ pub mod peer;
 pub mod release_state;
 pub mod status;
 pub mod status_board;
+pub mod status_check;
 pub mod status_frame;
 
 pub use arbitration::{

@@ -48,6 +48,7 @@ use crate::status::{PackageStatus, StatusTable};
 use crate::status_board::{
     Merged, NodeStatus, Slot, StatusBoard, StatusBoardLimits, StatusRecordError, record_header,
 };
+use crate::status_check::{CheckedRecord, check_record};
 use crate::status_frame::{StatusExchangeRef, encode_status_frame, parse_status_frame};
 use crate::trust::TrustRoot;
 
@@ -1115,7 +1116,7 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         }
         // Records held here already (most of a push, with several peers
         // relaying) are recognised from their header and one lookup.
-        let mut records: Vec<(NodeStatus, &str, &[u8])> = Vec::new();
+        let mut records: Vec<(Incoming<'_>, &str, &[u8])> = Vec::new();
         let mut held: Vec<(Slot, u64)> = Vec::new();
         for bytes in &exchange.records {
             let (node, seq) = match record_header(bytes) {
@@ -1130,8 +1131,13 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
                 }
                 continue;
             }
+            // Most records take the walk; anything unusual is decoded.
+            if let Some(record) = check_record(bytes) {
+                records.push((Incoming::Checked(record), node, bytes));
+                continue;
+            }
             match NodeStatus::decode(bytes) {
-                Ok(record) => records.push((record, node, bytes)),
+                Ok(record) => records.push((Incoming::Decoded(record), node, bytes)),
                 Err(err) => return refuse(err.to_string(), actions),
             }
         }
@@ -1142,9 +1148,11 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         }
         let mut full = false;
         for (record, node, bytes) in records {
-            let seq = record.seq;
             let nodes_before = self.board.len();
-            let merged = self.board.merge_decoded(record, bytes);
+            let (seq, merged) = match record {
+                Incoming::Checked(record) => (record.seq, self.board.merge_checked(record, bytes)),
+                Incoming::Decoded(record) => (record.seq, self.board.merge_decoded(record, bytes)),
+            };
             let Some(slot) = self.board.slot(node) else {
                 // Not on the board (it is full): nothing to note.
                 if merged == Merged::BoardFull {
@@ -1378,6 +1386,12 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
             actions.push(PeerAction::TargetsChanged(targets));
         }
     }
+}
+
+/// A record new to the board, read by the walk or decoded.
+enum Incoming<'a> {
+    Checked(CheckedRecord<'a>),
+    Decoded(NodeStatus),
 }
 
 /// Notes that a peer holds the record in `slot` up to `seq`.

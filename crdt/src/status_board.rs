@@ -131,8 +131,7 @@ pub enum Merged {
     BoardFull,
 }
 
-/// (package, failed version, intent clock) of one failure a record reports.
-type Failure = (PackageName, semver::Version, u64);
+use crate::status_check::{CheckedRecord, Failure};
 
 /// Where a node's record sits on a board: an index that never changes
 /// while the board lives (records are replaced, never removed), so the
@@ -436,18 +435,44 @@ impl StatusBoard {
         if record.node_id == self.own_id {
             return self.refute(&record, bytes);
         }
-        let slot = self.slot(&record.node_id);
-        if !self.would_take_at(slot, &record.node_id, record.seq, bytes) {
+        let failures = record.failures();
+        self.merge_other(&record.node_id, record.seq, bytes, failures)
+    }
+
+    /// Merges a record read by [`crate::status_check::check_record`] from
+    /// `bytes` (what [`StatusBoard::merge_decoded`] does, without the
+    /// decoded record; a record of this node's own id is decoded for the
+    /// refutation).
+    pub fn merge_checked(&mut self, record: CheckedRecord<'_>, bytes: &[u8]) -> Merged {
+        if record.node_id == self.own_id {
+            return match NodeStatus::decode(bytes) {
+                Ok(decoded) => self.refute(&decoded, bytes),
+                // Unreachable for a checked record; nothing is applied.
+                Err(_) => Merged::Stale,
+            };
+        }
+        self.merge_other(record.node_id, record.seq, bytes, record.failures)
+    }
+
+    /// Merges a valid record of another node than this one.
+    fn merge_other(
+        &mut self,
+        node_id: &str,
+        seq: u64,
+        bytes: &[u8],
+        failures: Vec<Failure>,
+    ) -> Merged {
+        let slot = self.slot(node_id);
+        if !self.would_take_at(slot, node_id, seq, bytes) {
             return Merged::Stale;
         }
-        let failures = record.failures();
         match slot.and_then(|slot| self.entries.get(slot as usize)) {
             Some(held) => {
                 let failures_changed = held.failures != failures;
                 if self.bytes - held.bytes.len() + bytes.len() > self.limits.max_bytes {
                     return Merged::BoardFull;
                 }
-                self.put(&record.node_id, record.seq, bytes.to_vec(), failures);
+                self.put(node_id, seq, bytes.to_vec(), failures);
                 Merged::Stored { failures_changed }
             }
             None => {
@@ -457,7 +482,7 @@ impl StatusBoard {
                     return Merged::BoardFull;
                 }
                 let failures_changed = !failures.is_empty();
-                self.put(&record.node_id, record.seq, bytes.to_vec(), failures);
+                self.put(node_id, seq, bytes.to_vec(), failures);
                 Merged::Stored { failures_changed }
             }
         }

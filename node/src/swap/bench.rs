@@ -6,7 +6,9 @@
 //! load `add`); a size of N MiB is the kv sample filled with N MiB of
 //! values (load `get` of a small key), swapped kv-v1 → kv-v2. Prints per
 //! size failed requests (goal 0), the pause of swaps and of rollbacks
-//! (p50/p99) and rollback wall time.
+//! (p50/p99) and rollback wall time. Then, unless `--follow 0s`, what the
+//! warm standby's following costs: the same load with no window open and
+//! with one open, alternated twice, and the standby's CPU per call.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +49,10 @@ pub struct BenchSwapArgs {
     /// the kv sample filled with that much state).
     #[arg(long, value_delimiter = ',', default_value = "0", value_parser = clap::value_parser!(u64).range(0..=MAX_STATE_MIB))]
     pub state_mib: Vec<u64>,
+    /// Length of each of the four load runs measuring what following the
+    /// calls into the warm standby costs (0s: skip them).
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub follow: Duration,
 }
 
 /// Largest state the kv sample is filled with (its 10 000 keys × 64 KiB).
@@ -169,6 +175,22 @@ pub struct BenchSwapReport {
     pub replayed_p50: u64,
     /// Bytes of state carried.
     pub state_bytes: u64,
+    /// What the standby's following costs (absent with `--follow 0s`).
+    pub following: Option<FollowingCost>,
+}
+
+/// The same closed-loop load with no warm window open and with one open
+/// (every call then also replayed into the standby, in batches before each
+/// checkpoint), alternated twice.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct FollowingCost {
+    /// Requests per second answered with no window open.
+    pub closed_rps: f64,
+    /// Requests per second answered with a window open.
+    pub open_rps: f64,
+    /// CPU the standby worker spent while its window was open, per 1000
+    /// calls answered then, ms.
+    pub standby_cpu_ms_per_1k_calls: f64,
 }
 
 /// Runs the benchmark; exit 1 when a request failed.
@@ -222,6 +244,15 @@ fn print_report(report: &BenchSwapReport, connections: usize) {
         report.replayed_p50
     );
     println!("    {}", steps_line(&report.rollback_steps));
+    if let Some(f) = report.following {
+        println!(
+            "  following: {:.0} req/s with a warm window open vs {:.0} without ({:.2}x); standby CPU {:.2} ms per 1000 calls",
+            f.open_rps,
+            f.closed_rps,
+            f.open_rps / f.closed_rps.max(f64::MIN_POSITIVE),
+            f.standby_cpu_ms_per_1k_calls
+        );
+    }
 }
 
 /// `drain 0.120/0.450 · snapshot ... ms (p50/p99)`.
@@ -325,9 +356,18 @@ async fn measure(args: &BenchSwapArgs, state_mib: u64) -> anyhow::Result<BenchSw
         warmup: Duration::ZERO,
         duration: args.duration,
     };
-    let load = tokio::spawn(async move { run_closed_loop(&target, config).await });
+    let load = {
+        let target = target.clone();
+        tokio::spawn(async move { run_closed_loop(&target, config).await })
+    };
     let deadline = Instant::now() + args.duration;
     let swaps = args.swaps;
+    let window = WindowCycle {
+        socket: socket.clone(),
+        package: subject.package,
+        to: subject.to.clone(),
+        max_memory_mib: subject.max_memory_mib,
+    };
     let cycles = tokio::task::spawn_blocking(move || {
         let mut out = Cycles::default();
         for _ in 0..swaps {
@@ -377,13 +417,23 @@ async fn measure(args: &BenchSwapArgs, state_mib: u64) -> anyhow::Result<BenchSw
     .await
     .context("swap task")?;
     let load = load.await.context("load task")?;
+    let mut failed_requests = load.errors + load.warmup_errors;
+    let following = if args.follow.is_zero() {
+        None
+    } else {
+        let (cost, failed) = measure_following(&window, &target, args.connections, args.follow)
+            .await
+            .context("measuring the standby's following")?;
+        failed_requests += failed;
+        Some(cost)
+    };
     drop(node);
     let mut c = cycles;
     Ok(BenchSwapReport {
         state_mib,
         swaps: c.done,
         aborted: c.aborted,
-        failed_requests: load.errors + load.warmup_errors,
+        failed_requests,
         ok_requests: load.ok,
         swap_pause: Spread::of(&mut c.swap_pause),
         swap_steps: c.swap_steps.spread(),
@@ -392,7 +442,118 @@ async fn measure(args: &BenchSwapArgs, state_mib: u64) -> anyhow::Result<BenchSw
         rollback_wall: Spread::of(&mut c.rollback_wall),
         replayed_p50: Spread::of(&mut c.replayed).p50_us,
         state_bytes: c.state_bytes,
+        following,
     })
+}
+
+/// How to open a warm window (a swap) and close it (a rollback).
+struct WindowCycle {
+    socket: PathBuf,
+    package: &'static str,
+    to: PathBuf,
+    max_memory_mib: Option<u64>,
+}
+
+impl WindowCycle {
+    async fn call(&self, request: AdminRequest) -> anyhow::Result<serde_json::Value> {
+        let socket = self.socket.clone();
+        Ok(
+            tokio::task::spawn_blocking(move || admin_call(&socket, &request))
+                .await
+                .context("admin task")??,
+        )
+    }
+
+    /// Swaps; returns the standby's pid.
+    async fn open(&self) -> anyhow::Result<u32> {
+        self.call(deploy_request(self.package, &self.to, self.max_memory_mib))
+            .await
+            .context("swapping to open a window")?;
+        let status = self.call(AdminRequest::Status).await?;
+        status["skills"]
+            .as_array()
+            .and_then(|skills| {
+                skills
+                    .iter()
+                    .find(|s| s["package"] == self.package && s["role"] == "standby")
+            })
+            .and_then(|s| s["pid"].as_u64())
+            .and_then(|pid| u32::try_from(pid).ok())
+            .context("no warm standby after the swap")
+    }
+
+    async fn close(&self) -> anyhow::Result<()> {
+        self.call(AdminRequest::Rollback {
+            package: self.package.into(),
+        })
+        .await
+        .context("rolling back to close the window")?;
+        Ok(())
+    }
+}
+
+/// Runs the load for `each` with no window open, then with one open, twice;
+/// returns the cost and the requests that failed.
+async fn measure_following(
+    window: &WindowCycle,
+    target: &LoadTarget,
+    connections: usize,
+    each: Duration,
+) -> anyhow::Result<(FollowingCost, u64)> {
+    let config = LoadConfig {
+        connections,
+        warmup: Duration::ZERO,
+        duration: each,
+    };
+    let (mut closed, mut open) = ((0u64, 0f64), (0u64, 0f64));
+    let (mut failed, mut standby_secs) = (0u64, 0f64);
+    for _ in 0..2 {
+        let load = run_closed_loop(target, config).await;
+        failed += load.errors + load.warmup_errors;
+        closed = (closed.0 + load.ok, closed.1 + load.window.as_secs_f64());
+        let standby = window.open().await?;
+        let before = cpu_seconds(standby)?;
+        let load = run_closed_loop(target, config).await;
+        // The standby catches up before the rollback's pause: all the
+        // calls of the run are applied once the rollback returns.
+        window.close().await?;
+        standby_secs += cpu_seconds(standby)? - before;
+        failed += load.errors + load.warmup_errors;
+        open = (open.0 + load.ok, open.1 + load.window.as_secs_f64());
+    }
+    let per_sec = |(calls, secs): (u64, f64)| calls as f64 / secs.max(f64::MIN_POSITIVE);
+    Ok((
+        FollowingCost {
+            closed_rps: per_sec(closed),
+            open_rps: per_sec(open),
+            standby_cpu_ms_per_1k_calls: standby_secs * 1e6 / (open.0.max(1) as f64),
+        },
+        failed,
+    ))
+}
+
+/// User + system CPU of process `pid` so far, seconds (`/proc/<pid>/stat`).
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the command name, which ends at the last ')': the
+    // state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |index: usize| -> anyhow::Result<u64> {
+        fields
+            .get(index)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("{path}: no field {}", index + 3))
+    };
+    let per_sec = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&t| t > 0)
+        .context("clock ticks per second unknown")?;
+    Ok((ticks(11)? + ticks(12)?) as f64 / per_sec as f64)
 }
 
 fn deploy_request(

@@ -137,7 +137,7 @@ struct Waiter {
     /// A call of [`WorkerConnection::call_in_order`] holds its in-flight
     /// slot here, given back when its answer arrives (the batch sends its
     /// later calls before it awaits any answer).
-    _slot: Option<OwnedSemaphorePermit>,
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 /// One call of an ordered batch ([`WorkerConnection::call_in_order`]).
@@ -305,18 +305,32 @@ impl WorkerConnection {
             }
         }
         let mut replies = Vec::with_capacity(calls.len());
-        for answer in waiting {
-            replies.push(
+        let dropped = || CallError::Closed {
+            reason: "connection dropped the call".into(),
+        };
+        let timed_out = CallError::TimedOut {
+            timeout: self.limits.call_timeout,
+        };
+        // Each answer gets the call timeout from the one before; once one
+        // does not come, the later ones (run after it) are not waited for.
+        let mut stalled = false;
+        for mut answer in waiting {
+            replies.push(if stalled {
+                match answer.try_recv() {
+                    Ok(reply) => reply,
+                    Err(oneshot::error::TryRecvError::Empty) => Err(timed_out.clone()),
+                    Err(oneshot::error::TryRecvError::Closed) => Err(dropped()),
+                }
+            } else {
                 match tokio::time::timeout(self.limits.call_timeout, answer).await {
                     Ok(Ok(reply)) => reply,
-                    Ok(Err(_)) => Err(CallError::Closed {
-                        reason: "connection dropped the call".into(),
-                    }),
-                    Err(_) => Err(CallError::TimedOut {
-                        timeout: self.limits.call_timeout,
-                    }),
-                },
-            );
+                    Ok(Err(_)) => Err(dropped()),
+                    Err(_) => {
+                        stalled = true;
+                        Err(timed_out.clone())
+                    }
+                }
+            });
         }
         drop(guards);
         if let Some(error) = unsent {
@@ -357,7 +371,7 @@ impl WorkerConnection {
                 Waiter {
                     reply: Some(tx),
                     logged: None,
-                    _slot: Some(slot),
+                    slot: Some(slot),
                 },
             );
         }
@@ -407,7 +421,7 @@ impl WorkerConnection {
                 Waiter {
                     reply: Some(tx),
                     logged,
-                    _slot: None,
+                    slot: None,
                 },
             );
         }
@@ -530,6 +544,8 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
             // In answer order: the log's order is the worker's.
             for (waiter, reply) in waiters.drain(..) {
                 let ok = reply.is_ok();
+                // The slot is free before the caller hears its answer.
+                drop(waiter.slot);
                 match (waiter.reply, waiter.logged) {
                     (Some(caller), logged) => {
                         if let (true, Some(call)) = (ok, logged) {
@@ -948,15 +964,16 @@ mod tests {
     async fn an_ordered_batch_beyond_the_in_flight_bound_runs_in_its_order() {
         let (node, worker) = UnixStream::pair().unwrap();
         let ran = Arc::new(Mutex::new(Vec::new()));
-        let notify = Arc::new(tokio::sync::Notify::new());
+        // `slow` is never released here: it stands for a stuck worker.
         tokio::spawn(sequential_worker(
             worker,
             ran.clone(),
-            notify.clone(),
-            notify,
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
         ));
         let limits = ConnectionLimits {
             max_in_flight: 4,
+            call_timeout: Duration::from_millis(200),
             ..ConnectionLimits::default()
         };
         let connection = WorkerConnection::start(node, limits);
@@ -974,6 +991,22 @@ mod tests {
         assert!(replies.iter().all(Result::is_ok));
         assert_eq!(*ran.lock().unwrap(), inputs);
         assert_eq!(connection.in_flight(), 0, "every slot came back");
+        // A worker that stops answering: every call of the batch says so
+        // (only the first is waited for; the others run after it).
+        let stuck = (0..3)
+            .map(|_| OrderedCall::Invoke {
+                op: "slow",
+                input: Bytes::new(),
+            })
+            .collect::<Vec<_>>();
+        let replies = connection.call_in_order(&stuck).await;
+        assert_eq!(replies.len(), 3);
+        assert!(
+            replies
+                .iter()
+                .all(|r| matches!(r, Err(CallError::TimedOut { .. }))),
+            "{replies:?}"
+        );
         // A batch that cannot be sent answers every call with why.
         connection.close();
         let replies = connection.call_in_order(&calls[..3]).await;

@@ -1119,6 +1119,11 @@ impl<P: Clone + Ord + Hash + Debug> PeerCore<P> {
         let mut records: Vec<(Incoming<'_>, &str, &[u8])> = Vec::new();
         let mut held: Vec<(Slot, u64)> = Vec::new();
         for bytes in &exchange.records {
+            // A copy of a record held here: nothing to read in it.
+            if let Some(copy) = self.board.held_exactly(bytes) {
+                held.push(copy);
+                continue;
+            }
             let (node, seq) = match record_header(bytes) {
                 Ok(header) => header,
                 Err(err) => return refuse(err.to_string(), actions),

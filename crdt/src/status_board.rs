@@ -18,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 
 use prost::Message as _;
 
@@ -147,6 +148,8 @@ struct Entry {
     node_id: Box<str>,
     seq: u64,
     bytes: Vec<u8>,
+    /// The board's keyed hash of `bytes` (its key in `by_bytes`).
+    fingerprint: u64,
     /// This record's term of the board digest ([`version_term`]).
     term: [u8; 32],
     /// The failures it reports, in package order (usually none).
@@ -168,6 +171,13 @@ pub struct StatusBoard {
     limits: StatusBoardLimits,
     entries: Vec<Entry>,
     index: HashMap<Box<str>, Slot>,
+    /// Keyed 64-bit hash of each held record's bytes → (its slot, its
+    /// seq): a relayed copy of a record held here (most of what peers
+    /// push) is recognised by hashing the bytes it came in, one lookup
+    /// in a table without pointers (see [`StatusBoard::held_exactly`]).
+    by_bytes: HashMap<u64, (Slot, u64)>,
+    /// The key of that hash (random per board).
+    bytes_key: RandomState,
     /// Slots in node id order; slots past its length are not in it yet.
     sorted: Vec<Slot>,
     /// This node's own record, decoded (it is rewritten on every report).
@@ -318,6 +328,8 @@ impl StatusBoard {
             limits,
             entries: Vec::new(),
             index: HashMap::new(),
+            by_bytes: HashMap::new(),
+            bytes_key: RandomState::new(),
             sorted: Vec::new(),
             own: None,
             bytes: 0,
@@ -354,6 +366,16 @@ impl StatusBoard {
         }
         self.put_own(record, bytes);
         Ok(())
+    }
+
+    /// (slot, seq) of the record held here whose bytes are exactly
+    /// `bytes`, if any. Found by a keyed 64-bit hash of the bytes: two
+    /// different records with the same hash (2⁻⁶⁴ for a pair, and the key
+    /// is random per board and never sent, so a peer cannot aim for it)
+    /// would count as the held one, i.e. the later would be ignored here
+    /// like a relayed copy.
+    pub fn held_exactly(&self, bytes: &[u8]) -> Option<(Slot, u64)> {
+        self.by_bytes.get(&self.bytes_key.hash_one(bytes)).copied()
     }
 
     /// The slot of a node's record, if the board holds one.
@@ -472,7 +494,7 @@ impl StatusBoard {
                 if self.bytes - held.bytes.len() + bytes.len() > self.limits.max_bytes {
                     return Merged::BoardFull;
                 }
-                self.put(node_id, seq, bytes.to_vec(), failures);
+                self.put_at(slot, node_id, seq, bytes.to_vec(), failures);
                 Merged::Stored { failures_changed }
             }
             None => {
@@ -482,7 +504,7 @@ impl StatusBoard {
                     return Merged::BoardFull;
                 }
                 let failures_changed = !failures.is_empty();
-                self.put(node_id, seq, bytes.to_vec(), failures);
+                self.put_at(slot, node_id, seq, bytes.to_vec(), failures);
                 Merged::Stored { failures_changed }
             }
         }
@@ -553,21 +575,40 @@ impl StatusBoard {
 
     fn put_own(&mut self, record: NodeStatus, bytes: Vec<u8>) {
         let failures = record.failures();
-        self.put(&record.node_id, record.seq, bytes, failures);
+        let slot = self.slot(&record.node_id);
+        self.put_at(slot, &record.node_id, record.seq, bytes, failures);
         self.own = Some(record);
     }
 
-    fn put(&mut self, node_id: &str, seq: u64, bytes: Vec<u8>, failures: Vec<Failure>) {
+    /// Stores a record of `node_id`, whose slot (if it has one) is `slot`.
+    fn put_at(
+        &mut self,
+        slot: Option<Slot>,
+        node_id: &str,
+        seq: u64,
+        bytes: Vec<u8>,
+        failures: Vec<Failure>,
+    ) {
         let term = version_term(node_id, seq);
         xor_into(&mut self.digest, &term);
         self.bytes += bytes.len();
-        match self.slot(node_id) {
+        let fingerprint = self.bytes_key.hash_one(bytes.as_slice());
+        match slot.filter(|slot| (*slot as usize) < self.entries.len()) {
             Some(slot) => {
                 let entry = &mut self.entries[slot as usize];
+                if self
+                    .by_bytes
+                    .get(&entry.fingerprint)
+                    .is_some_and(|(s, _)| *s == slot)
+                {
+                    self.by_bytes.remove(&entry.fingerprint);
+                }
+                self.by_bytes.insert(fingerprint, (slot, seq));
                 self.bytes -= entry.bytes.len();
                 xor_into(&mut self.digest, &entry.term);
                 entry.seq = seq;
                 entry.bytes = bytes;
+                entry.fingerprint = fingerprint;
                 entry.term = term;
                 entry.failures = failures;
             }
@@ -577,10 +618,12 @@ impl StatusBoard {
                     node_id: node_id.into(),
                     seq,
                     bytes,
+                    fingerprint,
                     term,
                     failures,
                 });
                 self.index.insert(node_id.into(), slot);
+                self.by_bytes.insert(fingerprint, (slot, seq));
             }
         }
     }
@@ -726,6 +769,33 @@ mod tests {
 
     fn board(id: &str) -> StatusBoard {
         StatusBoard::new(id, StatusBoardLimits::default())
+    }
+
+    #[test]
+    fn exactly_the_records_held_are_recognised_by_their_bytes() {
+        let mut a = board("a");
+        a.report(package(1), status(ReleaseState::Pending, 0))
+            .unwrap();
+        let first = a.record_bytes("a").unwrap().to_vec();
+        a.report(package(1), status(ReleaseState::Active, 0))
+            .unwrap();
+        let second = a.record_bytes("a").unwrap().to_vec();
+        // The own record, as written.
+        assert_eq!(a.held_exactly(&second), Some((a.slot("a").unwrap(), 2)));
+        assert_eq!(a.held_exactly(&first), None);
+        let mut b = board("b");
+        assert_eq!(b.held_exactly(&first), None);
+        b.merge(&first).unwrap();
+        let slot = b.slot("a").unwrap();
+        assert_eq!(b.held_exactly(&first), Some((slot, 1)));
+        // Replaced: the old bytes are no longer held, the new ones are.
+        b.merge(&second).unwrap();
+        assert_eq!(b.held_exactly(&first), None);
+        assert_eq!(b.held_exactly(&second), Some((slot, 2)));
+        let mut longer = second.clone();
+        longer.push(0);
+        assert_eq!(b.held_exactly(&longer), None);
+        assert_eq!(b.held_exactly(&[]), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::frame::{self, FailureCode, FrameError, HEADER, LENGTH_PREFIX, Request, Response};
 use super::frame_reader::{FrameReader, Next};
@@ -134,6 +134,10 @@ struct Waiter {
     /// answered yet (the bounded queue plus the socket's buffer).
     reply: Option<oneshot::Sender<Reply>>,
     logged: Option<LoggedCall>,
+    /// Whether the request is in the writer's queue (so it will reach the
+    /// worker, or the connection closes). Only then does a caller that
+    /// gives up leave an orphan: before, the request is never sent.
+    sent: bool,
     /// A call of [`WorkerConnection::call_in_order`] holds its in-flight
     /// slot here, given back when its answer arrives (the batch sends its
     /// later calls before it awaits any answer).
@@ -180,6 +184,9 @@ pub struct WorkerConnection {
     slots: Arc<Semaphore>,
     limits: ConnectionLimits,
     shut: AtomicBool,
+    /// Turns true once the reader task has handled everything the worker
+    /// sent and failed the calls left.
+    reader_done: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for PendingCalls {
@@ -199,7 +206,8 @@ impl WorkerConnection {
         let pending: Pending = Arc::default();
         let (outgoing, queue) = mpsc::channel(limits.max_in_flight.max(1));
         tokio::spawn(write_loop(write, queue, pending.clone()));
-        tokio::spawn(read_loop(read, pending.clone()));
+        let (done, reader_done) = watch::channel(false);
+        tokio::spawn(read_loop(read, pending.clone(), done));
         Self {
             // 0 is the worker's hello.
             next_id: AtomicU64::new(frame::HELLO_ID + 1),
@@ -208,6 +216,7 @@ impl WorkerConnection {
             slots: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
             limits,
             shut: AtomicBool::new(false),
+            reader_done,
         }
     }
 
@@ -291,11 +300,8 @@ impl WorkerConnection {
         let mut unsent = None;
         for call in calls {
             match self.send_ordered(call).await {
-                Ok((id, answer)) => {
-                    guards.push(PendingGuard {
-                        pending: &self.pending,
-                        id,
-                    });
+                Ok((guard, answer)) => {
+                    guards.push(guard);
                     waiting.push(answer);
                 }
                 Err(error) => {
@@ -340,11 +346,12 @@ impl WorkerConnection {
     }
 
     /// Queues one call of [`WorkerConnection::call_in_order`]; its slot
-    /// travels with its waiter.
+    /// travels with its waiter, which the returned guard removes if the
+    /// batch is dropped before the answer (or before the send).
     async fn send_ordered(
         &self,
         call: &OrderedCall<'_>,
-    ) -> Result<(u64, oneshot::Receiver<Reply>), CallError> {
+    ) -> Result<(PendingGuard<'_>, oneshot::Receiver<Reply>), CallError> {
         if self.shut.load(Ordering::Acquire) {
             return Err(CallError::Closed {
                 reason: "connection is shutting down".into(),
@@ -371,21 +378,31 @@ impl WorkerConnection {
                 Waiter {
                     reply: Some(tx),
                     logged: None,
+                    sent: false,
                     slot: Some(slot),
                 },
             );
         }
+        let guard = PendingGuard {
+            pending: &self.pending,
+            id,
+        };
         if self.outgoing.send(Outgoing::Encoded(bytes)).await.is_err() {
-            self.pending
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .waiting
-                .remove(&id);
             return Err(CallError::Closed {
                 reason: "writer stopped".into(),
             });
         }
-        Ok((id, rx))
+        Ok((guard, rx))
+    }
+
+    /// Waits until the reader has handled every answer the worker sent
+    /// before its socket closed (journaled them, woken their callers) and
+    /// failed the calls left: once a worker died, its journal is complete
+    /// only after this.
+    pub async fn reader_finished(&self) {
+        let mut done = self.reader_done.clone();
+        // An error means the reader is gone, which is finished too.
+        let _ = done.wait_for(|finished| *finished).await;
     }
 
     /// Stops sending: later calls fail as closed. Calls already sent still
@@ -408,6 +425,7 @@ impl WorkerConnection {
         let _permit = self.slot().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outgoing = make(id)?;
+        let is_logged = logged.is_some();
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
@@ -421,6 +439,7 @@ impl WorkerConnection {
                 Waiter {
                     reply: Some(tx),
                     logged,
+                    sent: false,
                     slot: None,
                 },
             );
@@ -434,6 +453,14 @@ impl WorkerConnection {
             return Err(CallError::Closed {
                 reason: "writer stopped".into(),
             });
+        }
+        if is_logged {
+            // No await since the send: this future cannot have been
+            // dropped in between. The answer may already have come.
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(waiter) = pending.waiting.get_mut(&id) {
+                waiter.sent = true;
+            }
         }
         queued();
         let reply = match tokio::time::timeout(self.limits.call_timeout, rx).await {
@@ -477,7 +504,7 @@ impl Drop for PendingGuard<'_> {
         else {
             return; // answered
         };
-        if let Some(call) = &waiter.get().logged {
+        if let (Some(call), true) = (&waiter.get().logged, waiter.get().sent) {
             call.log.orphaned();
             waiter.get_mut().reply = None;
         } else {
@@ -500,11 +527,11 @@ pub async fn read_frame(read: &mut (impl AsyncReadExt + Unpin)) -> Result<Vec<u8
     Ok(body)
 }
 
-async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
+async fn read_loop(mut read: OwnedReadHalf, pending: Pending, done: watch::Sender<bool>) {
     let mut frames = FrameReader::new();
     // Answers of one read, completed under one lock.
     let mut answered: Vec<(u64, Reply)> = Vec::new();
-    let mut waiters: Vec<(Waiter, Reply)> = Vec::new();
+    let mut callers: Vec<(oneshot::Sender<Reply>, Reply)> = Vec::new();
     let reason = 'read: loop {
         loop {
             let (id, reply) = match frames.next_frame() {
@@ -534,34 +561,39 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
         }
         if !answered.is_empty() {
             {
+                // Logged under the lock, in answer order (the worker's):
+                // a caller that gives up after its waiter left the map
+                // finds no entry, counts no orphan, and its call is
+                // already in the log when its route's count drops.
                 let mut pending = pending.lock().unwrap_or_else(PoisonError::into_inner);
                 for (id, reply) in answered.drain(..) {
-                    if let Some(waiter) = pending.waiting.remove(&id) {
-                        waiters.push((waiter, reply));
+                    let Some(Waiter {
+                        reply: caller,
+                        logged,
+                        slot,
+                        sent: _,
+                    }) = pending.waiting.remove(&id)
+                    else {
+                        continue;
+                    };
+                    // A batch call's slot is free before its caller hears.
+                    drop(slot);
+                    if let Some(call) = logged {
+                        if reply.is_ok() {
+                            call.log.ran_ok(call.op, call.input);
+                        }
+                        if caller.is_none() {
+                            call.log.orphan_settled();
+                        }
+                    }
+                    if let Some(caller) = caller {
+                        callers.push((caller, reply));
                     }
                 }
             }
-            // In answer order: the log's order is the worker's.
-            for (waiter, reply) in waiters.drain(..) {
-                let ok = reply.is_ok();
-                // The slot is free before the caller hears its answer.
-                drop(waiter.slot);
-                match (waiter.reply, waiter.logged) {
-                    (Some(caller), logged) => {
-                        if let (true, Some(call)) = (ok, logged) {
-                            call.log.ran_ok(call.op, call.input);
-                        }
-                        // The caller may have given up since; nothing to do then.
-                        let _ = caller.send(reply);
-                    }
-                    (None, Some(call)) => {
-                        if ok {
-                            call.log.ran_ok(call.op, call.input);
-                        }
-                        call.log.orphan_settled();
-                    }
-                    (None, None) => {}
-                }
+            for (caller, reply) in callers.drain(..) {
+                // The caller may have given up since; nothing to do then.
+                let _ = caller.send(reply);
             }
         }
         match read.read(frames.spare()).await {
@@ -586,6 +618,7 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending) {
             (None, None) => {}
         }
     }
+    done.send_replace(true);
 }
 
 /// The request id and reply carried by a response frame; `payload` turns
@@ -1016,6 +1049,95 @@ mod tests {
                 .iter()
                 .all(|r| matches!(r, Err(CallError::Closed { .. })))
         );
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_before_its_request_is_queued_leaves_no_orphan() {
+        let (node, worker) = UnixStream::pair().unwrap();
+        let ran = Arc::new(Mutex::new(Vec::new()));
+        let (arrived, release) = (
+            Arc::new(tokio::sync::Notify::new()),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        tokio::spawn(sequential_worker(
+            worker,
+            ran.clone(),
+            arrived.clone(),
+            release.clone(),
+        ));
+        // Two slots, so the writer's queue holds two requests.
+        let limits = ConnectionLimits {
+            max_in_flight: 2,
+            queue_wait: Duration::from_secs(60),
+            call_timeout: Duration::from_secs(60),
+        };
+        let connection = Arc::new(WorkerConnection::start(node, limits));
+        let log = Arc::new(TestLog::default());
+        let call = |op: &'static str, size: usize| {
+            let (connection, log) = (connection.clone(), log.clone());
+            tokio::spawn(async move {
+                connection
+                    .invoke_then(
+                        op.into(),
+                        Bytes::from(vec![op.as_bytes()[0]; size]),
+                        || {},
+                        Some(log as Arc<dyn CallLog>),
+                    )
+                    .await
+            })
+        };
+        let waiters = || connection.pending.lock().unwrap().waiting.len();
+        let orphans = || log.1.load(Ordering::SeqCst);
+        // `a` holds the worker, which reads nothing more; `b` (1 MiB)
+        // fills the socket and blocks the writer. Both callers give up:
+        // their requests were queued, so they are orphans.
+        let a = call("slow", 1);
+        arrived.notified().await;
+        let b = call("b", 1 << 20);
+        while waiters() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let c = call("c", 1);
+        for task in [a, b] {
+            task.abort();
+            let _ = task.await;
+        }
+        // `c` and `d` fill the writer's queue (two places) behind `b`.
+        let d = call("d", 1);
+        while waiters() < 4 {
+            tokio::task::yield_now().await;
+        }
+        for task in [c, d] {
+            task.abort();
+            let _ = task.await;
+        }
+        assert_eq!(orphans(), 4);
+        // `e` gets a slot but waits for a place in the full queue: its
+        // caller gives up before the request is queued.
+        let e = call("e", 1);
+        // Its waiter is in the map once its task parked on the send (one
+        // poll inserts it and tries the send: this runtime has one thread).
+        while waiters() < 5 {
+            tokio::task::yield_now().await;
+        }
+        e.abort();
+        let _ = e.await;
+        assert_eq!(orphans(), 4, "a request never queued is no orphan");
+        assert_eq!(waiters(), 4);
+        // The worker goes on: the four queued calls run and are logged.
+        release.notify_one();
+        while orphans() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let logged: Vec<String> = log
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(op, _)| op.clone())
+            .collect();
+        assert_eq!(logged, ["slow", "b", "c", "d"]);
+        assert_eq!(waiters(), 0);
     }
 
     #[tokio::test]

@@ -373,6 +373,15 @@ impl<W> Route<W> {
         self.calls.load(Ordering::SeqCst)
     }
 
+    /// What a drain that timed out still waited for, in words.
+    pub fn unfinished(&self) -> String {
+        format!(
+            "{} calls still running, {} calls whose callers gave up still unanswered",
+            self.calls.load(Ordering::SeqCst),
+            self.log.orphans.load(Ordering::SeqCst)
+        )
+    }
+
     /// After [`Route::pause`]: waits until every admitted call finished
     /// and every call whose caller gave up was answered (so the journal
     /// holds all the worker ran); `false` when some are still running

@@ -950,6 +950,9 @@ async fn wait_ready(
 }
 
 /// Keeps one worker running until it is stopped or fails too often.
+/// Longest a restart waits for the dead worker's last answers to be read.
+const READER_DRAIN: Duration = Duration::from_secs(1);
+
 async fn supervise(inner: Arc<Inner>, worker: Arc<SupervisedWorker>, mut child: Child) {
     let policy = inner.config.restart;
     let mut recent_restarts: VecDeque<Instant> = VecDeque::new();
@@ -978,6 +981,17 @@ async fn supervise(inner: Arc<Inner>, worker: Arc<SupervisedWorker>, mut child: 
             reason.push_str(&format!(" (cgroup OOM kills: {oom})"));
         }
         tracing::warn!(worker = %worker.name, %reason, "worker exited");
+        // Answers the worker wrote before it died may still be unread: the
+        // old connection's reader journals them (and acknowledges them)
+        // before it ends, and the restart's recovery replays the journal,
+        // so it must not read the journal before that.
+        if let Some(process) = &process
+            && tokio::time::timeout(READER_DRAIN, process.connection.reader_finished())
+                .await
+                .is_err()
+        {
+            tracing::warn!(worker = %worker.name, "the dead worker's answers were not all read in time");
+        }
         *worker
             .last_exit
             .lock()

@@ -62,7 +62,7 @@ pub(super) async fn checkpoint_now(
             return Err(SwapError::Step {
                 package: package.to_string(),
                 step: "pause",
-                why: "calls still running".into(),
+                why: format!("{} after {:?}", route.unfinished(), config.drain_timeout),
             });
         }
         // The journal holds still now: the standby's tail is read before

@@ -147,7 +147,7 @@ async fn rollback_paused(
         return Err(SwapError::Step {
             package: package.to_string(),
             step: "pause",
-            why: format!("calls still running after {:?}", config.drain_timeout),
+            why: format!("{} after {:?}", route.unfinished(), config.drain_timeout),
         });
     }
     event.timings.drain_us = us(start);

@@ -145,11 +145,7 @@ async fn drained(
     Err(SwapError::Step {
         package: package.to_string(),
         step: "pause",
-        why: format!(
-            "{} calls still running after {:?}",
-            route.calls_in_progress(),
-            config.drain_timeout
-        ),
+        why: format!("{} after {:?}", route.unfinished(), config.drain_timeout),
     })
 }
 

@@ -134,10 +134,6 @@ struct Waiter {
     /// answered yet (the bounded queue plus the socket's buffer).
     reply: Option<oneshot::Sender<Reply>>,
     logged: Option<LoggedCall>,
-    /// Whether the request is in the writer's queue (so it will reach the
-    /// worker, or the connection closes). Only then does a caller that
-    /// gives up leave an orphan: before, the request is never sent.
-    sent: bool,
     /// A call of [`WorkerConnection::call_in_order`] holds its in-flight
     /// slot here, given back when its answer arrives (the batch sends its
     /// later calls before it awaits any answer).
@@ -378,7 +374,6 @@ impl WorkerConnection {
                 Waiter {
                     reply: Some(tx),
                     logged: None,
-                    sent: false,
                     slot: Some(slot),
                 },
             );
@@ -386,6 +381,7 @@ impl WorkerConnection {
         let guard = PendingGuard {
             pending: &self.pending,
             id,
+            sent: false,
         };
         if self.outgoing.send(Outgoing::Encoded(bytes)).await.is_err() {
             return Err(CallError::Closed {
@@ -425,7 +421,6 @@ impl WorkerConnection {
         let _permit = self.slot().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outgoing = make(id)?;
-        let is_logged = logged.is_some();
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
@@ -439,29 +434,22 @@ impl WorkerConnection {
                 Waiter {
                     reply: Some(tx),
                     logged,
-                    sent: false,
                     slot: None,
                 },
             );
         }
         // Removes the entry if this future is dropped or times out first.
-        let guard = PendingGuard {
+        let mut guard = PendingGuard {
             pending: &self.pending,
             id,
+            sent: false,
         };
         if self.outgoing.send(outgoing).await.is_err() {
             return Err(CallError::Closed {
                 reason: "writer stopped".into(),
             });
         }
-        if is_logged {
-            // No await since the send: this future cannot have been
-            // dropped in between. The answer may already have come.
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(waiter) = pending.waiting.get_mut(&id) {
-                waiter.sent = true;
-            }
-        }
+        guard.sent = true;
         queued();
         let reply = match tokio::time::timeout(self.limits.call_timeout, rx).await {
             Ok(Ok(reply)) => reply,
@@ -494,6 +482,10 @@ impl WorkerConnection {
 struct PendingGuard<'a> {
     pending: &'a Pending,
     id: u64,
+    /// Whether the request is in the writer's queue (so it reaches the
+    /// worker, or the connection closes). Only then does a caller that
+    /// gives up leave an orphan: before, the request is never sent.
+    sent: bool,
 }
 
 impl Drop for PendingGuard<'_> {
@@ -504,7 +496,7 @@ impl Drop for PendingGuard<'_> {
         else {
             return; // answered
         };
-        if let (Some(call), true) = (&waiter.get().logged, waiter.get().sent) {
+        if let (Some(call), true) = (&waiter.get().logged, self.sent) {
             call.log.orphaned();
             waiter.get_mut().reply = None;
         } else {
@@ -571,7 +563,6 @@ async fn read_loop(mut read: OwnedReadHalf, pending: Pending, done: watch::Sende
                         reply: caller,
                         logged,
                         slot,
-                        sent: _,
                     }) = pending.waiting.remove(&id)
                     else {
                         continue;

@@ -1124,3 +1124,43 @@ fn concurrent_overwrites_replay_in_the_order_the_worker_ran_them() {
         "the standby's replay before the flip"
     );
 }
+
+// After the warm window a rollback is a swap to the previous version, and
+// that version's `restore` migrates the newer state down. Counter 1.1
+// reads 2.0.0's schema 2, so the rollback keeps every increment, under
+// load, with no failed request (1.0.0 refuses schema 2: see
+// `a_standby_that_cannot_be_brought_back_closes_the_window_and_loses_nothing`).
+#[test]
+fn a_rollback_after_the_window_migrates_the_state_down_and_keeps_every_increment() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = setup(dir.path(), &[("counter_v1_1.wasm", COUNTER, "1.1.0")]);
+    let node = NodeProcess::start_with_env(&node_dir, &[], &[("CLAWMESH_WARM_WINDOW_SECS", "1")]);
+    deploy(&node_dir, "1.1.0").unwrap();
+    add(&node, 3);
+    deploy(&node_dir, "2.0.0").unwrap();
+    let load = Load::start(&node, 8);
+    load.wait_for(100);
+    // The one-second window runs out while the load goes on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !swap_status(&node_dir)["rollback_to"].is_null() {
+        assert!(Instant::now() < deadline, "the warm window never closed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(swap_status(&node_dir)["previous_version"], "1.1.0");
+    let rolled = admin(
+        &node_dir,
+        serde_json::json!({"op": "rollback", "package": COUNTER}),
+    )
+    .unwrap();
+    load.wait_for(50);
+    let (acknowledged, failed) = load.finish();
+    assert_eq!(failed, 0);
+    assert_eq!(rolled["kind"], "rollback", "{rolled}");
+    assert_eq!(rolled["to_version"], "1.1.0", "{rolled}");
+    assert_eq!(
+        rolled["state_path"], "migration",
+        "a swap whose restore migrated schema 2 down: {rolled}"
+    );
+    assert_eq!(active_version(&node_dir), "1.1.0");
+    assert_eq!(get(&node), 3 + acknowledged);
+}

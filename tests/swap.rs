@@ -314,7 +314,22 @@ fn a_standby_that_cannot_be_brought_back_closes_the_window_and_loses_nothing() {
         serde_json::json!({"op": "checkpoint", "package": COUNTER}),
     )
     .unwrap();
-    let status = admin(&node_dir, serde_json::json!({"op": "status"})).unwrap();
+    kill_standby(&node_dir);
+    add(&node, 2);
+    let back = admin(
+        &node_dir,
+        serde_json::json!({"op": "rollback", "package": COUNTER}),
+    );
+    let error = back.expect_err("v1 cannot read v2's state");
+    assert!(error.1.contains("schema"), "{error:?}");
+    assert_eq!(active_version(&node_dir), "2.0.0");
+    assert_eq!(get(&node), 9);
+    assert!(swap_status(&node_dir)["rollback_to"].is_null());
+}
+
+/// SIGKILL to the warm standby (the supervisor restarts it, stateless).
+fn kill_standby(node_dir: &Path) {
+    let status = admin(node_dir, serde_json::json!({"op": "status"})).unwrap();
     let standby = status["skills"]
         .as_array()
         .unwrap()
@@ -327,16 +342,34 @@ fn a_standby_that_cannot_be_brought_back_closes_the_window_and_loses_nothing() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    add(&node, 2);
-    let back = admin(
+}
+
+// The same crash, when the standby's version reads the newer schema
+// (counter 1.1 reads 2.0.0's): the restarted standby is brought back from
+// the last checkpoint, migrated down, and follows again; the rollback
+// stays a flip and keeps every increment.
+#[test]
+fn a_restarted_standby_that_reads_the_newer_schema_keeps_the_window_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_dir = setup(dir.path(), &[("counter_v1_1.wasm", COUNTER, "1.1.0")]);
+    let node = NodeProcess::start(&node_dir, &[]);
+    deploy(&node_dir, "1.1.0").unwrap();
+    add(&node, 3);
+    deploy(&node_dir, "2.0.0").unwrap();
+    add(&node, 4);
+    admin(
         &node_dir,
-        serde_json::json!({"op": "rollback", "package": COUNTER}),
-    );
-    let error = back.expect_err("v1 cannot read v2's state");
-    assert!(error.1.contains("schema"), "{error:?}");
-    assert_eq!(active_version(&node_dir), "2.0.0");
-    assert_eq!(get(&node), 9);
-    assert!(swap_status(&node_dir)["rollback_to"].is_null());
+        serde_json::json!({"op": "checkpoint", "package": COUNTER}),
+    )
+    .unwrap();
+    kill_standby(&node_dir);
+    add(&node, 2);
+    let load = Load::start(&node, 8);
+    let (rolled, acknowledged, failed) = rollback_under(load, &node_dir);
+    assert_eq!(failed, 0);
+    assert_eq!(rolled["state_path"], "replay", "still a flip: {rolled}");
+    assert_eq!(active_version(&node_dir), "1.1.0");
+    assert_eq!(get(&node), 9 + acknowledged);
 }
 
 // Two nodes share the steps: each kill of the serving worker counts

@@ -58,8 +58,9 @@ pub(super) fn open_window(
 /// The standby of the open window and the window, if the standby can
 /// follow; closes the window otherwise. A standby restarted since the swap
 /// lost the calls it applied: it is brought back from the window's base
-/// while the segment and the journal still hold it (no checkpoint since).
-/// Call under the control lock.
+/// while the segment and the journal still hold it (no checkpoint since),
+/// else from the package's last checkpoint if its version can read the
+/// newer schema (a down-migration). Call under the control lock.
 pub(super) async fn following(
     state: &PackageState,
     route: &Route<SupervisedWorker>,
@@ -91,18 +92,23 @@ pub(super) async fn following(
             config.restore_timeout,
         )
         .await
+        .map(|()| (window.base_seq, "the swap's state"))
         .map_err(|e| e.to_string())
     } else {
-        Err("a checkpoint since the swap took the calls it needs".to_string())
+        // A checkpoint since the swap took the calls it needs. The newer
+        // version's last checkpoint serves if the standby's version can
+        // read it (a down-migration); its `restore` refuses it otherwise.
+        let (generation, first) = (state.journal_base(), route.journal().first());
+        restore_from(state, &standby, generation, config.restore_timeout)
+            .await
+            .map(|()| (first, "the last checkpoint, migrated down"))
+            .map_err(|e| format!("a checkpoint since the swap took the calls it needs, and the standby cannot read the last one: {e}"))
     };
     match restored {
-        Ok(()) => {
-            tracing::info!(
-                package,
-                "restarted standby brought back to the swap's state"
-            );
+        Ok((applied, from)) => {
+            tracing::info!(package, from, "restarted standby brought back");
             window.standby_pid = standby.pid();
-            window.applied = window.base_seq;
+            window.applied = applied;
             state.set_standby_process(window.standby_pid, window.applied);
             Some((standby, window))
         }

@@ -99,8 +99,9 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     // Killed with the node even if the socket close were missed.
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .context("setting the parent-death signal")?;
-    // A restore waiting for another process's snapshot polls the segment
-    // with short sleeps; the default 50 µs timer slack would stretch each.
+    // A restore waiting for another process's snapshot sleeps on the
+    // segment's futex; where the kernel refuses the futex it polls with
+    // 20 µs sleeps instead, which the default 50 µs slack would stretch.
     if let Err(error) = nix::sys::prctl::set_timerslack(TIMER_SLACK_NS) {
         tracing::debug!(%error, "timer slack unchanged");
     }

@@ -83,6 +83,9 @@ struct Engine<'s, P: SimPeer> {
     dirty: Vec<bool>,
     /// The view generation of each node's last view (None: unknown).
     viewed_generation: Vec<Option<u64>>,
+    /// Id in `target_tables` of each node's current view's targets (None:
+    /// not looked up since the view was built).
+    table_ids: Vec<Option<usize>>,
     traffic: Vec<Traffic>,
     trace: Trace,
     checker: Checker,
@@ -142,6 +145,7 @@ impl<'s, P: SimPeer> Engine<'s, P> {
             views: vec![None; nodes],
             dirty: vec![true; nodes],
             viewed_generation: vec![None; nodes],
+            table_ids: vec![None; nodes],
             traffic: vec![Traffic::default(); nodes],
             trace: Trace::default(),
             checker: Checker::new(config.seed, config.bounds),
@@ -522,27 +526,37 @@ impl<'s, P: SimPeer> Engine<'s, P> {
         self.largest_document = self.largest_document.max(view.largest_document_bytes);
         self.checker.check_view(self.now, node, &view, &self.trace);
         self.views[node] = Some(view);
+        self.table_ids[node] = None;
     }
 
     fn sample(&mut self) {
-        let mut heads = BTreeSet::new();
+        let live_nodes: Vec<NodeIndex> = (0..self.peers.len())
+            .filter(|node| self.net.is_alive(*node))
+            .collect();
+        for &node in &live_nodes {
+            self.refresh_view(node);
+            // A view's table is looked up once, in node order (table ids
+            // are numbered in the order tables are first seen).
+            if self.table_ids[node].is_none()
+                && let Some(view) = self.views[node].as_ref()
+            {
+                let next_id = self.target_tables.len();
+                let id = *self
+                    .target_tables
+                    .entry(view.targets.clone())
+                    .or_insert(next_id);
+                self.table_ids[node] = Some(id);
+            }
+        }
+        let mut heads: BTreeSet<&[u8]> = BTreeSet::new();
         let mut tables: BTreeMap<usize, usize> = BTreeMap::new();
         let mut live = 0;
-        for node in 0..self.peers.len() {
-            if !self.net.is_alive(node) {
-                continue;
-            }
-            self.refresh_view(node);
-            let Some(view) = self.views[node].as_ref() else {
+        for &node in &live_nodes {
+            let (Some(view), Some(id)) = (self.views[node].as_ref(), self.table_ids[node]) else {
                 continue;
             };
             live += 1;
-            heads.insert(view.heads.clone());
-            let next_id = self.target_tables.len();
-            let id = *self
-                .target_tables
-                .entry(view.targets.clone())
-                .or_insert(next_id);
+            heads.insert(&view.heads);
             *tables.entry(id).or_default() += 1;
         }
         self.raw_samples.push(RawSample {

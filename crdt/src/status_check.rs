@@ -15,13 +15,13 @@
 //!
 //! [`NodeStatus::decode`]: crate::status_board::NodeStatus::decode
 
-use prost::encoding::decode_varint;
 use semver::Version;
 
 use crate::manifest::PackageName;
 use crate::release_state::{Health, ReleaseState};
 use crate::status::{MAX_BLOBS_HELD, MAX_DETAIL_BYTES, valid_node_id};
 use crate::status_board::{MAX_NODE_STATUS_BYTES, MAX_PACKAGES_PER_NODE};
+use crate::status_frame::{Field, next_field};
 
 /// (package, failed version, intent clock) of one failure a record reports.
 pub type Failure = (PackageName, Version, u64);
@@ -37,30 +37,6 @@ pub struct CheckedRecord<'a> {
     pub failures: Vec<Failure>,
 }
 
-enum Field<'a> {
-    Varint(u32, u64),
-    Bytes(u32, &'a [u8]),
-}
-
-/// The next field; `None` for anything but a varint or a length-delimited
-/// field that fits.
-fn next_field<'a>(buf: &mut &'a [u8]) -> Option<Field<'a>> {
-    let key = decode_varint(buf).ok()?;
-    let number = u32::try_from(key).ok().map(|k| k >> 3).filter(|n| *n > 0)?;
-    match key & 7 {
-        0 => Some(Field::Varint(number, decode_varint(buf).ok()?)),
-        2 => {
-            let len = usize::try_from(decode_varint(buf).ok()?).ok()?;
-            if len > buf.len() {
-                return None;
-            }
-            let (value, rest) = buf.split_at(len);
-            *buf = rest;
-            Some(Field::Bytes(number, value))
-        }
-        _ => None,
-    }
-}
 
 /// Marks field `number` (1..=63) seen; `None` if it was already.
 fn once(seen: &mut u64, number: u32) -> Option<()> {

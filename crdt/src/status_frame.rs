@@ -52,7 +52,7 @@ impl<'a> StatusExchangeRef<'a> {
 
 /// One top-level field: (number, its bytes if length-delimited or its
 /// value if a varint).
-enum Field<'a> {
+pub(crate) enum Field<'a> {
     Varint(u32, u64),
     Bytes(u32, &'a [u8]),
 }
@@ -60,7 +60,7 @@ enum Field<'a> {
 /// The next field of `buf`, or `None` for anything but a varint or a
 /// length-delimited field that fits (the caller then leaves the frame to
 /// prost).
-fn next_field<'a>(buf: &mut &'a [u8]) -> Option<Field<'a>> {
+pub(crate) fn next_field<'a>(buf: &mut &'a [u8]) -> Option<Field<'a>> {
     let key = decode_varint(buf).ok()?;
     // prost refuses keys past u32 and field number 0.
     let number = u32::try_from(key).ok().map(|k| k >> 3).filter(|n| *n > 0)?;

@@ -883,17 +883,33 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn calls_are_logged_in_the_order_the_worker_ran_them() {
+    /// What a test sees of a [`sequential_worker`].
+    struct Sequential {
+        ran: Arc<Mutex<Vec<Bytes>>>,
+        arrived: Arc<tokio::sync::Notify>,
+        release: Arc<tokio::sync::Notify>,
+    }
+
+    /// A [`sequential_worker`] on one end of a socket pair; the node's end.
+    fn sequential() -> (UnixStream, Sequential) {
         let (node, worker) = UnixStream::pair().unwrap();
-        let ran = Arc::new(Mutex::new(Vec::new()));
-        let notify = Arc::new(tokio::sync::Notify::new());
+        let seen = Sequential {
+            ran: Arc::default(),
+            arrived: Arc::default(),
+            release: Arc::default(),
+        };
         tokio::spawn(sequential_worker(
             worker,
-            ran.clone(),
-            notify.clone(),
-            notify.clone(),
+            seen.ran.clone(),
+            seen.arrived.clone(),
+            seen.release.clone(),
         ));
+        (node, seen)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_are_logged_in_the_order_the_worker_ran_them() {
+        let (node, Sequential { ran, .. }) = sequential();
         let connection = Arc::new(WorkerConnection::start(node, ConnectionLimits::default()));
         let log = Arc::new(TestLog::default());
         let calls: Vec<_> = (0..500u32)
@@ -929,18 +945,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_whose_caller_gave_up_is_still_logged_in_its_place() {
-        let (node, worker) = UnixStream::pair().unwrap();
-        let ran = Arc::new(Mutex::new(Vec::new()));
-        let (arrived, release) = (
-            Arc::new(tokio::sync::Notify::new()),
-            Arc::new(tokio::sync::Notify::new()),
-        );
-        tokio::spawn(sequential_worker(
-            worker,
-            ran.clone(),
-            arrived.clone(),
-            release.clone(),
-        ));
+        let (
+            node,
+            Sequential {
+                ran,
+                arrived,
+                release,
+            },
+        ) = sequential();
         let connection = Arc::new(WorkerConnection::start(node, ConnectionLimits::default()));
         let log = Arc::new(TestLog::default());
         let logged = {
@@ -986,15 +998,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_ordered_batch_beyond_the_in_flight_bound_runs_in_its_order() {
-        let (node, worker) = UnixStream::pair().unwrap();
-        let ran = Arc::new(Mutex::new(Vec::new()));
         // `slow` is never released here: it stands for a stuck worker.
-        tokio::spawn(sequential_worker(
-            worker,
-            ran.clone(),
-            Arc::new(tokio::sync::Notify::new()),
-            Arc::new(tokio::sync::Notify::new()),
-        ));
+        let (node, Sequential { ran, .. }) = sequential();
         let limits = ConnectionLimits {
             max_in_flight: 4,
             call_timeout: Duration::from_millis(200),
@@ -1044,18 +1049,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_gives_up_before_its_request_is_queued_leaves_no_orphan() {
-        let (node, worker) = UnixStream::pair().unwrap();
-        let ran = Arc::new(Mutex::new(Vec::new()));
-        let (arrived, release) = (
-            Arc::new(tokio::sync::Notify::new()),
-            Arc::new(tokio::sync::Notify::new()),
-        );
-        tokio::spawn(sequential_worker(
-            worker,
-            ran.clone(),
-            arrived.clone(),
-            release.clone(),
-        ));
+        let (
+            node,
+            Sequential {
+                arrived, release, ..
+            },
+        ) = sequential();
         // Two slots, so the writer's queue holds two requests.
         let limits = ConnectionLimits {
             max_in_flight: 2,

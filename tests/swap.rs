@@ -253,6 +253,10 @@ fn rollback_keeps_every_acknowledged_increment() {
     assert!(rolled["replayed"].as_u64().unwrap() > 0, "{rolled}");
     assert_eq!(active_version(&node_dir), "1.0.0");
     assert_eq!(get(&node), 3 + acknowledged);
+    assert_eq!(
+        swap_status(&node_dir)["window_closed"],
+        "a rollback used it"
+    );
     // No window any more: a second rollback is a swap forward to 2.0.0.
     let again = admin(
         &node_dir,
@@ -324,7 +328,10 @@ fn a_standby_that_cannot_be_brought_back_closes_the_window_and_loses_nothing() {
     assert!(error.1.contains("schema"), "{error:?}");
     assert_eq!(active_version(&node_dir), "2.0.0");
     assert_eq!(get(&node), 9);
-    assert!(swap_status(&node_dir)["rollback_to"].is_null());
+    let status = swap_status(&node_dir);
+    assert!(status["rollback_to"].is_null());
+    let why = status["window_closed"].as_str().unwrap_or_default();
+    assert!(why.contains("restarted"), "{status}");
 }
 
 /// SIGKILL to the warm standby (the supervisor restarts it, stateless).
@@ -1179,7 +1186,9 @@ fn a_rollback_after_the_window_migrates_the_state_down_and_keeps_every_increment
         assert!(Instant::now() < deadline, "the warm window never closed");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(swap_status(&node_dir)["previous_version"], "1.1.0");
+    let status = swap_status(&node_dir);
+    assert_eq!(status["previous_version"], "1.1.0");
+    assert_eq!(status["window_closed"], "the warm window's time ran out");
     let rolled = admin(
         &node_dir,
         serde_json::json!({"op": "rollback", "package": COUNTER}),

@@ -495,11 +495,26 @@ impl WindowCycle {
     }
 
     async fn close(&self) -> anyhow::Result<()> {
-        self.call(AdminRequest::Rollback {
-            package: self.package.into(),
-        })
-        .await
-        .context("rolling back to close the window")?;
+        let rolled = self
+            .call(AdminRequest::Rollback {
+                package: self.package.into(),
+            })
+            .await;
+        if let Err(error) = rolled {
+            // Say why the window was no longer open, if the node knows.
+            let why = self.call(AdminRequest::Status).await.ok().and_then(|s| {
+                s["swap"].as_array().and_then(|packages| {
+                    packages
+                        .iter()
+                        .find(|p| p["package"] == self.package)
+                        .and_then(|p| p["window_closed"].as_str().map(str::to_string))
+                })
+            });
+            return Err(error.context(format!(
+                "rolling back to close the window (window closed because: {})",
+                why.as_deref().unwrap_or("unknown")
+            )));
+        }
         Ok(())
     }
 }

@@ -278,7 +278,9 @@ async fn run_swap(
                 // The pre-swap state of an open window may have left the
                 // other buffer: a rollback must be a swap now.
                 if state.journal_base() != state.generation() {
-                    state.close_window();
+                    state.close_window(
+                        "a swap's early copy failed after the pre-swap state left the segment",
+                    );
                 }
                 drop(control);
                 supervisor.stop_worker(&new).await;
@@ -297,7 +299,7 @@ async fn run_swap(
         None => paused_steps(route, state, old, &new, config, event, &mut garbage).await,
     };
     if outcome.is_err() && state.journal_base() != state.generation() {
-        state.close_window();
+        state.close_window("an aborted swap left the segment past the pre-swap state");
     }
     // The route paused once its window had narrowed (calls flowed until then).
     let paused_at = paused_at + Duration::from_micros(event.timings.narrow_us);

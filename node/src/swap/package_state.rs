@@ -71,6 +71,8 @@ struct Tracked {
     durable_unix_ms: Option<u64>,
     last_event: Option<SwapEvent>,
     last_failure: Option<SwapEvent>,
+    /// Why the last warm window closed (none while one is open).
+    window_closed: Option<String>,
     checkpoint_task: bool,
 }
 
@@ -131,6 +133,9 @@ pub struct PackageSwapStatus {
     pub last_event: Option<SwapEvent>,
     /// The last failed swap or rollback.
     pub last_failure: Option<SwapEvent>,
+    /// Why the last warm window closed: a rollback used it, its time ran
+    /// out, the standby could not follow, ... (none while one is open).
+    pub window_closed: Option<String>,
 }
 
 impl PackageState {
@@ -335,6 +340,7 @@ impl PackageState {
             .is_some_and(|w| w.until <= Instant::now())
         {
             tracked.window = None;
+            tracked.window_closed = Some("the warm window's time ran out".into());
         }
         tracked.window.clone()
     }
@@ -344,11 +350,16 @@ impl PackageState {
         let mut tracked = self.tracked();
         tracked.previous = Some(window.from.clone());
         tracked.window = Some(window);
+        tracked.window_closed = None;
     }
 
     /// Closes the warm window (rollback becomes a swap).
-    pub fn close_window(&self) {
-        self.tracked().window = None;
+    pub fn close_window(&self, why: &str) {
+        let mut tracked = self.tracked();
+        if tracked.window.take().is_some() {
+            tracing::info!(package = %self.package, why, "warm window closed");
+            tracked.window_closed = Some(why.to_string());
+        }
     }
 
     /// Records that the standby of the open window has applied every call
@@ -414,6 +425,7 @@ impl PackageState {
             previous_version: tracked.previous.as_ref().map(|s| s.version.clone()),
             last_event: tracked.last_event.clone(),
             last_failure: tracked.last_failure.clone(),
+            window_closed: tracked.window_closed.clone(),
         }
     }
 }

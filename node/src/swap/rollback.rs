@@ -103,7 +103,7 @@ pub async fn rollback(
     match outcome {
         Ok(()) => {
             let left = route.set_standby(None);
-            state.close_window();
+            state.close_window("a rollback used it");
             state.set_previous_spec(Some(new.spec().clone()));
             drop(control);
             write_durable(&state, &old.spec().version);
@@ -117,7 +117,7 @@ pub async fn rollback(
         Err(error) => {
             // The standby may hold part of the calls: it cannot follow any
             // more (a rollback is now a swap).
-            state.close_window();
+            state.close_window(&format!("a rollback failed: {error}"));
             drop(control);
             event.kind = "rollback_failed";
             event.error = Some(error.to_string());

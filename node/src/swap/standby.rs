@@ -69,15 +69,14 @@ pub(super) async fn following(
     let mut window = state.window()?;
     let package = state.package();
     let Some(standby) = route.standby() else {
-        state.close_window();
+        state.close_window("the standby is gone");
         return None;
     };
     if !wait_ready(&standby, config.prewarm_timeout).await {
-        tracing::info!(
-            package,
-            "the standby is not serving; rollback is a swap now"
-        );
-        state.close_window();
+        state.close_window(&format!(
+            "the standby did not answer health within {:?}",
+            config.prewarm_timeout
+        ));
         return None;
     }
     if standby.pid() == window.standby_pid {
@@ -113,8 +112,9 @@ pub(super) async fn following(
             Some((standby, window))
         }
         Err(why) => {
-            tracing::info!(package, %why, "the standby was restarted and cannot be brought back; rollback is a swap now");
-            state.close_window();
+            state.close_window(&format!(
+                "the standby was restarted and cannot be brought back: {why}"
+            ));
             None
         }
     }
@@ -132,11 +132,12 @@ pub(super) fn pending(
         .journal()
         .entries_from(window.applied, most)
         .ok_or_else(|| {
-            state.close_window();
-            format!(
+            let why = format!(
                 "calls from #{} on are no longer in the journal (it overflowed or was emptied)",
                 window.applied
-            )
+            );
+            state.close_window(&why);
+            why
         })
 }
 
@@ -152,12 +153,13 @@ pub(super) async fn apply(
         return Ok(());
     }
     if let Err((step, error)) = replay(standby, calls).await {
-        state.close_window();
-        return Err(format!(
+        let why = format!(
             "the standby {} could not follow the calls: {}",
             standby.spec().version,
             takeover_failure(step, &error, 0)
-        ));
+        );
+        state.close_window(&why);
+        return Err(why);
     }
     window.applied += calls.len() as u64;
     state.set_standby_applied(window.applied);

@@ -167,7 +167,7 @@ pub(super) async fn settled_snapshot(
         if state.generation() > before {
             route.journal().take();
             state.set_journal_base(state.generation());
-            state.close_window();
+            state.close_window("a snapshot published after its timeout");
         }
     })
     .await

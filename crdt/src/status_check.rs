@@ -37,7 +37,6 @@ pub struct CheckedRecord<'a> {
     pub failures: Vec<Failure>,
 }
 
-
 /// Marks field `number` (1..=63) seen; `None` if it was already.
 fn once(seen: &mut u64, number: u32) -> Option<()> {
     let bit = 1u64.checked_shl(number)?;

@@ -361,34 +361,55 @@ impl WorkerConnection {
             OrderedCall::Request(request) => request.clone(),
         };
         frame::encode_request(id, &request, &mut bytes).map_err(CallError::Frame)?;
+        let (mut guard, rx) = self.register(id, None, Some(slot))?;
+        self.enqueue(&mut guard, Outgoing::Encoded(bytes)).await?;
+        Ok((guard, rx))
+    }
+
+    /// Puts a waiter for call `id` in the map (unless the connection is
+    /// closed); the guard removes it if the caller stops waiting.
+    fn register(
+        &self,
+        id: u64,
+        logged: Option<LoggedCall>,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Result<(PendingGuard<'_>, oneshot::Receiver<Reply>), CallError> {
         let (tx, rx) = oneshot::channel();
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(reason) = &pending.closed {
-                return Err(CallError::Closed {
-                    reason: reason.clone(),
-                });
-            }
-            pending.waiting.insert(
-                id,
-                Waiter {
-                    reply: Some(tx),
-                    logged: None,
-                    slot: Some(slot),
-                },
-            );
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(reason) = &pending.closed {
+            return Err(CallError::Closed {
+                reason: reason.clone(),
+            });
         }
+        pending.waiting.insert(
+            id,
+            Waiter {
+                reply: Some(tx),
+                logged,
+                slot,
+            },
+        );
         let guard = PendingGuard {
             pending: &self.pending,
             id,
             sent: false,
         };
-        if self.outgoing.send(Outgoing::Encoded(bytes)).await.is_err() {
+        Ok((guard, rx))
+    }
+
+    /// Queues `outgoing` for the writer and marks its guard sent.
+    async fn enqueue(
+        &self,
+        guard: &mut PendingGuard<'_>,
+        outgoing: Outgoing,
+    ) -> Result<(), CallError> {
+        if self.outgoing.send(outgoing).await.is_err() {
             return Err(CallError::Closed {
                 reason: "writer stopped".into(),
             });
         }
-        Ok((guard, rx))
+        guard.sent = true;
+        Ok(())
     }
 
     /// Waits until the reader has handled every answer the worker sent
@@ -421,35 +442,10 @@ impl WorkerConnection {
         let _permit = self.slot().await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outgoing = make(id)?;
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(reason) = &pending.closed {
-                return Err(CallError::Closed {
-                    reason: reason.clone(),
-                });
-            }
-            pending.waiting.insert(
-                id,
-                Waiter {
-                    reply: Some(tx),
-                    logged,
-                    slot: None,
-                },
-            );
-        }
-        // Removes the entry if this future is dropped or times out first.
-        let mut guard = PendingGuard {
-            pending: &self.pending,
-            id,
-            sent: false,
-        };
-        if self.outgoing.send(outgoing).await.is_err() {
-            return Err(CallError::Closed {
-                reason: "writer stopped".into(),
-            });
-        }
-        guard.sent = true;
+        // The guard removes the entry if this future is dropped or times
+        // out first.
+        let (mut guard, rx) = self.register(id, logged, None)?;
+        self.enqueue(&mut guard, outgoing).await?;
         queued();
         let reply = match tokio::time::timeout(self.limits.call_timeout, rx).await {
             Ok(Ok(reply)) => reply,

@@ -949,10 +949,10 @@ async fn wait_ready(
     Ok(connection)
 }
 
-/// Keeps one worker running until it is stopped or fails too often.
 /// Longest a restart waits for the dead worker's last answers to be read.
 const READER_DRAIN: Duration = Duration::from_secs(1);
 
+/// Keeps one worker running until it is stopped or fails too often.
 async fn supervise(inner: Arc<Inner>, worker: Arc<SupervisedWorker>, mut child: Child) {
     let policy = inner.config.restart;
     let mut recent_restarts: VecDeque<Instant> = VecDeque::new();
